@@ -1,0 +1,23 @@
+"""angela-queue: a durable, priority-aware job queue for Python, backed by PostgreSQL.
+
+    from angela_queue import task
+
+    @task("send_email", priority=7)
+    def send_email(to: str, subject: str) -> None: ...
+
+    send_email_id = angela_queue.enqueue("send_email", {"to": "a@b.c", "subject": "hi"})
+"""
+
+from .client import AsyncClient, Client, cancel, enqueue, enqueue_many
+from .config import PROFILES, Settings, load_settings
+from .errors import AngelaQueueError, ConfigError, DatabaseUnavailable, QueueFull, TaskNotFound
+from .registry import TaskDefinition, task
+from .tasks import CancelResult, EnqueuedTask, TaskSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AngelaQueueError", "AsyncClient", "CancelResult", "Client", "ConfigError", "DatabaseUnavailable",
+    "EnqueuedTask", "PROFILES", "QueueFull", "Settings", "TaskDefinition", "TaskNotFound", "TaskSpec",
+    "cancel", "enqueue", "enqueue_many", "load_settings", "task",
+]

@@ -1,0 +1,215 @@
+"""Producers' API: ``Client`` (sync) and ``AsyncClient``.
+
+Both run the flows from tasks.py; each is only a driver that executes the
+operations a flow yields. Connections come from a psycopg pool, opened on
+first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg.rows import dict_row
+
+from . import db
+from .config import ENQUEUE_FULL_WAIT_S
+from .registry import TaskDefinition
+from .tasks import (CancelResult, EnqueuedTask, Flow, Listen, Query, TaskSpec, WaitForSpace, cancel_flow,
+                    enqueue_flow, enqueue_many_flow, get_flow)
+
+PendingTask = TaskSpec | Mapping[str, Any]
+
+
+def _spec(kind: str | TaskDefinition, payload: Mapping[str, Any] | None, options: dict[str, Any]) -> TaskSpec:
+    return TaskSpec.build(kind, payload, **options)
+
+
+def _specs(tasks: Iterable[PendingTask]) -> list[TaskSpec]:
+    """Bulk input: TaskSpec objects, or dicts with 'kind', 'payload' and any enqueue option."""
+    specs = []
+    for item in tasks:
+        if isinstance(item, TaskSpec):
+            specs.append(item)
+        else:
+            options = dict(item)
+            kind = options.pop("kind", None)
+            payload = options.pop("payload", None)
+            specs.append(TaskSpec.build(kind, payload, **options))  # type: ignore[arg-type]
+    return specs
+
+
+def _resolve_dsn(dsn: str | None) -> str:
+    if dsn is not None:
+        return dsn
+    from .config import dsn_from_env
+    found = dsn_from_env()
+    if found is not None:
+        return found
+    from . import embedded
+    return embedded.ensure_running()
+
+
+def _pool_kwargs() -> dict[str, Any]:
+    return {"autocommit": True, "row_factory": dict_row, "prepare_threshold": db.PREPARE_THRESHOLD,
+            "application_name": "angela-queue-client"}
+
+
+class Client:
+    """Enqueue, cancel and look up tasks from synchronous code.
+
+    ``Client()`` reads the DSN from ANGELA_QUEUE_DSN or DATABASE_URL, and with
+    neither uses the local embedded Postgres.
+    """
+
+    def __init__(self, dsn: str | None = None, *, pool_size: int = 4,
+                 full_queue_wait_s: float = ENQUEUE_FULL_WAIT_S):
+        self.dsn = _resolve_dsn(dsn)
+        self.full_queue_wait_s = full_queue_wait_s
+        self._pool = ConnectionPool(self.dsn, min_size=1, max_size=pool_size, kwargs=_pool_kwargs(),
+                                    open=False, name="angela-queue-client")
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _run(self, flow: Flow) -> Any:
+        if self._pool.closed:
+            self._pool.open(wait=True, timeout=10)
+        with self._pool.connection() as conn:
+            return _drive_sync(conn, flow)
+
+    def enqueue(self, kind: str | TaskDefinition, payload: Mapping[str, Any] | None = None,
+                **options: Any) -> EnqueuedTask:
+        """Store one task. Options: priority, queue, run_at, delay, max_attempts, timeout, dedup_key."""
+        return self._run(enqueue_flow(_spec(kind, payload, options), self.full_queue_wait_s))
+
+    def enqueue_many(self, tasks: Iterable[PendingTask]) -> list[EnqueuedTask]:
+        """Store many tasks in one statement; results come back in input order."""
+        return self._run(enqueue_many_flow(_specs(tasks), self.full_queue_wait_s))
+
+    def cancel(self, task_id: int) -> CancelResult:
+        """Cancel a task that has not started; ``cancelled`` is False if it already ran or runs."""
+        return self._run(cancel_flow(task_id))
+
+    def get(self, task_id: int) -> dict[str, Any]:
+        return self._run(get_flow(task_id))
+
+
+class AsyncClient:
+    """The same API as ``Client``, for asyncio code."""
+
+    def __init__(self, dsn: str | None = None, *, pool_size: int = 4,
+                 full_queue_wait_s: float = ENQUEUE_FULL_WAIT_S):
+        self.dsn = _resolve_dsn(dsn)
+        self.full_queue_wait_s = full_queue_wait_s
+        self._pool = AsyncConnectionPool(self.dsn, min_size=1, max_size=pool_size, kwargs=_pool_kwargs(),
+                                         open=False, name="angela-queue-async-client")
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def _run(self, flow: Flow) -> Any:
+        if self._pool.closed:
+            await self._pool.open(wait=True, timeout=10)
+        async with self._pool.connection() as conn:
+            return await _drive_async(conn, flow)
+
+    async def enqueue(self, kind: str | TaskDefinition, payload: Mapping[str, Any] | None = None,
+                      **options: Any) -> EnqueuedTask:
+        return await self._run(enqueue_flow(_spec(kind, payload, options), self.full_queue_wait_s))
+
+    async def enqueue_many(self, tasks: Iterable[PendingTask]) -> list[EnqueuedTask]:
+        return await self._run(enqueue_many_flow(_specs(tasks), self.full_queue_wait_s))
+
+    async def cancel(self, task_id: int) -> CancelResult:
+        return await self._run(cancel_flow(task_id))
+
+    async def get(self, task_id: int) -> dict[str, Any]:
+        return await self._run(get_flow(task_id))
+
+
+# --- Drivers ------------------------------------------------------------------
+# Each runs a flow to completion: it executes the operation the flow yields and
+# sends the result back in; an exception from the database is thrown into the
+# flow so that the flow's own handlers (QueueFull -> wait) see it.
+
+def _drive_sync(conn: psycopg.Connection, flow: Flow) -> Any:
+    send: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = flow.throw(error) if error is not None else flow.send(send)
+        except StopIteration as done:
+            return done.value
+        send, error = None, None
+        try:
+            if isinstance(op, Query):
+                send = db.fetch_all(conn, op.name, op.params)
+            elif isinstance(op, Listen):
+                (db.listen if op.on else db.unlisten)(conn, op.channel)
+            elif isinstance(op, WaitForSpace):
+                for _ in conn.notifies(timeout=op.timeout_s, stop_after=1):
+                    pass
+        except Exception as exc:  # handed to the flow, which decides
+            error = exc
+
+
+async def _drive_async(conn: psycopg.AsyncConnection, flow: Flow) -> Any:
+    send: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = flow.throw(error) if error is not None else flow.send(send)
+        except StopIteration as done:
+            return done.value
+        send, error = None, None
+        try:
+            if isinstance(op, Query):
+                send = await db.afetch_all(conn, op.name, op.params)
+            elif isinstance(op, Listen):
+                await (db.alisten if op.on else db.aunlisten)(conn, op.channel)
+            elif isinstance(op, WaitForSpace):
+                async for _ in conn.notifies(timeout=op.timeout_s, stop_after=1):
+                    pass
+        except Exception as exc:
+            error = exc
+
+
+# --- Module-level convenience -----------------------------------------------
+
+_default_client: Client | None = None
+
+
+def default_client() -> Client:
+    """A process-wide Client on the configured DSN, created on first use."""
+    global _default_client
+    if _default_client is None:
+        _default_client = Client()
+    return _default_client
+
+
+def enqueue(kind: str | TaskDefinition, payload: Mapping[str, Any] | None = None, **options: Any) -> EnqueuedTask:
+    return default_client().enqueue(kind, payload, **options)
+
+
+def enqueue_many(tasks: Iterable[PendingTask]) -> list[EnqueuedTask]:
+    return default_client().enqueue_many(tasks)
+
+
+def cancel(task_id: int) -> CancelResult:
+    return default_client().cancel(task_id)
+

@@ -1,0 +1,132 @@
+"""Connections and query execution: the only module that sends SQL.
+
+Callers name a query from sql/*.sql and pass parameters; this module fetches
+the text, executes it (prepared, so the hot path skips parsing and planning)
+and returns rows as dicts. Sync and async share the query catalogue and the
+error mapping; only the awaiting differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg.rows import dict_row
+
+from . import queries
+from .errors import DatabaseUnavailable, QueueFull
+
+Row = dict[str, Any]
+
+# Statements are prepared server-side from their first use: the same dozen
+# queries run millions of times, so parse/plan once per connection.
+PREPARE_THRESHOLD = 0
+
+
+def connect(dsn: str, *, autocommit: bool = True, application_name: str = "angela-queue",
+            connect_timeout: float = 10) -> psycopg.Connection:
+    try:
+        conn = psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row,
+                               prepare_threshold=PREPARE_THRESHOLD,
+                               application_name=application_name,
+                               connect_timeout=max(1, int(connect_timeout)))
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to {describe_dsn(dsn)}: {first_line(exc)}") from exc
+    return conn
+
+
+async def aconnect(dsn: str, *, autocommit: bool = True, application_name: str = "angela-queue",
+                   connect_timeout: float = 10) -> psycopg.AsyncConnection:
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            dsn, autocommit=autocommit, row_factory=dict_row, prepare_threshold=PREPARE_THRESHOLD,
+            application_name=application_name, connect_timeout=max(1, int(connect_timeout)))
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to {describe_dsn(dsn)}: {first_line(exc)}") from exc
+    return conn
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def describe_dsn(dsn: str) -> str:
+    """The DSN without its password, for messages and logs."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparsable DSN>"
+    info.pop("password", None)
+    host = info.get("host", "local socket")
+    port = info.get("port", "5432")
+    return f"postgresql://{info.get('user', '')}@{host}:{port}/{info.get('dbname', '')}"
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn the SQL errors we raise on purpose into their Python exceptions."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        if getattr(exc, "sqlstate", None) == QueueFull.SQLSTATE:
+            diag = exc.diag
+            raise QueueFull(_queue_from_message(diag.message_primary or ""),
+                            (diag.message_primary or str(exc)).removeprefix("angela_queue: ")) from exc
+        raise
+
+
+def _queue_from_message(message: str) -> str:
+    # "angela_queue: queue 'x' is full (max_size 3)"
+    start = message.find("'")
+    end = message.find("'", start + 1)
+    return message[start + 1:end] if 0 <= start < end else ""
+
+
+def fetch_all(conn: psycopg.Connection, name: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+    with translate_errors(), conn.cursor() as cur:
+        cur.execute(queries.query(name), params, prepare=True)
+        return cur.fetchall() if cur.description else []
+
+
+def fetch_one(conn: psycopg.Connection, name: str, params: Mapping[str, Any] | None = None) -> Row | None:
+    rows = fetch_all(conn, name, params)
+    return rows[0] if rows else None
+
+
+async def afetch_all(conn: psycopg.AsyncConnection, name: str,
+                     params: Mapping[str, Any] | None = None) -> list[Row]:
+    with translate_errors():
+        async with conn.cursor() as cur:
+            await cur.execute(queries.query(name), params, prepare=True)
+            return await cur.fetchall() if cur.description else []
+
+
+async def afetch_one(conn: psycopg.AsyncConnection, name: str,
+                     params: Mapping[str, Any] | None = None) -> Row | None:
+    rows = await afetch_all(conn, name, params)
+    return rows[0] if rows else None
+
+
+def execute_script(conn: psycopg.Connection, sql_text: str) -> None:
+    """Run DDL text (several statements, no parameters): schema and migrations."""
+    conn.execute(sql_text)  # type: ignore[arg-type]  # trusted text from our own sql/ files
+
+
+def listen(conn: psycopg.Connection, channel: str) -> None:
+    conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
+
+
+async def alisten(conn: psycopg.AsyncConnection, channel: str) -> None:
+    await conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
+
+
+def unlisten(conn: psycopg.Connection, channel: str) -> None:
+    conn.execute(pgsql.SQL("UNLISTEN {}").format(pgsql.Identifier(channel)))
+
+
+async def aunlisten(conn: psycopg.AsyncConnection, channel: str) -> None:
+    await conn.execute(pgsql.SQL("UNLISTEN {}").format(pgsql.Identifier(channel)))

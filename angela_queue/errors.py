@@ -1,0 +1,34 @@
+"""Exceptions users can catch. Each one says what happened and what to do."""
+
+from __future__ import annotations
+
+
+class AngelaQueueError(Exception):
+    """Base class for every error angela-queue raises on purpose."""
+
+
+class ConfigError(AngelaQueueError):
+    """A setting, flag or environment variable has a value we cannot use."""
+
+
+class QueueFull(AngelaQueueError):
+    """A bounded queue stayed full for the whole wait.
+
+    Raised for tasks of priority >= 5; lower priorities are stored as
+    ``dropped`` instead. The SQL error behind it has SQLSTATE ``AQ001``.
+    """
+
+    SQLSTATE = "AQ001"
+
+    def __init__(self, queue: str, message: str, waited_s: float = 0.0):
+        self.queue = queue
+        self.waited_s = waited_s
+        super().__init__(message if not waited_s else f"{message}; waited {waited_s:.1f}s for space")
+
+
+class TaskNotFound(AngelaQueueError):
+    """No task has that id (it may have been pruned)."""
+
+
+class DatabaseUnavailable(AngelaQueueError):
+    """The database could not be reached."""

@@ -1,0 +1,89 @@
+"""The ``@task`` decorator and handler lookup.
+
+A worker imports the ``--app`` module; importing it runs the decorators,
+which fill the process-wide registry that the worker looks kinds up in.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    """A registered handler and the defaults its enqueues take."""
+
+    kind: str
+    func: Callable[..., Any]
+    priority: int = DEFAULT_PRIORITY
+    queue: str = DEFAULT_QUEUE
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout: float | None = None
+    batch: bool = False
+    # Exponential backoff between attempts: base * 2**(attempt-1), capped, with jitter.
+    backoff_base: float | None = None
+    backoff_max: float | None = None
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.func)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Calling the decorated function runs it directly, as before."""
+        return self.func(*args, **kwargs)
+
+
+_REGISTRY: dict[str, TaskDefinition] = {}
+
+
+def task(kind: str, *, priority: int = DEFAULT_PRIORITY, queue: str = DEFAULT_QUEUE,
+         max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | None = None, batch: bool = False,
+         backoff_base: float | None = None, backoff_max: float | None = None
+         ) -> Callable[[Callable[..., Any]], TaskDefinition]:
+    """Register the decorated function as the handler for ``kind``.
+
+    The handler is called with the payload's keys as keyword arguments; with
+    ``batch=True`` it is called once with a list of payloads instead.
+    """
+    if not isinstance(kind, str) or not kind.strip():
+        raise ValueError(f"task kind must be a non-empty string (got {kind!r})")
+    if not 1 <= int(priority) <= 10:
+        raise ValueError(f"priority must be between 1 and 10 (got {priority})")
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1 (got {max_attempts})")
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"timeout must be positive seconds (got {timeout})")
+
+    def register(func: Callable[..., Any]) -> TaskDefinition:
+        existing = _REGISTRY.get(kind)
+        if existing is not None and existing.func is not func and _qualname(existing.func) != _qualname(func):
+            raise ValueError(f"task kind {kind!r} is already registered by {_qualname(existing.func)}")
+        definition = TaskDefinition(kind=kind, func=func, priority=int(priority), queue=queue,
+                                    max_attempts=max_attempts, timeout=timeout, batch=batch,
+                                    backoff_base=backoff_base, backoff_max=backoff_max)
+        _REGISTRY[kind] = definition
+        return definition
+
+    return register
+
+
+def _qualname(func: Callable[..., Any]) -> str:
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+
+
+def lookup(kind: str) -> TaskDefinition | None:
+    return _REGISTRY.get(kind)
+
+
+def registered_kinds() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def clear() -> None:
+    """Forget every handler (tests)."""
+    _REGISTRY.clear()

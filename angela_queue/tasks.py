@@ -1,0 +1,281 @@
+"""Tasks as seen by producers: the record, the statuses and the enqueue logic.
+
+The enqueue logic is written once, as generators that yield database
+operations (``Query``, ``WaitForSpace``) and receive their results. The sync
+``Client`` and the ``AsyncClient`` in client.py are thin drivers that run the
+same generators, so the two APIs cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Generator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from .config import CHANNEL_SPACE, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE, ENQUEUE_FULL_WAIT_S
+from .errors import QueueFull
+from .registry import TaskDefinition, lookup
+
+STATUSES = ("scheduled", "queued", "running", "succeeded", "failed", "cancelled", "dropped")
+WAITING_STATUSES = ("scheduled", "queued")
+FINAL_STATUSES = ("succeeded", "failed", "cancelled", "dropped")
+
+
+@dataclass(frozen=True)
+class EnqueuedTask:
+    """What an enqueue returns: the row as stored (or the existing duplicate)."""
+
+    id: int
+    queue: str
+    kind: str
+    status: str
+    priority: int
+    boost: int
+    tier: str
+    run_at: dt.datetime
+    dedup_key: str | None = None
+    last_error: str | None = None
+    # True when the dedup key matched an unfinished task and nothing new was stored.
+    duplicate: bool = False
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], duplicate: bool = False) -> "EnqueuedTask":
+        return cls(id=row["id"], queue=row["queue"], kind=row["kind"], status=row["status"],
+                   priority=row["priority"], boost=row["boost"], tier=row["tier"], run_at=row["run_at"],
+                   dedup_key=row["dedup_key"], last_error=row["last_error"], duplicate=duplicate)
+
+    @property
+    def dropped(self) -> bool:
+        return self.status == "dropped"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task to enqueue, validated before it reaches the database."""
+
+    kind: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    priority: int = DEFAULT_PRIORITY
+    queue: str = DEFAULT_QUEUE
+    run_at: dt.datetime | None = None
+    delay_s: float | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout_s: float | None = None
+    dedup_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, str) or not self.kind.strip():
+            raise ValueError(f"a task needs a kind: a non-empty string (got {self.kind!r})")
+        if not isinstance(self.payload, Mapping):
+            raise ValueError(f"payload must be a JSON object (a dict), got {type(self.payload).__name__}")
+        try:
+            json.dumps(self.payload)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"payload is not JSON-serialisable: {exc}") from None
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int) or not 1 <= self.priority <= 10:
+            raise ValueError(f"priority must be an integer between 1 and 10 (got {self.priority!r})")
+        if not isinstance(self.queue, str) or not self.queue.strip():
+            raise ValueError(f"queue must be a non-empty string (got {self.queue!r})")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1 (got {self.max_attempts})")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ValueError(f"timeout must be positive seconds (got {self.timeout_s})")
+        if self.run_at is not None and self.delay_s is not None:
+            raise ValueError("give run_at or delay, not both")
+        if self.run_at is not None and self.run_at.tzinfo is None:
+            raise ValueError("run_at must be timezone-aware (e.g. datetime.now(timezone.utc))")
+        if self.delay_s is not None and self.delay_s < 0:
+            raise ValueError(f"delay must not be negative (got {self.delay_s})")
+
+    @classmethod
+    def build(cls, kind: str | TaskDefinition, payload: Mapping[str, Any] | None = None, *,
+              priority: int | None = None, queue: str | None = None, run_at: dt.datetime | None = None,
+              delay: float | dt.timedelta | None = None, max_attempts: int | None = None,
+              timeout: float | None = None, dedup_key: str | None = None) -> "TaskSpec":
+        """A spec whose unset options come from the registered handler, then the defaults."""
+        definition = kind if isinstance(kind, TaskDefinition) else lookup(kind)
+        kind_name = definition.kind if definition is not None else kind
+        if isinstance(delay, dt.timedelta):
+            delay = delay.total_seconds()
+        return cls(
+            kind=kind_name,
+            payload={} if payload is None else payload,
+            priority=priority if priority is not None else (definition.priority if definition else DEFAULT_PRIORITY),
+            queue=queue if queue is not None else (definition.queue if definition else DEFAULT_QUEUE),
+            run_at=run_at, delay_s=delay,
+            max_attempts=max_attempts if max_attempts is not None else (
+                definition.max_attempts if definition else DEFAULT_MAX_ATTEMPTS),
+            timeout_s=timeout if timeout is not None else (definition.timeout if definition else None),
+            dedup_key=dedup_key)
+
+    def params(self) -> dict[str, Any]:
+        return {"queue": self.queue, "kind": self.kind, "payload": Jsonb(dict(self.payload)),
+                "priority": self.priority, "run_at": self.run_at, "delay_s": self.delay_s,
+                "max_attempts": self.max_attempts, "timeout_s": self.timeout_s, "dedup_key": self.dedup_key}
+
+
+def many_params(specs: list[TaskSpec]) -> dict[str, Any]:
+    """Column arrays for tasks_enqueue_many (one statement for the whole list)."""
+    return {
+        "queues": [s.queue for s in specs], "kinds": [s.kind for s in specs],
+        "payloads": [Jsonb(dict(s.payload)) for s in specs], "priorities": [s.priority for s in specs],
+        "run_ats": [s.run_at for s in specs], "delays_s": [s.delay_s for s in specs],
+        "max_attempts": [s.max_attempts for s in specs], "timeouts_s": [s.timeout_s for s in specs],
+        "dedup_keys": [s.dedup_key for s in specs],
+    }
+
+
+# --- Operations the flows yield to their driver --------------------------------
+
+@dataclass(frozen=True)
+class Query:
+    """Run a named query; the driver sends back its rows."""
+
+    name: str
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class WaitForSpace:
+    """Block up to timeout_s for a NOTIFY that space freed in a queue.
+
+    The driver must already LISTEN (``listen=True`` on the first wait) before
+    the flow retries, so a notification between a failed insert and the wait
+    cannot be missed. The driver sends back nothing.
+    """
+
+    queue: str
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class Listen:
+    channel: str
+    on: bool = True
+
+
+Flow = Generator[Query | WaitForSpace | Listen, Any, Any]
+
+
+def _with_overflow_wait(attempt: Generator, queue_of: str, wait_s: float) -> Flow:
+    """Run ``attempt`` (a flow that inserts); on QueueFull, wait for space and retry.
+
+    The plan: a priority >= 5 task waits up to ``wait_s`` for space, then
+    fails with QueueFull. Lower priorities never get here (the SQL stores them
+    as 'dropped'). The wait is woken by the claim's NOTIFY, with a short
+    re-check as backstop in case a notification is lost.
+    """
+    give_up_at = time.monotonic() + wait_s
+    listening = False
+    try:
+        while True:
+            try:
+                return (yield from attempt())
+            except QueueFull as full:
+                remaining = give_up_at - time.monotonic()
+                if remaining <= 0:
+                    raise QueueFull(full.queue or queue_of, str(full), waited_s=wait_s) from None
+                if not listening:
+                    # LISTEN before the retry: space freed from now on wakes us.
+                    yield Listen(CHANNEL_SPACE)
+                    listening = True
+                    continue
+                yield WaitForSpace(queue_of, min(remaining, 0.25))
+    finally:
+        if listening:
+            yield Listen(CHANNEL_SPACE, on=False)
+
+
+def enqueue_flow(spec: TaskSpec, wait_s: float = ENQUEUE_FULL_WAIT_S) -> Flow:
+    def attempt() -> Flow:
+        if spec.dedup_key is not None:
+            rows = yield Query("tasks_find_unfinished_by_dedup_key",
+                               {"queue": spec.queue, "dedup_key": spec.dedup_key})
+            if rows:
+                return EnqueuedTask.from_row(rows[0], duplicate=True)
+        for _ in range(5):
+            rows = yield Query("tasks_enqueue", spec.params())
+            if rows:
+                return EnqueuedTask.from_row(rows[0])
+            # Conflict on the dedup key: return the holder. It may finish
+            # between the insert and this read; then insert again.
+            rows = yield Query("tasks_find_unfinished_by_dedup_key",
+                               {"queue": spec.queue, "dedup_key": spec.dedup_key})
+            if rows:
+                return EnqueuedTask.from_row(rows[0], duplicate=True)
+        raise RuntimeError(f"could not settle dedup key {spec.dedup_key!r}: its task kept changing")
+
+    return (yield from _with_overflow_wait(attempt, spec.queue, wait_s))
+
+
+def enqueue_many_flow(specs: Iterable[TaskSpec], wait_s: float = ENQUEUE_FULL_WAIT_S) -> Flow:
+    """Insert all specs in one statement. All or nothing: if one task meets a
+    full queue with priority >= 5, the statement fails, waits and retries whole."""
+    specs = list(specs)
+    if not specs:
+        return []
+
+    def attempt() -> Flow:
+        rows = yield Query("tasks_enqueue_many", many_params(specs))
+        return (yield from _match_bulk_rows(specs, rows))
+
+    queue_of = specs[0].queue
+    return (yield from _with_overflow_wait(attempt, queue_of, wait_s))
+
+
+def _match_bulk_rows(specs: list[TaskSpec], rows: list[Mapping[str, Any]]) -> Flow:
+    """Map RETURNING rows back to the inputs, in input order.
+
+    Postgres inserts in the ORDER BY of the source and RETURNING follows the
+    insert order, so keyless rows pair up positionally; rows skipped on a
+    dedup conflict are looked up by their key.
+    """
+    inserted = {(r["queue"], r["dedup_key"]): r for r in rows if r["dedup_key"] is not None}
+    keyless = iter([r for r in rows if r["dedup_key"] is None])
+    taken: set[tuple[str, str]] = set()
+    out: list[EnqueuedTask] = []
+    for spec in specs:
+        if spec.dedup_key is None:
+            out.append(EnqueuedTask.from_row(next(keyless)))
+            continue
+        key = (spec.queue, spec.dedup_key)
+        row = inserted.get(key)
+        if row is not None:
+            # The first spec with a key owns the new row; repeats are duplicates of it.
+            out.append(EnqueuedTask.from_row(row, duplicate=key in taken))
+            taken.add(key)
+            continue
+        found = yield Query("tasks_find_unfinished_by_dedup_key", {"queue": spec.queue, "dedup_key": spec.dedup_key})
+        if not found:
+            raise RuntimeError(f"dedup key {spec.dedup_key!r} conflicted but its task finished meanwhile; retry")
+        out.append(EnqueuedTask.from_row(found[0], duplicate=True))
+    return out
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    id: int
+    cancelled: bool
+    status: str
+
+
+def cancel_flow(task_id: int) -> Flow:
+    rows = yield Query("tasks_cancel", {"id": task_id})
+    if not rows:
+        from .errors import TaskNotFound
+        raise TaskNotFound(f"no task with id {task_id}")
+    row = rows[0]
+    return CancelResult(id=row["id"], cancelled=row["status"] == "cancelled", status=row["status"])
+
+
+def get_flow(task_id: int) -> Flow:
+    rows = yield Query("tasks_get", {"id": task_id})
+    if not rows:
+        from .errors import TaskNotFound
+        raise TaskNotFound(f"no task with id {task_id}")
+    return rows[0]

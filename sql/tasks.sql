@@ -1,0 +1,213 @@
+-- angela-queue: named queries on angela_queue.tasks.
+--
+-- Every state change is one guarded UPDATE: it names the status (and, for a
+-- running task, the worker) it expects, and RETURNING tells the caller whether
+-- the row was still theirs. Zero rows means someone else moved the task on.
+
+-- name: tasks_enqueue
+-- Insert one task. Returns no row when an unfinished task already holds the
+-- same (queue, dedup_key); the caller then looks that one up.
+INSERT INTO angela_queue.tasks
+    (queue, kind, payload, priority, run_at, max_attempts, timeout_s, dedup_key)
+VALUES (
+    %(queue)s, %(kind)s, %(payload)s, %(priority)s,
+    coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => coalesce(%(delay_s)s::double precision, 0))),
+    %(max_attempts)s, %(timeout_s)s, %(dedup_key)s)
+ON CONFLICT (queue, dedup_key)
+    WHERE dedup_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')
+    DO NOTHING
+RETURNING id, queue, kind, status, priority, boost, tier, run_at, dedup_key, last_error;
+
+-- name: tasks_enqueue_many
+-- Insert many tasks in one statement (one round trip). Rows whose dedup_key
+-- is already held by an unfinished task are skipped, as in tasks_enqueue.
+INSERT INTO angela_queue.tasks
+    (queue, kind, payload, priority, run_at, max_attempts, timeout_s, dedup_key)
+SELECT s.queue, s.kind, s.payload, s.priority,
+       coalesce(s.run_at, now() + make_interval(secs => coalesce(s.delay_s, 0))),
+       s.max_attempts, s.timeout_s, s.dedup_key
+FROM unnest(
+    %(queues)s::text[], %(kinds)s::text[], %(payloads)s::jsonb[], %(priorities)s::int[],
+    %(run_ats)s::timestamptz[], %(delays_s)s::double precision[], %(max_attempts)s::int[],
+    %(timeouts_s)s::double precision[], %(dedup_keys)s::text[]
+) WITH ORDINALITY AS s(queue, kind, payload, priority, run_at, delay_s, max_attempts, timeout_s, dedup_key, n)
+ORDER BY s.n
+ON CONFLICT (queue, dedup_key)
+    WHERE dedup_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')
+    DO NOTHING
+RETURNING id, queue, kind, status, priority, boost, tier, run_at, dedup_key, last_error;
+
+-- name: tasks_find_unfinished_by_dedup_key
+-- The unfinished task that holds a dedup key, if any.
+SELECT id, queue, kind, status, priority, boost, tier, run_at, dedup_key, last_error
+FROM angela_queue.tasks
+WHERE queue = %(queue)s AND dedup_key = %(dedup_key)s
+  AND status IN ('scheduled', 'queued', 'running');
+
+-- name: tasks_get
+-- One task row, whole.
+SELECT * FROM angela_queue.tasks WHERE id = %(id)s;
+
+-- name: tasks_cancel
+-- Cancel a task that has not started. A running task is not interrupted:
+-- the row is returned unchanged and the caller reports why.
+WITH cancelled AS (
+    UPDATE angela_queue.tasks
+    SET status = 'cancelled', finished_at = now(), last_error = 'cancelled'
+    WHERE id = %(id)s AND status IN ('scheduled', 'queued')
+    RETURNING id, queue, status
+), space AS (
+    SELECT pg_notify('angela_queue_space', c.queue) FROM cancelled c
+)
+SELECT c.id, c.status, (SELECT count(*) FROM space) AS notified FROM cancelled c
+UNION ALL
+SELECT t.id, t.status, 0 FROM angela_queue.tasks t
+WHERE t.id = %(id)s AND NOT EXISTS (SELECT 1 FROM cancelled);
+
+-- name: tasks_claim
+-- Claim up to %(limit)s startable tasks from the given queues, best effective
+-- priority first, for one worker.
+-- Hazard: written as UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE
+-- SKIP LOCKED), the planner may turn the sub-select into a semi-join and run
+-- it more than once, locking and updating more rows than the LIMIT. The
+-- MATERIALIZED CTE is a fence: the pick runs exactly once.
+-- The pick walks tasks_claim_idx in priority_key order (no sort); SKIP LOCKED
+-- lets concurrent workers pass over each other's rows instead of queueing.
+-- Claiming from a bounded queue frees space: enqueuers waiting on a full
+-- queue are woken (only bounded queues pay for the NOTIFY).
+WITH picked AS MATERIALIZED (
+    SELECT t.id
+    FROM angela_queue.tasks t
+    WHERE t.status = 'queued' AND t.queue = ANY(%(queues)s::text[]) AND t.run_at <= now()
+    ORDER BY t.priority_key DESC, t.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE angela_queue.tasks t
+    SET status = 'running', attempts = t.attempts + 1, worker_id = %(worker_id)s,
+        started_at = now(), finished_at = NULL
+    FROM picked
+    WHERE t.id = picked.id AND t.status = 'queued'
+    RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier,
+              t.attempts, t.max_attempts, t.timeout_s, t.run_at, t.deadline, t.priority_key
+)
+SELECT c.id, c.queue, c.kind, c.payload, c.priority, c.boost, c.tier,
+       c.attempts, c.max_attempts, c.timeout_s, c.run_at, c.deadline,
+       (SELECT count(pg_notify('angela_queue_space', q.name))
+        FROM angela_queue.queues q
+        WHERE q.max_size IS NOT NULL AND q.name IN (SELECT queue FROM claimed)) AS space_notified
+FROM claimed c
+ORDER BY c.priority_key DESC, c.id;
+
+-- name: tasks_claim_kind
+-- Claim up to %(limit)s low-priority (< 5) tasks of one kind and queue, to
+-- fill a batch. Same fence and index walk as tasks_claim.
+WITH picked AS MATERIALIZED (
+    SELECT t.id
+    FROM angela_queue.tasks t
+    WHERE t.status = 'queued' AND t.queue = %(queue)s AND t.kind = %(kind)s
+      AND t.priority < 5 AND t.run_at <= now()
+    ORDER BY t.priority_key DESC, t.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE angela_queue.tasks t
+    SET status = 'running', attempts = t.attempts + 1, worker_id = %(worker_id)s,
+        started_at = now(), finished_at = NULL
+    FROM picked
+    WHERE t.id = picked.id AND t.status = 'queued'
+    RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier,
+              t.attempts, t.max_attempts, t.timeout_s, t.run_at, t.deadline, t.priority_key
+)
+SELECT c.id, c.queue, c.kind, c.payload, c.priority, c.boost, c.tier,
+       c.attempts, c.max_attempts, c.timeout_s, c.run_at, c.deadline,
+       (SELECT count(pg_notify('angela_queue_space', q.name))
+        FROM angela_queue.queues q
+        WHERE q.max_size IS NOT NULL AND q.name IN (SELECT queue FROM claimed)) AS space_notified
+FROM claimed c
+ORDER BY c.priority_key DESC, c.id;
+
+-- name: tasks_best_waiting_priority
+-- The base priority of the best startable task in the given queues, or no
+-- row. Used while a batch collects, to see whether better work is waiting.
+SELECT t.priority
+FROM angela_queue.tasks t
+WHERE t.status = 'queued' AND t.queue = ANY(%(queues)s::text[]) AND t.run_at <= now()
+ORDER BY t.priority_key DESC, t.id
+LIMIT 1;
+
+-- name: tasks_complete_many
+-- Record the successes of one worker in one statement. Guarded: a task that
+-- was reclaimed meanwhile (no longer running here) is left alone and simply
+-- missing from the returned ids.
+UPDATE angela_queue.tasks t
+SET status = 'succeeded', finished_at = d.finished_at, result = d.result, last_error = NULL
+FROM unnest(%(ids)s::bigint[], %(results)s::jsonb[], %(finished_ats)s::timestamptz[])
+     AS d(id, result, finished_at)
+WHERE t.id = d.id AND t.status = 'running' AND t.worker_id = %(worker_id)s
+RETURNING t.id;
+
+-- name: tasks_fail_many
+-- Record failed attempts of one worker in one statement: each task goes back
+-- to 'scheduled' after its backoff while attempts remain, else to 'failed'
+-- (final). %(retry_in_s)s holds each task's backoff; NULL forces 'failed'
+-- (e.g. an unknown kind). Guarded like tasks_complete_many.
+UPDATE angela_queue.tasks t
+SET status = CASE WHEN d.retry_in_s IS NOT NULL AND t.attempts < t.max_attempts
+                  THEN 'scheduled' ELSE 'failed' END,
+    run_at = CASE WHEN d.retry_in_s IS NOT NULL AND t.attempts < t.max_attempts
+                  THEN d.failed_at + make_interval(secs => d.retry_in_s) ELSE t.run_at END,
+    finished_at = CASE WHEN d.retry_in_s IS NOT NULL AND t.attempts < t.max_attempts
+                       THEN NULL ELSE d.failed_at END,
+    worker_id = CASE WHEN d.retry_in_s IS NOT NULL AND t.attempts < t.max_attempts
+                     THEN NULL ELSE t.worker_id END,
+    last_error = d.error
+FROM unnest(%(ids)s::bigint[], %(errors)s::text[], %(retry_in_s)s::double precision[],
+            %(failed_ats)s::timestamptz[])
+     AS d(id, error, retry_in_s, failed_at)
+WHERE t.id = d.id AND t.status = 'running' AND t.worker_id = %(worker_id)s
+RETURNING t.id, t.status, t.attempts, t.max_attempts, t.run_at;
+
+-- name: tasks_release_many
+-- Give tasks back untouched (graceful stop): back to 'queued' with the attempt
+-- not counted against them. Guarded like tasks_complete_many.
+UPDATE angela_queue.tasks t
+SET status = 'queued', attempts = greatest(t.attempts - 1, 0), worker_id = NULL, started_at = NULL
+WHERE t.id = ANY(%(ids)s::bigint[]) AND t.status = 'running' AND t.worker_id = %(worker_id)s
+RETURNING t.id;
+
+-- name: tasks_promote_due
+-- Move scheduled tasks whose run_at has come to 'queued', and wake workers.
+-- SKIP LOCKED so that many workers promoting at once never block each other.
+-- %(now)s lets tests move time instead of sleeping; NULL means now().
+WITH due AS MATERIALIZED (
+    SELECT t.id
+    FROM angela_queue.tasks t
+    WHERE t.status = 'scheduled' AND t.run_at <= coalesce(%(now)s::timestamptz, now())
+    ORDER BY t.run_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), promoted AS (
+    UPDATE angela_queue.tasks t SET status = 'queued'
+    FROM due WHERE t.id = due.id AND t.status = 'scheduled'
+    RETURNING t.queue
+)
+SELECT count(*) AS promoted,
+       (SELECT count(pg_notify('angela_queue_insert', q.queue))
+        FROM (SELECT DISTINCT queue FROM promoted) q) AS notified
+FROM promoted;
+
+-- name: tasks_next_scheduled_at
+-- When the next scheduled task in the given queues becomes due (or no row).
+SELECT min(t.run_at) AS next_run_at, now() AS db_now
+FROM angela_queue.tasks t
+WHERE t.status = 'scheduled' AND t.queue = ANY(%(queues)s::text[]);
+
+-- name: tasks_queued_depth
+-- Startable tasks in the given queues, counted only up to %(cap)s: the
+-- worker needs to know "more than 20", never the exact size of a big backlog.
+SELECT count(*) AS depth FROM (
+    SELECT 1 FROM angela_queue.tasks t
+    WHERE t.status = 'queued' AND t.queue = ANY(%(queues)s::text[])
+    LIMIT %(cap)s
+) AS waiting;

@@ -1,0 +1,11 @@
+"""Shared test configuration. The fixtures live in fix_*.py (psycopg's layout)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fix_db import *  # noqa: F401,F403  (server, database, dsn, conn fixtures)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: long-running tests (wheel build, many processes)")
