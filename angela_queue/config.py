@@ -33,9 +33,10 @@ CHANNEL_SPACE = "angela_queue_space"
 
 
 def default_max_workers() -> int:
-    """The plan's ceiling: 8, or 80% of the CPU cores if that is fewer (at least 1)."""
+    """The plan's ceiling: 8, or 80% of the CPU cores if that is fewer; never
+    below the plan's minimum of 2 workers (80% of 2 cores would be 1)."""
     cores = psutil.cpu_count(logical=True) or 1
-    return max(1, min(8, int(cores * 0.8)))
+    return max(2, min(8, int(cores * 0.8)))
 
 
 @dataclass(frozen=True)

@@ -130,3 +130,24 @@ def unlisten(conn: psycopg.Connection, channel: str) -> None:
 
 async def aunlisten(conn: psycopg.AsyncConnection, channel: str) -> None:
     await conn.execute(pgsql.SQL("UNLISTEN {}").format(pgsql.Identifier(channel)))
+
+
+async def apipeline(conn: psycopg.AsyncConnection,
+                    statements: list[tuple[str, Mapping[str, Any] | None]]) -> list[list[Row]]:
+    """Run several named queries in one round trip (pipeline mode).
+
+    They run in order and, with no Sync between them, inside one implicit
+    transaction: one commit (one WAL flush) for all of them. If one fails,
+    the whole group rolls back and the error is raised.
+    """
+    results: list[list[Row]] = []
+    with translate_errors():
+        async with conn.pipeline():
+            cursors = []
+            for name, params in statements:
+                cur = conn.cursor()
+                await cur.execute(queries.query(name), params, prepare=True)
+                cursors.append(cur)
+        for cur in cursors:
+            results.append(await cur.fetchall() if cur.description else [])
+    return results

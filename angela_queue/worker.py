@@ -1,0 +1,611 @@
+"""The worker process: claim tasks in effective-priority order, run them,
+record the outcomes. One asyncio loop per process.
+
+The loop, in one round trip per turn (pipeline mode):
+    flush finished outcomes  ->  fill collecting batches  ->  claim up to the free slots
+then dispatch what came back and wait for the next reason to turn: a slot
+freed, a NOTIFY from an insert, a batch deadline, or the poll timer (the
+backstop: LISTEN only speeds things up).
+
+Hazards this module is built around:
+- Completion is guarded (status = 'running' AND worker_id = me). A task that
+  was reclaimed while it ran here is never overwritten; we log and move on.
+- A lost connection loses nothing: outcomes stay buffered until a flush
+  succeeds, and after reconnecting the worker releases any task the database
+  says it holds but it never received (a claim that committed while the
+  connection died).
+- Sync handlers cannot be interrupted. One that outlives its timeout fails
+  its attempt, and the worker retires (exit code 75) so its supervisor starts
+  a fresh process instead of leaking a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import importlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from . import db
+from .config import CHANNEL_INSERT, Settings
+from .execution import ClaimedTask, Outcome, backoff_seconds, execute_batch, execute_one
+from .registry import lookup
+
+log = logging.getLogger("angela_queue.worker")
+
+# Exit status asking the supervisor for a fresh process (sysexits EX_TEMPFAIL).
+EXIT_RETIRE = 75
+
+# Below this base priority, tasks are claimed and run in batches (the plan).
+BATCH_BELOW_PRIORITY = 5
+# How often a collecting batch tries to claim more of its kind.
+BATCH_FILL_EVERY_S = 0.1
+# Depth thresholds of the plan's adaptive polling.
+DEPTH_FAST, DEPTH_MEDIUM = 20, 5
+
+
+@dataclass
+class Batch:
+    """Low-priority tasks of one queue and kind, collected to run together."""
+
+    queue: str
+    kind: str
+    tasks: list[ClaimedTask] = field(default_factory=list)
+    started_at: float = field(default_factory=time.monotonic)
+    next_fill_at: float = 0.0
+
+
+@dataclass
+class Stats:
+    """Counters the heartbeat thread reads; written by the loop thread."""
+
+    completed: int = 0
+    failed: int = 0
+    total_ms: float = 0.0
+    last_active: float | None = None  # time.time()
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, ok: bool, duration_ms: float) -> None:
+        with self.lock:
+            if ok:
+                self.completed += 1
+            else:
+                self.failed += 1
+            self.total_ms += duration_ms
+            self.last_active = time.time()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            done = self.completed + self.failed
+            return {"tasks_completed": self.completed, "tasks_failed": self.failed,
+                    "avg_processing_time_ms": (self.total_ms / done) if done else 0.0,
+                    "last_active": self.last_active}
+
+
+def poll_interval(depth: int, settings: Settings) -> float:
+    """The plan's adaptive poll: 0.1 s above 20 waiting, 0.5 s above 5, else 1.0 s."""
+    if depth > DEPTH_FAST:
+        return settings.poll_fast_s
+    if depth > DEPTH_MEDIUM:
+        return settings.poll_medium_s
+    return settings.poll_slow_s
+
+
+def load_app(app: str | None) -> None:
+    """Import the user's module so its @task decorators register handlers."""
+    if not app:
+        return
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    importlib.import_module(app)
+
+
+def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
+    """Ask Linux to send us ``sig`` when our parent dies (prctl PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        return libc.prctl(1, int(sig), 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        return False
+
+
+class Worker:
+    def __init__(self, settings: Settings, dsn: str, *, worker_id: uuid.UUID | None = None,
+                 supervisor_id: uuid.UUID | None = None, supervisor_pid: int | None = None):
+        self.settings = settings
+        self.dsn = dsn
+        self.id = worker_id or uuid.uuid4()
+        self.supervisor_id = supervisor_id
+        self.supervisor_pid = supervisor_pid
+        self.queues = list(settings.queues)
+        self.stats = Stats()
+
+        self.conn: psycopg.AsyncConnection | None = None
+        self.held: dict[int, ClaimedTask] = {}          # claimed, outcome not yet stored
+        self.executing: set[asyncio.Task] = set()        # each uses one slot
+        self.collecting: dict[tuple[str, str], Batch] = {}
+        self.ready: collections.deque[Batch] = collections.deque()
+        self.outcomes: list[Outcome] = []
+        self.flushing: list[Outcome] = []
+        self.depth = 0
+        self.next_scheduled_at: float | None = None      # time.monotonic()
+
+        self.stopping = False
+        self.stop_deadline: float | None = None
+        self.retiring = False
+        self.exit_code = 0
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor = ThreadPoolExecutor(max_workers=settings.concurrency + 2,
+                                            thread_name_prefix="aq-handler")
+        self._heartbeat_stop = threading.Event()
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; returns the process exit status."""
+        if self.supervisor_pid is not None:
+            set_parent_death_signal(signal.SIGTERM)
+            if os.getppid() != self.supervisor_pid:
+                log.error("supervisor %s is already gone; not starting", self.supervisor_pid)
+                return 1
+        code = asyncio.run(self._main())
+        if self.retiring:
+            # A sync handler thread may still be running: don't wait for it.
+            logging.shutdown()
+            os._exit(EXIT_RETIRE)
+        return code
+
+    def request_stop(self, fast: bool = False) -> None:
+        """Stop claiming; running tasks get shutdown_grace_s (0 if fast) to finish."""
+        grace = 0.0 if fast else self.settings.shutdown_grace_s
+        deadline = time.monotonic() + grace
+        if not self.stopping:
+            log.info("worker %s stopping: finishing %d running task(s), grace %.0fs",
+                     self.short_id, len(self.executing), grace)
+        self.stopping = True
+        self.stop_deadline = deadline if self.stop_deadline is None else min(self.stop_deadline, deadline)
+        self.wake()
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    @property
+    def short_id(self) -> str:
+        return str(self.id)[:8]
+
+    async def _main(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        signals_seen = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            log.info("received %s", signal.Signals(signum).name)
+            self.request_stop(fast=signals_seen > 1)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, on_signal, sig)
+
+        self.conn = await self._connect_with_retry()
+        await db.afetch_all(self.conn, "workers_register", {
+            "id": self.id, "supervisor_id": self.supervisor_id, "host": socket.gethostname(),
+            "pid": os.getpid(), "queues": self.queues, "concurrency": self.settings.concurrency,
+            "stuck_after_s": self.settings.stuck_after_s, "dead_after_s": self.settings.dead_after_s})
+        log.info("worker %s started: pid %d, queues %s, concurrency %d", self.short_id, os.getpid(),
+                 ",".join(self.queues), self.settings.concurrency)
+        heartbeat = threading.Thread(target=self._heartbeat_thread, name="aq-heartbeat", daemon=True)
+        heartbeat.start()
+        listener = asyncio.create_task(self._listen())
+        try:
+            await self._loop_until_stopped()
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+            await self._shutdown()
+            self._heartbeat_stop.set()
+            heartbeat.join(timeout=5)
+            await self._mark_stopped()
+            if self.conn is not None:
+                await self.conn.close()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        log.info("worker %s stopped: %d succeeded, %d failed", self.short_id, self.stats.completed,
+                 self.stats.failed)
+        return self.exit_code
+
+    # --- the loop -------------------------------------------------------------
+
+    async def _loop_until_stopped(self) -> None:
+        assert self._wake is not None
+        while not self.stopping:
+            try:
+                claimed, asked = await self._turn()
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                log.warning("database connection lost (%s); reconnecting", db.first_line(exc))
+                await self._recover_connection()
+                continue
+            self._start_ready_batches()
+            if asked and claimed >= asked:
+                # A full claim: more is probably waiting. Let finished handlers
+                # report first, so the next turn flushes them in the same trip.
+                await asyncio.sleep(0)
+                continue
+            await self._wait()
+
+    async def _turn(self) -> tuple[int, int]:
+        """One round trip: flush outcomes, fill batches, claim. Returns (claimed, asked)."""
+        assert self.conn is not None
+        statements: list[tuple[str, dict[str, Any]]] = []
+        flush = self._take_outcomes()
+        if flush:
+            statements.extend(self._outcome_statements(flush))
+        n_flush = len(statements)
+
+        now = time.monotonic()
+        fills: list[Batch] = []
+        if not self.stopping and not self.retiring:
+            for batch in self.collecting.values():
+                if batch.next_fill_at <= now and len(batch.tasks) < self.settings.batch_size:
+                    batch.next_fill_at = now + BATCH_FILL_EVERY_S
+                    fills.append(batch)
+                    statements.append(("tasks_claim_kind", {
+                        "queue": batch.queue, "kind": batch.kind, "worker_id": self.id,
+                        "limit": self.settings.batch_size - len(batch.tasks)}))
+        free = self.free_slots()
+        asked = free if free > 0 and not self.stopping and not self.retiring else 0
+        if asked:
+            statements.append(("tasks_claim", {"queues": self.queues, "limit": asked, "worker_id": self.id}))
+        if not statements:
+            return 0, 0
+
+        results = await db.apipeline(self.conn, statements)
+        self._outcomes_stored(flush, results[:n_flush])
+        for batch, rows in zip(fills, results[n_flush:n_flush + len(fills)]):
+            for row in rows:
+                self._hold(ClaimedTask.from_row(row))
+                batch.tasks.append(self.held[row["id"]])
+            self._batch_maybe_ready(batch)
+        claimed_rows = results[-1] if asked else []
+        for row in claimed_rows:
+            self._dispatch(ClaimedTask.from_row(row))
+        return len(claimed_rows), asked
+
+    def free_slots(self) -> int:
+        return self.settings.concurrency - len(self.executing)
+
+    async def _wait(self) -> None:
+        """Sleep until a slot frees, a NOTIFY arrives, a batch is due, or the poll timer fires."""
+        assert self._wake is not None and self.conn is not None
+        timeout = poll_interval(self.depth, self.settings)
+        now = time.monotonic()
+        for batch in self.collecting.values():
+            timeout = min(timeout, max(0.0, batch.started_at + self.settings.batch_wait_s - now),
+                          max(0.0, batch.next_fill_at - now))
+        if self.next_scheduled_at is not None:
+            timeout = min(timeout, max(0.0, self.next_scheduled_at - now))
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+            return
+        except asyncio.TimeoutError:
+            pass
+        # The poll timer fired: the backstop for lost NOTIFYs and the moment
+        # to promote delayed tasks whose time has come.
+        try:
+            await self._poll_housekeeping()
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            log.warning("database connection lost (%s); reconnecting", db.first_line(exc))
+            await self._recover_connection()
+
+    async def _poll_housekeeping(self) -> None:
+        assert self.conn is not None
+        results = await db.apipeline(self.conn, [
+            ("tasks_promote_due", {"now": None, "limit": 1000}),
+            ("tasks_next_scheduled_at", {"queues": self.queues}),
+            ("tasks_queued_depth", {"queues": self.queues, "cap": DEPTH_FAST + 1}),
+        ])
+        promoted = results[0][0]["promoted"] if results[0] else 0
+        if promoted:
+            log.debug("promoted %d scheduled task(s)", promoted)
+        nxt = results[1][0] if results[1] else None
+        if nxt and nxt["next_run_at"] is not None:
+            seconds = (nxt["next_run_at"] - nxt["db_now"]).total_seconds()
+            self.next_scheduled_at = time.monotonic() + max(0.0, seconds)
+        else:
+            self.next_scheduled_at = None
+        self.depth = results[2][0]["depth"] if results[2] else 0
+
+    async def _listen(self) -> None:
+        """Wake the loop on inserts into our queues. Reconnects on its own."""
+        delay = 0.1
+        while True:
+            try:
+                async with await db.aconnect(self.dsn, application_name="angela-queue-listen") as conn:
+                    await db.alisten(conn, CHANNEL_INSERT)
+                    delay = 0.1
+                    self.wake()  # anything inserted while we were not listening
+                    async for note in conn.notifies():
+                        if note.payload in self.queues:
+                            self.wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep listening whatever happened
+                log.debug("listen connection failed (%s); retrying in %.1fs", db.first_line(exc), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # --- dispatching ----------------------------------------------------------
+
+    def _hold(self, task: ClaimedTask) -> None:
+        self.held[task.id] = task
+        self.stats.last_active = time.time()
+
+    def _dispatch(self, task: ClaimedTask) -> None:
+        self._hold(task)
+        if task.priority < BATCH_BELOW_PRIORITY and self.settings.batch_size > 1:
+            key = (task.queue, task.kind)
+            batch = self.collecting.get(key)
+            if batch is None:
+                batch = self.collecting[key] = Batch(task.queue, task.kind)
+            batch.tasks.append(task)
+            self._batch_maybe_ready(batch)
+            return
+        self._start(self._run_one(task))
+
+    def _batch_maybe_ready(self, batch: Batch) -> None:
+        key = (batch.queue, batch.kind)
+        if self.collecting.get(key) is not batch:
+            return
+        due = time.monotonic() >= batch.started_at + self.settings.batch_wait_s
+        if len(batch.tasks) >= self.settings.batch_size or (due and batch.tasks):
+            del self.collecting[key]
+            self.ready.append(batch)
+
+    def _start_ready_batches(self) -> None:
+        for batch in list(self.collecting.values()):
+            self._batch_maybe_ready(batch)
+        while self.ready and self.free_slots() > 0 and not self.stopping:
+            self._start(self._run_batch(self.ready.popleft()))
+
+    def _start(self, coro) -> None:
+        job = asyncio.create_task(coro)
+        self.executing.add(job)
+        job.add_done_callback(self._job_done)
+
+    def _job_done(self, job: asyncio.Task) -> None:
+        self.executing.discard(job)
+        if not job.cancelled() and job.exception() is not None:
+            log.error("internal error in task execution: %r", job.exception())
+        self.wake()
+
+    async def _run_one(self, task: ClaimedTask) -> None:
+        outcome = await execute_one(lookup(task.kind), task, self.settings.default_timeout_s,
+                                    self._executor, self._on_abandoned_thread)
+        self._record(task, outcome)
+
+    async def _run_batch(self, batch: Batch) -> None:
+        definition = lookup(batch.kind)
+        if definition is not None and definition.batch:
+            outcomes = await execute_batch(definition, batch.tasks, self.settings.default_timeout_s,
+                                           self._executor, self._on_abandoned_thread)
+            for task, outcome in zip(batch.tasks, outcomes):
+                self._record(task, outcome)
+            return
+        for task in batch.tasks:  # not a batch handler: one by one, in order
+            if self.stopping:
+                return  # the rest are released by _shutdown
+            outcome = await execute_one(definition, task, self.settings.default_timeout_s,
+                                        self._executor, self._on_abandoned_thread)
+            self._record(task, outcome)
+
+    def _record(self, task: ClaimedTask, outcome: Outcome) -> None:
+        self.stats.record(outcome.ok, outcome.duration_ms)
+        self.outcomes.append(outcome)
+        if outcome.ok:
+            log.info("task %d %s p%d succeeded in %.1fms (attempt %d)", task.id, task.kind, task.priority,
+                     outcome.duration_ms, task.attempts)
+        else:
+            final = not outcome.retry or task.attempts >= task.max_attempts
+            log.warning("task %d %s p%d failed in %.1fms (attempt %d/%d%s): %s", task.id, task.kind,
+                        task.priority, outcome.duration_ms, task.attempts, task.max_attempts,
+                        ", final" if final else ", will retry", (outcome.error or "").splitlines()[0])
+
+    def _on_abandoned_thread(self) -> None:
+        # Called on the loop thread when a sync handler overran its timeout.
+        if not self.retiring:
+            log.error("a sync handler ignored its timeout; worker %s retires once the other tasks finish "
+                      "(exit %d, its supervisor starts a replacement)", self.short_id, EXIT_RETIRE)
+        self.retiring = True
+        self.exit_code = EXIT_RETIRE
+        self.request_stop()
+
+    # --- outcomes -------------------------------------------------------------
+
+    def _take_outcomes(self) -> list[Outcome]:
+        flush = self.flushing + self.outcomes
+        self.flushing, self.outcomes = flush, []
+        return flush
+
+    def _outcome_statements(self, flush: list[Outcome]) -> list[tuple[str, dict[str, Any]]]:
+        statements: list[tuple[str, dict[str, Any]]] = []
+        ok = [o for o in flush if o.ok]
+        bad = [o for o in flush if not o.ok]
+        if ok:
+            statements.append(("tasks_complete_many", {
+                "worker_id": self.id, "ids": [o.task_id for o in ok],
+                "results": [Jsonb(o.result) for o in ok],
+                "finished_ats": [_utc(o.finished_at) for o in ok]}))
+        if bad:
+            statements.append(("tasks_fail_many", {
+                "worker_id": self.id, "ids": [o.task_id for o in bad],
+                "errors": [o.error for o in bad],
+                "retry_in_s": [self._retry_in(o) for o in bad],
+                "failed_ats": [_utc(o.finished_at) for o in bad]}))
+        return statements
+
+    def _retry_in(self, outcome: Outcome) -> float | None:
+        if not outcome.retry:
+            return None
+        task = self.held.get(outcome.task_id)
+        definition = lookup(task.kind) if task else None
+        base = (definition.backoff_base if definition and definition.backoff_base is not None
+                else self.settings.backoff_base_s)
+        cap = (definition.backoff_max if definition and definition.backoff_max is not None
+               else self.settings.backoff_max_s)
+        return backoff_seconds(task.attempts if task else 1, base, cap)
+
+    def _outcomes_stored(self, flush: list[Outcome], results: list[list[dict[str, Any]]]) -> None:
+        """The flush committed: forget those tasks; report any that were no longer ours."""
+        if not flush:
+            return
+        stored = {row["id"] for rows in results for row in rows}
+        for outcome in flush:
+            if outcome.task_id not in stored:
+                log.warning("task %d was reclaimed while it ran here; its outcome was not recorded",
+                            outcome.task_id)
+            self.held.pop(outcome.task_id, None)
+        self.flushing = []
+
+    # --- connection recovery ----------------------------------------------------
+
+    async def _connect_with_retry(self) -> psycopg.AsyncConnection:
+        delay = 0.1
+        while True:
+            try:
+                return await db.aconnect(self.dsn, application_name=f"angela-queue-worker-{self.short_id}")
+            except Exception as exc:  # noqa: BLE001
+                if self.stopping and self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
+                    raise
+                log.warning("cannot reach the database (%s); retrying in %.1fs", db.first_line(exc), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _recover_connection(self) -> None:
+        if self.conn is not None:
+            try:
+                await self.conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self.conn = await self._connect_with_retry()
+        # A claim may have committed without its rows reaching us: give back
+        # whatever the database says we hold but we are not running.
+        rows = await db.afetch_all(self.conn, "tasks_running_for_worker", {"worker_id": self.id})
+        orphans = [r["id"] for r in rows if r["id"] not in self.held]
+        if orphans:
+            released = await db.afetch_all(self.conn, "tasks_release_many",
+                                           {"ids": orphans, "worker_id": self.id})
+            log.warning("released %d task(s) claimed during the connection loss", len(released))
+        log.info("reconnected to the database")
+
+    # --- shutdown -------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        """Finish or release everything in hand; leave nothing 'running'."""
+        # Batches that never started go straight back.
+        unstarted = [t.id for b in list(self.collecting.values()) + list(self.ready) for t in b.tasks]
+        self.collecting.clear()
+        self.ready.clear()
+        deadline = self.stop_deadline if self.stop_deadline is not None else time.monotonic()
+        if self.executing:
+            remaining = max(0.0, deadline - time.monotonic())
+            done, pending = await asyncio.wait(set(self.executing), timeout=remaining)
+            for job in pending:
+                job.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        reported = {o.task_id for o in self.flushing + self.outcomes}
+        to_release = sorted(set(unstarted) | {tid for tid in self.held if tid not in reported})
+        await self._final_flush(to_release)
+
+    async def _final_flush(self, release_ids: list[int]) -> None:
+        for attempt in range(5):
+            try:
+                if self.conn is None or self.conn.closed:
+                    self.conn = await db.aconnect(self.dsn)
+                flush = self._take_outcomes()
+                statements = self._outcome_statements(flush)
+                if release_ids:
+                    statements.append(("tasks_release_many", {"ids": release_ids, "worker_id": self.id}))
+                if statements:
+                    results = await db.apipeline(self.conn, statements)
+                    self._outcomes_stored(flush, results[:len(statements) - (1 if release_ids else 0)])
+                    if release_ids:
+                        log.info("released %d unfinished task(s) back to the queue", len(results[-1]))
+                return
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                log.warning("final flush failed (%s); retrying", db.first_line(exc))
+                if self.conn is not None:
+                    await self.conn.close()
+                self.conn = None
+                await asyncio.sleep(min(0.2 * 2 ** attempt, 2.0))
+        log.error("could not record the last outcomes; the leader will reclaim those tasks")
+
+    async def _mark_stopped(self) -> None:
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = await db.aconnect(self.dsn)
+            await db.afetch_all(self.conn, "workers_mark_stopped", {"id": self.id, **self._stat_params()})
+        except psycopg.Error as exc:
+            log.warning("could not mark worker %s stopped: %s", self.short_id, db.first_line(exc))
+
+    def _stat_params(self) -> dict[str, Any]:
+        snap = self.stats.snapshot()
+        snap.pop("last_active")
+        return snap
+
+    # --- heartbeat ------------------------------------------------------------
+
+    def _heartbeat_thread(self) -> None:
+        """Beat from a thread with its own connection, so a handler that blocks
+        the event loop cannot silence the heartbeat (only stall progress, which
+        is what 'stuck' measures)."""
+        conn: psycopg.Connection | None = None
+        while not self._heartbeat_stop.wait(self.settings.heartbeat_interval_s):
+            if self.supervisor_pid is not None and os.getppid() != self.supervisor_pid:
+                log.error("supervisor %d is gone; stopping", self.supervisor_pid)
+                if self._loop is not None:
+                    self._loop.call_soon_threadsafe(self.request_stop)
+            try:
+                if conn is None or conn.closed:
+                    conn = db.connect(self.dsn, application_name=f"angela-queue-heartbeat-{self.short_id}")
+                snap = self.stats.snapshot()
+                last_active = _utc(snap.pop("last_active")) if snap["last_active"] else None
+                current = sorted(self.held)
+                status = "stopping" if self.stopping else ("active" if self.executing else "idle")
+                rows = db.fetch_all(conn, "workers_heartbeat", {
+                    "id": self.id, "status": status, "current_tasks": current,
+                    "last_active": last_active, **snap})
+                if not rows:
+                    log.error("worker %s was marked stuck or dead by its supervisor; stopping", self.short_id)
+                    if self._loop is not None:
+                        self._loop.call_soon_threadsafe(self.request_stop, True)
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                log.debug("heartbeat failed: %s", db.first_line(exc))
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+
+def _utc(ts: float):
+    import datetime as dt
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc)

@@ -1,0 +1,41 @@
+-- angela-queue: named queries on angela_queue.workers (heartbeat rows) and
+-- on the tasks a worker holds.
+
+-- name: workers_register
+-- A worker process announces itself before it claims anything.
+INSERT INTO angela_queue.workers
+    (id, supervisor_id, host, pid, queues, concurrency, status, stuck_after_s, dead_after_s, last_active)
+VALUES (%(id)s, %(supervisor_id)s, %(host)s, %(pid)s, %(queues)s, %(concurrency)s, 'idle',
+        %(stuck_after_s)s, %(dead_after_s)s, now())
+RETURNING id, started_at;
+
+-- name: workers_heartbeat
+-- Periodic proof of life with the worker's running statistics. Guarded on a
+-- live status: a row the supervisor or leader already marked stuck or dead
+-- stays so (RETURNING tells the worker it has been given up on).
+UPDATE angela_queue.workers
+SET last_heartbeat = now(),
+    status = %(status)s,
+    current_tasks = %(current_tasks)s,
+    tasks_completed = %(tasks_completed)s,
+    tasks_failed = %(tasks_failed)s,
+    avg_processing_time_ms = %(avg_processing_time_ms)s,
+    last_active = coalesce(%(last_active)s, last_active)
+WHERE id = %(id)s AND status IN ('active', 'idle', 'stopping')
+RETURNING status;
+
+-- name: workers_mark_stopped
+-- Final word of a worker that stops on its own.
+UPDATE angela_queue.workers
+SET status = 'stopped', stopped_at = now(), last_heartbeat = now(), current_tasks = '{}',
+    tasks_completed = %(tasks_completed)s, tasks_failed = %(tasks_failed)s,
+    avg_processing_time_ms = %(avg_processing_time_ms)s
+WHERE id = %(id)s
+RETURNING id;
+
+-- name: tasks_running_for_worker
+-- The ids of tasks the database says this worker holds. After a lost
+-- connection, a claim may have committed without its rows reaching us; the
+-- worker compares this list with what it really runs.
+SELECT t.id FROM angela_queue.tasks t
+WHERE t.status = 'running' AND t.worker_id = %(worker_id)s;
