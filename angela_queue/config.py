@@ -174,3 +174,9 @@ def load_settings(flags: Mapping | None = None, environ: Mapping[str, str] | Non
 def dsn_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     """ANGELA_QUEUE_DSN, then DATABASE_URL, else None (the embedded server)."""
     return from_env(environ).get("dsn")
+
+
+def embedded_dir_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """ANGELA_QUEUE_EMBEDDED_DIR: where the embedded server keeps its data, else None (the default)."""
+    environ = os.environ if environ is None else environ
+    return environ.get(ENV_PREFIX + "EMBEDDED_DIR") or None
