@@ -204,9 +204,11 @@ BEGIN
         SELECT * INTO q FROM angela_queue.queues WHERE name = NEW.queue;
     END IF;
 
+    -- silent => true: a rule that errors on this payload (a strict path with
+    -- a missing key, a division by zero) is a non-match, not a failed insert.
     FOR r_rule IN
         SELECT r.name, r.boost FROM angela_queue.boost_rules r
-        WHERE r.enabled AND jsonb_path_exists(NEW.payload, r.condition)
+        WHERE r.enabled AND jsonb_path_exists(NEW.payload, r.condition, '{}', true)
         ORDER BY r.name
     LOOP
         NEW.boost := NEW.boost + r_rule.boost;
@@ -273,6 +275,28 @@ $$;
 CREATE TRIGGER tasks_before_update_order
     BEFORE UPDATE OF run_at, priority, boost, aging_rate ON angela_queue.tasks
     FOR EACH ROW EXECUTE FUNCTION angela_queue.tasks_before_update_order();
+
+-- A new queues.aging_rate also applies to the queue's unfinished tasks.
+-- Hazard: priority_key drops the now() term, which is only the same for rows
+-- that share one rate; between rows of different rates it differs by
+-- rate x epoch-minutes (millions of points), so tasks inserted after a rate
+-- change would sort above or below every older task regardless of priority.
+-- Re-keying (via tasks_before_update_order) keeps one rate per queue. An
+-- insert racing the change may keep the old rate; change it again to fix.
+CREATE FUNCTION angela_queue.queues_after_update_aging_rate() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE angela_queue.tasks t SET aging_rate = NEW.aging_rate
+    WHERE t.queue = NEW.name AND t.status IN ('scheduled', 'queued', 'running')
+      AND t.aging_rate IS DISTINCT FROM NEW.aging_rate;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER queues_after_update_aging_rate
+    AFTER UPDATE OF aging_rate ON angela_queue.queues
+    FOR EACH ROW WHEN (OLD.aging_rate IS DISTINCT FROM NEW.aging_rate)
+    EXECUTE FUNCTION angela_queue.queues_after_update_aging_rate();
 
 -- Wake idle workers. One NOTIFY per statement and queue, not per row, so a
 -- bulk insert of 10,000 tasks sends a handful of notifications. The payload is
