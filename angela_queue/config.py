@@ -89,6 +89,12 @@ class Settings:
     scale_interval_s: float = 30.0
     max_queue_size: int | None = None
     retention_s: float = 7 * 24 * 3600.0
+    # Seconds a maintenance leader's lease lasts unless renewed (it renews every heartbeat).
+    leader_lease_s: float = 15.0
+    # Room check before adding a worker: below this much available memory, or
+    # with the CPU this busy over the last scale interval, no worker is added.
+    room_min_free_memory_mb: float = 256.0
+    room_max_cpu_percent: float = 95.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -105,7 +111,7 @@ class Settings:
         if self.min_workers > self.max_workers:
             problems.append(f"min_workers ({self.min_workers}) exceeds max_workers ({self.max_workers})")
         for name in ("batch_wait_s", "heartbeat_interval_s", "stuck_after_s", "dead_after_s",
-                     "shutdown_grace_s", "scale_interval_s", "retention_s"):
+                     "shutdown_grace_s", "scale_interval_s", "retention_s", "leader_lease_s"):
             if getattr(self, name) <= 0 and name not in ("batch_wait_s", "shutdown_grace_s"):
                 problems.append(f"{name} must be positive (got {getattr(self, name)})")
             if getattr(self, name) < 0:
