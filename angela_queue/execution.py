@@ -12,6 +12,7 @@ import asyncio
 import functools
 import json
 import random
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -35,12 +36,13 @@ class ClaimedTask:
     attempts: int
     max_attempts: int
     timeout_s: float | None
+    effective_priority: float = 0.0
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "ClaimedTask":
         return cls(id=row["id"], queue=row["queue"], kind=row["kind"], payload=row["payload"] or {},
                    priority=row["priority"], attempts=row["attempts"], max_attempts=row["max_attempts"],
-                   timeout_s=row["timeout_s"])
+                   timeout_s=row["timeout_s"], effective_priority=row.get("effective_priority") or row["priority"])
 
 
 @dataclass
@@ -57,6 +59,29 @@ class Outcome:
 
 class HandlerTimeout(Exception):
     pass
+
+
+# Sync handlers still running in their threads. A stopping worker that
+# released such a task must not wait for the thread at interpreter exit.
+_busy_threads = 0
+_busy_lock = threading.Lock()
+
+
+def busy_handler_threads() -> int:
+    return _busy_threads
+
+
+def _counted(call: Callable[[], Any]) -> Callable[[], Any]:
+    def run() -> Any:
+        global _busy_threads
+        with _busy_lock:
+            _busy_threads += 1
+        try:
+            return call()
+        finally:
+            with _busy_lock:
+                _busy_threads -= 1
+    return run
 
 
 def backoff_seconds(attempt: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
@@ -112,7 +137,7 @@ async def run_handler(definition: TaskDefinition, call: Callable[[], Any], timeo
         except asyncio.TimeoutError:
             raise HandlerTimeout(f"timed out after {timeout_s:g}s (async handler cancelled)") from None
     loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(executor, call)
+    future = loop.run_in_executor(executor, _counted(call))
     if timeout_s is None:
         return await future
     try:

@@ -42,7 +42,9 @@ from psycopg.types.json import Jsonb
 
 from . import db
 from .config import CHANNEL_INSERT, Settings
-from .execution import ClaimedTask, Outcome, backoff_seconds, execute_batch, execute_one
+from .errors import ConfigError
+from .execution import (ClaimedTask, Outcome, backoff_seconds, busy_handler_threads, execute_batch,
+                        execute_one)
 from .registry import lookup
 
 log = logging.getLogger("angela_queue.worker")
@@ -111,7 +113,10 @@ def load_app(app: str | None) -> None:
         return
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    importlib.import_module(app)
+    try:
+        importlib.import_module(app)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import --app {app!r}: {exc}") from exc
 
 
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
@@ -166,10 +171,14 @@ class Worker:
                 log.error("supervisor %s is already gone; not starting", self.supervisor_pid)
                 return 1
         code = asyncio.run(self._main())
-        if self.retiring:
-            # A sync handler thread may still be running: don't wait for it.
+        if busy_handler_threads():
+            # A sync handler is still running in its thread (its task was
+            # released or timed out). Python would join that thread at exit
+            # and hang; its task is already accounted for, so leave now.
             logging.shutdown()
-            os._exit(EXIT_RETIRE)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
         return code
 
     def request_stop(self, fast: bool = False) -> None:
@@ -366,6 +375,10 @@ class Worker:
             if batch is None:
                 batch = self.collecting[key] = Batch(task.queue, task.kind)
             batch.tasks.append(task)
+            if task.effective_priority >= BATCH_BELOW_PRIORITY:
+                # Aged past the batching line: it now outranks fresh medium
+                # work, so it must not wait for company.
+                batch.started_at = min(batch.started_at, time.monotonic() - self.settings.batch_wait_s)
             self._batch_maybe_ready(batch)
             return
         self._start(self._run_one(task))

@@ -89,10 +89,13 @@ WITH picked AS MATERIALIZED (
     FROM picked
     WHERE t.id = picked.id AND t.status = 'queued'
     RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier,
-              t.attempts, t.max_attempts, t.timeout_s, t.run_at, t.deadline, t.priority_key
+              t.attempts, t.max_attempts, t.timeout_s, t.run_at, t.deadline, t.priority_key,
+              t.priority + t.boost + t.aging_rate
+                  * greatest(extract(epoch FROM now() - t.run_at)::double precision, 0) / 60.0
+                  AS effective_priority
 )
 SELECT c.id, c.queue, c.kind, c.payload, c.priority, c.boost, c.tier,
-       c.attempts, c.max_attempts, c.timeout_s, c.run_at, c.deadline,
+       c.attempts, c.max_attempts, c.timeout_s, c.run_at, c.deadline, c.effective_priority,
        (SELECT count(pg_notify('angela_queue_space', q.name))
         FROM angela_queue.queues q
         WHERE q.max_size IS NOT NULL AND q.name IN (SELECT queue FROM claimed)) AS space_notified
@@ -117,10 +120,13 @@ WITH picked AS MATERIALIZED (
     FROM picked
     WHERE t.id = picked.id AND t.status = 'queued'
     RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier,
-              t.attempts, t.max_attempts, t.timeout_s, t.run_at, t.deadline, t.priority_key
+              t.attempts, t.max_attempts, t.timeout_s, t.run_at, t.deadline, t.priority_key,
+              t.priority + t.boost + t.aging_rate
+                  * greatest(extract(epoch FROM now() - t.run_at)::double precision, 0) / 60.0
+                  AS effective_priority
 )
 SELECT c.id, c.queue, c.kind, c.payload, c.priority, c.boost, c.tier,
-       c.attempts, c.max_attempts, c.timeout_s, c.run_at, c.deadline,
+       c.attempts, c.max_attempts, c.timeout_s, c.run_at, c.deadline, c.effective_priority,
        (SELECT count(pg_notify('angela_queue_space', q.name))
         FROM angela_queue.queues q
         WHERE q.max_size IS NOT NULL AND q.name IN (SELECT queue FROM claimed)) AS space_notified

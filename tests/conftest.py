@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fix_db import *  # noqa: F401,F403  (server, database, dsn, conn fixtures)
+from fix_procs import *  # noqa: F401,F403  (worker processes, wait_until)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,0 +1,160 @@
+"""The claim, completion and release queries, run directly against Postgres."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import psycopg
+from psycopg.rows import dict_row
+
+from angela_queue import db, queries
+
+W1 = uuid.uuid4()
+W2 = uuid.uuid4()
+
+
+def claim(conn, limit=1, worker=W1, queues=("default",)):
+    return db.fetch_all(conn, "tasks_claim", {"queues": list(queues), "limit": limit, "worker_id": worker})
+
+
+def insert(conn, kind="k", priority=5, minutes_ago=0, queue="default", payload=None):
+    return conn.execute(
+        "INSERT INTO angela_queue.tasks (kind, priority, run_at, queue, payload) "
+        "VALUES (%s, %s, now() - make_interval(mins => %s), %s, %s) RETURNING id",
+        (kind, priority, minutes_ago, queue, json.dumps(payload or {}))).fetchone()["id"]
+
+
+def test_claim_takes_highest_effective_priority_first(conn):
+    low = insert(conn, priority=3)
+    crit = insert(conn, priority=9)
+    mid = insert(conn, priority=6)
+    assert [r["id"] for r in claim(conn, limit=3)] == [crit, mid, low]
+
+
+def test_backdated_low_task_beats_fresh_critical(conn):
+    # 2 + 0.1/min * 100 min = 12 > 9
+    old_low = insert(conn, priority=2, minutes_ago=100)
+    fresh_critical = insert(conn, priority=9)
+    first = claim(conn, limit=1)
+    assert [r["id"] for r in first] == [old_low]
+    assert [r["id"] for r in claim(conn, limit=1)] == [fresh_critical]
+
+
+def test_claim_marks_running_counts_attempt_and_respects_limit(conn):
+    ids = [insert(conn) for _ in range(5)]
+    rows = claim(conn, limit=3)
+    assert len(rows) == 3
+    states = conn.execute("SELECT id, status, attempts, worker_id FROM angela_queue.tasks ORDER BY id").fetchall()
+    running = [s for s in states if s["status"] == "running"]
+    assert {s["id"] for s in running} == {r["id"] for r in rows}
+    assert all(s["attempts"] == 1 and s["worker_id"] == W1 for s in running)
+    assert sum(1 for s in states if s["status"] == "queued") == 2
+    assert set(ids) >= {r["id"] for r in rows}
+
+
+def test_claim_only_serves_named_queues_and_skips_future_tasks(conn):
+    insert(conn, queue="other")
+    conn.execute("INSERT INTO angela_queue.tasks (kind, run_at) VALUES ('later', now() + interval '1 hour')")
+    assert claim(conn, limit=10) == []
+    assert len(claim(conn, limit=10, queues=("other",))) == 1
+
+
+def test_concurrent_claims_never_take_the_same_row(dsn, conn):
+    for _ in range(20):
+        insert(conn)
+    with psycopg.connect(dsn, row_factory=dict_row) as a, psycopg.connect(dsn, row_factory=dict_row) as b:
+        # Two open transactions claim at once: SKIP LOCKED makes the second
+        # pass over the rows the first holds instead of waiting or doubling.
+        ra = db.fetch_all(a, "tasks_claim", {"queues": ["default"], "limit": 10, "worker_id": W1})
+        rb = db.fetch_all(b, "tasks_claim", {"queues": ["default"], "limit": 10, "worker_id": W2})
+        a.commit()
+        b.commit()
+    ids_a, ids_b = {r["id"] for r in ra}, {r["id"] for r in rb}
+    assert len(ids_a) == 10 and len(ids_b) == 10
+    assert not ids_a & ids_b
+
+
+def test_completion_is_guarded_against_a_reclaim(conn):
+    tid = insert(conn)
+    claim(conn)
+    # The leader reclaims the task (its worker looked dead) and another worker takes it.
+    conn.execute("UPDATE angela_queue.tasks SET status = 'queued', worker_id = NULL WHERE id = %s", (tid,))
+    claim(conn, worker=W2)
+    stored = db.fetch_all(conn, "tasks_complete_many", {
+        "worker_id": W1, "ids": [tid], "results": [psycopg.types.json.Jsonb("stale")],
+        "finished_ats": [None]})
+    assert stored == []
+    row = conn.execute("SELECT status, worker_id, result FROM angela_queue.tasks WHERE id = %s", (tid,)).fetchone()
+    assert row["status"] == "running" and row["worker_id"] == W2 and row["result"] is None
+
+
+def test_fail_retries_with_backoff_then_fails_for_good(conn):
+    tid = conn.execute("INSERT INTO angela_queue.tasks (kind, max_attempts) VALUES ('k', 2) RETURNING id").fetchone()["id"]
+    claim(conn)
+    params = {"worker_id": W1, "ids": [tid], "errors": ["boom"], "retry_in_s": [30.0],
+              "failed_ats": [None]}
+    params["failed_ats"] = [conn.execute("SELECT now() AS n").fetchone()["n"]]
+    row = db.fetch_all(conn, "tasks_fail_many", params)[0]
+    assert row["status"] == "scheduled"
+    task = conn.execute("SELECT *, run_at - now() AS wait FROM angela_queue.tasks WHERE id = %s", (tid,)).fetchone()
+    assert 29 <= task["wait"].total_seconds() <= 31
+    assert task["last_error"] == "boom" and task["worker_id"] is None
+    # Its deadline (medium tier: 5 minutes) follows the new run_at.
+    assert (task["deadline"] - task["run_at"]).total_seconds() == 300
+    assert db.fetch_one(conn, "tasks_promote_due", {"now": None, "limit": 10})["promoted"] == 0
+    promoted = db.fetch_one(conn, "tasks_promote_due", {"now": task["run_at"], "limit": 10})
+    assert promoted["promoted"] == 1
+    # Travel to its run_at rather than sleeping through the backoff.
+    conn.execute("UPDATE angela_queue.tasks SET run_at = now() WHERE id = %s", (tid,))
+    assert [r["id"] for r in claim(conn)] == [tid]
+    row = db.fetch_all(conn, "tasks_fail_many", params)[0]
+    assert row["status"] == "failed" and row["attempts"] == 2
+
+
+def test_release_gives_the_task_back_without_counting_the_attempt(conn):
+    tid = insert(conn)
+    claim(conn)
+    released = db.fetch_all(conn, "tasks_release_many", {"ids": [tid], "worker_id": W1})
+    assert [r["id"] for r in released] == [tid]
+    row = conn.execute("SELECT status, attempts, worker_id FROM angela_queue.tasks WHERE id = %s", (tid,)).fetchone()
+    assert row == {"status": "queued", "attempts": 0, "worker_id": None}
+
+
+def test_claim_kind_only_takes_low_priority_of_that_kind(conn):
+    insert(conn, kind="a", priority=2)
+    insert(conn, kind="a", priority=7)
+    insert(conn, kind="b", priority=2)
+    rows = db.fetch_all(conn, "tasks_claim_kind", {"queue": "default", "kind": "a", "limit": 5, "worker_id": W1})
+    assert [(r["kind"], r["priority"]) for r in rows] == [("a", 2)]
+
+
+def _plan_nodes(plan: dict) -> list[dict]:
+    nodes = [plan]
+    for child in plan.get("Plans", []):
+        nodes.extend(_plan_nodes(child))
+    return nodes
+
+
+def test_claim_walks_the_index_without_sorting_100k_rows(conn):
+    conn.execute("""
+        INSERT INTO angela_queue.tasks (kind, priority, payload)
+        SELECT 'bulk', 1 + (g % 10), '{}'::jsonb FROM generate_series(1, 100000) g
+    """)
+    conn.execute("ANALYZE angela_queue.tasks")
+    with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
+        cur.execute("EXPLAIN (FORMAT JSON) " + queries.query("tasks_claim"),
+                    {"queues": ["default"], "limit": 10, "worker_id": W1})
+        plan = cur.fetchone()[0][0]["Plan"]
+    # The pick (CTE "picked") is where the queue is read: it must walk the
+    # index in order and stop at the LIMIT. (The statement's final ORDER BY
+    # only sorts the <= limit rows returned.)
+    picked = [n for n in _plan_nodes(plan) if n.get("Subplan Name") == "CTE picked"]
+    assert len(picked) == 1, plan
+    nodes = _plan_nodes(picked[0])
+    kinds = [n["Node Type"] for n in nodes]
+    assert "Sort" not in kinds and "Seq Scan" not in kinds, kinds
+    assert any(n["Node Type"] in ("Index Scan", "Index Only Scan") and n.get("Index Name") == "tasks_claim_idx"
+               for n in nodes), kinds
+    top_sorts = [n for n in _plan_nodes(plan) if n["Node Type"] == "Sort"]
+    assert all(n["Plan Rows"] <= 10 for n in top_sorts), top_sorts

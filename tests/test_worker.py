@@ -1,0 +1,291 @@
+"""The worker as a real process: claims, handlers, retries, timeouts, batches,
+wake-ups, graceful stop, connection loss and several workers at once."""
+
+from __future__ import annotations
+
+import signal
+
+from fix_procs import APP_PRELUDE, RUNS_TABLE_SQL, query, scalar, wait_until
+
+FAST = ["--poll-interval", "0.2", "--heartbeat-interval", "0.5"]
+
+BASIC_APP = APP_PRELUDE + """
+import asyncio, time
+from angela_queue import task
+
+@task("add")
+def add(a, b):
+    return a + b
+
+@task("async_add")
+async def async_add(a, b):
+    await asyncio.sleep(0)
+    return a + b
+
+@task("record")
+def record_run(n):
+    record(n)
+
+@task("boom", max_attempts=3, backoff_base=0.05, backoff_max=0.1)
+def boom(n=0):
+    record(n)
+    raise ValueError("kaboom " + str(n))
+
+@task("bad_result")
+def bad_result():
+    return object()
+
+@task("slow_async", timeout=0.3)
+async def slow_async():
+    await asyncio.sleep(30)
+
+@task("sleep")
+def sleep(seconds, n=0):
+    record(n)
+    time.sleep(seconds)
+    return "slept"
+"""
+
+
+def setup_runs(dsn):
+    query(dsn, RUNS_TABLE_SQL)
+
+
+def task_row(dsn, tid):
+    return query(dsn, "SELECT * FROM angela_queue.tasks WHERE id = %s", (tid,))[0]
+
+
+def wait_status(dsn, tid, *statuses, timeout=30):
+    return wait_until(lambda: task_row(dsn, tid)["status"] in statuses and task_row(dsn, tid),
+                      timeout=timeout, message=f"task {tid} to reach {statuses}")
+
+
+def test_runs_sync_and_async_handlers_and_stores_results(dsn, client, write_app, start_worker):
+    setup_runs(dsn)
+    app = write_app(BASIC_APP)
+    a = client.enqueue("add", {"a": 2, "b": 3})
+    b = client.enqueue("async_add", {"a": 4, "b": 5})
+    worker = start_worker(app, "--concurrency", "2", *FAST)
+    assert wait_status(dsn, a.id, "succeeded")["result"] == 5
+    row = wait_status(dsn, b.id, "succeeded")
+    assert row["result"] == 9 and row["attempts"] == 1 and row["finished_at"] >= row["started_at"]
+    assert worker.stop() == 0
+
+
+def test_unknown_kind_fails_at_once_and_worker_keeps_going(dsn, client, write_app, start_worker):
+    app = write_app(BASIC_APP)
+    unknown = client.enqueue("no_such_kind", max_attempts=5)
+    ok = client.enqueue("add", {"a": 1, "b": 1})
+    start_worker(app, *FAST)
+    row = wait_status(dsn, unknown.id, "failed")
+    assert row["attempts"] == 1
+    assert "no_such_kind" in row["last_error"] and "add" in row["last_error"]
+    assert wait_status(dsn, ok.id, "succeeded")["result"] == 2
+
+
+def test_raising_handler_retries_with_backoff_then_fails(dsn, client, write_app, start_worker):
+    setup_runs(dsn)
+    app = write_app(BASIC_APP)
+    # Enqueued by kind from this process, where the handler is not registered:
+    # max_attempts is given explicitly, like any producer would.
+    t = client.enqueue("boom", {"n": 7}, max_attempts=3)
+    start_worker(app, *FAST)
+    row = wait_status(dsn, t.id, "failed")
+    assert row["attempts"] == 3
+    assert row["last_error"].startswith("ValueError: kaboom 7")
+    assert "Traceback" in row["last_error"]
+    assert scalar(dsn, "SELECT count(*) FROM public.runs WHERE n = 7") == 3
+
+
+def test_non_serialisable_result_fails_the_task_clearly(dsn, client, write_app, start_worker):
+    app = write_app(BASIC_APP)
+    t = client.enqueue("bad_result")
+    start_worker(app, *FAST)
+    row = wait_status(dsn, t.id, "failed")
+    assert "not JSON-serialisable" in row["last_error"]
+
+
+def test_async_timeout_is_a_failed_attempt(dsn, client, write_app, start_worker):
+    app = write_app(BASIC_APP)
+    t = client.enqueue("slow_async", max_attempts=1)
+    start_worker(app, *FAST)
+    row = wait_status(dsn, t.id, "failed")
+    assert "timed out after 0.3s" in row["last_error"]
+
+
+def test_sync_handler_overrunning_its_timeout_retires_the_worker(dsn, client, write_app, start_worker):
+    setup_runs(dsn)
+    app = write_app(BASIC_APP)
+    t = client.enqueue("sleep", {"seconds": 60}, timeout=0.3, max_attempts=2)
+    worker = start_worker(app, *FAST)
+    # The attempt is failed at the timeout and scheduled for a retry, and the
+    # process exits 75 so a supervisor replaces it (the thread cannot be killed).
+    assert worker.wait(30) == 75
+    row = task_row(dsn, t.id)
+    assert row["status"] == "scheduled" and row["attempts"] == 1
+    assert "timed out after 0.3s" in row["last_error"]
+
+
+def test_low_priority_batch_handler_receives_a_list(dsn, client, write_app, start_worker):
+    app = write_app(APP_PRELUDE + """
+from angela_queue import task
+@task("digest", batch=True)
+def digest(payloads):
+    record(len(payloads))
+    return [p["n"] * 10 for p in payloads]
+""")
+    setup_runs(dsn)
+    tasks = client.enqueue_many([{"kind": "digest", "payload": {"n": i}, "priority": 2} for i in range(5)])
+    start_worker(app, *FAST)
+    rows = [wait_status(dsn, t.id, "succeeded") for t in tasks]
+    assert [r["result"] for r in rows] == [0, 10, 20, 30, 40]
+    # One call with all five payloads.
+    assert [r["n"] for r in query(dsn, "SELECT n FROM public.runs")] == [5]
+
+
+def test_low_priority_batch_of_plain_kind_runs_one_by_one(dsn, client, write_app, start_worker):
+    setup_runs(dsn)
+    app = write_app(BASIC_APP)
+    tasks = client.enqueue_many([{"kind": "record", "payload": {"n": i}, "priority": 1} for i in range(3)])
+    start_worker(app, *FAST, "--batch-wait", "0.2")
+    for t in tasks:
+        wait_status(dsn, t.id, "succeeded")
+    assert sorted(r["n"] for r in query(dsn, "SELECT n FROM public.runs")) == [0, 1, 2]
+
+
+def test_batch_collection_never_delays_a_critical_task(dsn, client, write_app, start_worker):
+    setup_runs(dsn)
+    app = write_app(BASIC_APP)
+    # One low task starts a batch that waits 30 s to fill. A critical task
+    # enqueued meanwhile must start long before that batch is released.
+    low = client.enqueue("record", {"n": 1}, priority=1)
+    start_worker(app, "--batch-wait", "30", *FAST)
+    wait_status(dsn, low.id, "running")
+    critical = client.enqueue("record", {"n": 99}, priority=10)
+    wait_status(dsn, critical.id, "succeeded", timeout=20)
+    assert task_row(dsn, low.id)["status"] == "running"  # still collecting its batch
+    assert scalar(dsn, "SELECT count(*) FROM public.runs WHERE n = 1") == 0
+
+
+def test_notify_wakes_an_idle_worker_without_polling(dsn, client, write_app, start_worker):
+    app = write_app(BASIC_APP)
+    worker = start_worker(app, "--poll-interval", "120", "--heartbeat-interval", "0.5")
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM angela_queue.workers WHERE status = 'idle'"),
+               message="worker registered")
+    # Give the worker's LISTEN a moment to be in place: it announces itself only
+    # after it has listened, so wait for that log line rather than sleeping.
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                                   "'angela-queue-listen' AND datname = current_database()"),
+               message="listener connected")
+    t = client.enqueue("add", {"a": 1, "b": 2})
+    # Polling is 120 s: only the NOTIFY can get it started this soon.
+    row = wait_status(dsn, t.id, "succeeded", timeout=20)
+    assert row["result"] == 3
+    assert worker.proc.poll() is None
+
+
+def test_delayed_task_runs_when_due_without_notify(dsn, client, write_app, start_worker):
+    app = write_app(BASIC_APP)
+    start_worker(app, *FAST)
+    t = client.enqueue("add", {"a": 1, "b": 1}, delay=1.0)
+    assert task_row(dsn, t.id)["status"] == "scheduled"
+    row = wait_status(dsn, t.id, "succeeded", timeout=20)
+    assert row["started_at"] >= row["run_at"]
+
+
+def test_sigterm_releases_unfinished_work_and_marks_worker_stopped(dsn, client, write_app, start_worker):
+    setup_runs(dsn)
+    app = write_app(BASIC_APP)
+    t = client.enqueue("sleep", {"seconds": 30, "n": 1})
+    worker = start_worker(app, "--shutdown-grace", "0.5", *FAST)
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM public.runs WHERE n = 1"), message="handler started")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    row = task_row(dsn, t.id)
+    assert row["status"] == "queued" and row["attempts"] == 0 and row["worker_id"] is None
+    health = query(dsn, "SELECT status, pid FROM angela_queue.worker_health")
+    assert health == [{"status": "stopped", "pid": worker.pid}]
+
+
+def test_sigterm_lets_a_short_task_finish_within_grace(dsn, client, write_app, start_worker):
+    setup_runs(dsn)
+    app = write_app(BASIC_APP)
+    t = client.enqueue("sleep", {"seconds": 1, "n": 2})
+    worker = start_worker(app, "--shutdown-grace", "20", *FAST)
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM public.runs WHERE n = 2"), message="handler started")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    assert task_row(dsn, t.id)["status"] == "succeeded"
+    assert scalar(dsn, "SELECT count(*) FROM angela_queue.tasks WHERE status = 'running'") == 0
+
+
+def test_heartbeat_row_reports_statistics(dsn, client, write_app, start_worker):
+    app = write_app(BASIC_APP)
+    client.enqueue_many([{"kind": "add", "payload": {"a": i, "b": 1}} for i in range(5)])
+    client.enqueue("no_such_kind")
+    worker = start_worker(app, *FAST)
+    row = wait_until(lambda: next(iter(query(
+        dsn, "SELECT * FROM angela_queue.worker_health WHERE tasks_completed = 5 AND tasks_failed = 1")), None),
+        message="heartbeat with statistics")
+    assert row["pid"] == worker.pid and row["host"]
+    assert row["status"] in ("idle", "active")
+    assert row["avg_processing_time_ms"] >= 0 and row["last_active"] is not None
+
+
+def test_worker_survives_losing_its_connection(dsn, client, write_app, start_worker):
+    setup_runs(dsn)
+    app = write_app(BASIC_APP)
+    start_worker(app, "--concurrency", "4", *FAST)
+    first = client.enqueue_many([{"kind": "record", "payload": {"n": i}} for i in range(50)])
+    for t in first:
+        wait_status(dsn, t.id, "succeeded")
+    # Cut every connection the worker has, server side.
+    killed = scalar(dsn, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                         "WHERE application_name ~ '^angela-queue-(worker|listen|heartbeat)' AND datname = current_database()")
+    assert killed >= 2
+    second = client.enqueue_many([{"kind": "record", "payload": {"n": 100 + i}} for i in range(50)])
+    for t in second:
+        wait_status(dsn, t.id, "succeeded")
+    counts = query(dsn, "SELECT n, count(*) AS c FROM public.runs GROUP BY n HAVING count(*) > 1")
+    assert counts == []
+    assert scalar(dsn, "SELECT count(*) FROM public.runs") == 100
+
+
+def test_several_worker_processes_drain_one_queue_exactly_once(dsn, client, write_app, start_worker):
+    setup_runs(dsn)
+    app = write_app(BASIC_APP)
+    n = 600
+    client.enqueue_many([{"kind": "record", "payload": {"n": i}, "priority": 5 + i % 5} for i in range(n)])
+    workers = [start_worker(app, "--concurrency", "5", *FAST) for _ in range(3)]
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM angela_queue.tasks WHERE status = 'succeeded'") == n,
+               timeout=60, message="all tasks succeeded")
+    assert scalar(dsn, "SELECT count(*) FROM public.runs") == n
+    assert scalar(dsn, "SELECT count(DISTINCT n) FROM public.runs") == n
+    assert scalar(dsn, "SELECT count(DISTINCT pid) FROM public.runs") >= 2
+    for w in workers:
+        assert w.stop() == 0
+
+
+def test_priority_order_with_one_worker(dsn, client, write_app, start_worker, conn):
+    setup_runs(dsn)
+    app = write_app(BASIC_APP)
+    # n encodes the expected position. The backdated low task (priority 2,
+    # waiting 200 minutes: 2 + 20 = 22) outranks the fresh critical one.
+    conn.execute("""INSERT INTO angela_queue.tasks (kind, payload, priority, run_at) VALUES
+        ('record', '{"n": 4}', 5, now()),
+        ('record', '{"n": 2}', 9, now()),
+        ('record', '{"n": 1}', 2, now() - interval '200 minutes'),
+        ('record', '{"n": 3}', 7, now())""")
+    start_worker(app, "--concurrency", "1", *FAST)
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM public.runs") == 4, message="all ran")
+    assert [r["n"] for r in query(dsn, "SELECT n FROM public.runs ORDER BY at")] == [1, 2, 3, 4]
+
+
+def test_bad_app_module_is_a_clear_error(dsn, app_dir):
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "angela_queue", "--dsn", dsn, "worker", "--app", "nope_missing"],
+                            cwd=app_dir, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "nope_missing" in result.stderr
+    assert "Traceback" not in result.stderr
