@@ -74,7 +74,8 @@ class TaskSpec:
         if not isinstance(self.payload, Mapping):
             raise ValueError(f"payload must be a JSON object (a dict), got {type(self.payload).__name__}")
         try:
-            json.dumps(self.payload)
+            # allow_nan=False: Python writes NaN/Infinity, which jsonb rejects.
+            json.dumps(self.payload, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"payload is not JSON-serialisable: {exc}") from None
         if isinstance(self.priority, bool) or not isinstance(self.priority, int) or not 1 <= self.priority <= 10:
@@ -87,6 +88,8 @@ class TaskSpec:
             raise ValueError(f"timeout must be positive seconds (got {self.timeout_s})")
         if self.run_at is not None and self.delay_s is not None:
             raise ValueError("give run_at or delay, not both")
+        if self.run_at is not None and not isinstance(self.run_at, dt.datetime):
+            raise ValueError(f"run_at must be a datetime (got {type(self.run_at).__name__})")
         if self.run_at is not None and self.run_at.tzinfo is None:
             raise ValueError("run_at must be timezone-aware (e.g. datetime.now(timezone.utc))")
         if self.delay_s is not None and self.delay_s < 0:
