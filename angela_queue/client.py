@@ -82,6 +82,11 @@ class Client:
 
     def _run(self, flow: Flow) -> Any:
         if self._pool.closed:
+            # Hazard: the pool retries a refused connection in the background
+            # and open(wait=True) only reports "pool initialization
+            # incomplete" after its timeout. One direct connection first
+            # fails at once with the server's reason (DatabaseUnavailable).
+            db.connect(self.dsn, application_name="angela-queue-client").close()
             self._pool.open(wait=True, timeout=10)
         with self._pool.connection() as conn:
             return _drive_sync(conn, flow)
@@ -124,6 +129,8 @@ class AsyncClient:
 
     async def _run(self, flow: Flow) -> Any:
         if self._pool.closed:
+            # See Client._run: fail fast, with the reason, on a bad DSN.
+            await (await db.aconnect(self.dsn, application_name="angela-queue-client")).close()
             await self._pool.open(wait=True, timeout=10)
         async with self._pool.connection() as conn:
             return await _drive_async(conn, flow)

@@ -12,6 +12,7 @@ import importlib
 from pathlib import Path
 
 import psycopg
+import sqlalchemy.exc
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -45,8 +46,16 @@ def alembic_config(dsn: str) -> Config:
 def upgrade(dsn: str, revision: str = "head") -> str | None:
     """Bring the schema up to ``revision``; safe to run from several processes at once."""
     _check_reachable(dsn)
-    with _quiet_alembic_logs():
-        command.upgrade(alembic_config(dsn), revision)
+    try:
+        with _quiet_alembic_logs():
+            command.upgrade(alembic_config(dsn), revision)
+    except sqlalchemy.exc.DBAPIError as exc:
+        # Alembic runs on SQLAlchemy, which wraps the database's error; hand
+        # back psycopg's own (the CLI prints it as one line, not a traceback,
+        # and callers need not know SQLAlchemy is inside).
+        if isinstance(exc.orig, psycopg.Error):
+            raise exc.orig from exc
+        raise
     return current_revision(dsn)
 
 

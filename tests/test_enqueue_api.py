@@ -10,11 +10,13 @@ import asyncio
 import datetime as dt
 import math
 import re
+import time
 import uuid
 
 import pytest
 
-from angela_queue import AsyncClient, Client, EnqueuedTask, TaskNotFound, TaskSpec, registry, task
+from angela_queue import (AsyncClient, Client, DatabaseUnavailable, EnqueuedTask, TaskNotFound, TaskSpec, registry,
+                          task)
 
 UTC = dt.timezone.utc
 
@@ -324,6 +326,23 @@ def test_a_good_call_after_bad_ones_still_works(client, conn):
         client.enqueue("k", priority=0)
     assert client.enqueue("k", {"ok": True}).status == "queued"
     assert task_count(conn) == 1
+
+
+def test_unreachable_database_raises_database_unavailable_at_once():
+    dsn = "postgresql://postgres@127.0.0.1:1/x"
+    started = time.monotonic()
+    with Client(dsn) as client:
+        with pytest.raises(DatabaseUnavailable, match="cannot connect to .*127.0.0.1:1.*refused"):
+            client.enqueue("k")
+
+    async def main():
+        async with AsyncClient(dsn) as aclient:
+            with pytest.raises(DatabaseUnavailable, match="cannot connect to .*127.0.0.1:1.*refused"):
+                await aclient.enqueue("k")
+
+    asyncio.run(main())
+    # Not the pool's 10 s start-up timeout.
+    assert time.monotonic() - started < 8
 
 
 # --- registered defaults ---------------------------------------------------------
