@@ -1,0 +1,220 @@
+"""Migrations: Alembic reaches head, is idempotent, serialises concurrent
+runs, and builds exactly what sql/schema.sql + sql/views.sql build."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from alembic import command
+from psycopg.rows import dict_row
+
+from angela_queue import migrations
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = "angela_queue"
+PG_DUMP_CANDIDATES = ("/usr/lib/postgresql/15/bin/pg_dump",)
+
+
+def run_sql(dsn: str, sql: str, params=None) -> list[dict]:
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+def migration_lock_key() -> int:
+    """The advisory lock key alembic/env.py takes (read from its text: importing env.py runs it)."""
+    text = (ROOT / "alembic" / "env.py").read_text()
+    match = re.search(r"^MIGRATION_LOCK_KEY\s*=\s*(0x[0-9A-Fa-f]+|\d+)", text, re.MULTILINE)
+    assert match, "alembic/env.py defines no MIGRATION_LOCK_KEY"
+    return int(match.group(1), 0)
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "angela_queue", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={k: v for k, v in os.environ.items()
+                                 if k not in ("ANGELA_QUEUE_DSN", "DATABASE_URL")})
+
+
+def describe(dsn: str) -> dict[str, list]:
+    """The schema as the catalog sees it, in a form two databases can be compared by."""
+    q = lambda sql: [tuple(r.values()) for r in run_sql(dsn, sql, {"schema": SCHEMA})]  # noqa: E731
+    not_version = "AND c.relname <> 'alembic_version'"
+    return {
+        "relations": q(f"""
+            SELECT c.relname, c.relkind, c.reloptions::text FROM pg_class c
+            WHERE c.relnamespace = %(schema)s::regnamespace {not_version}
+              AND c.relname NOT LIKE 'alembic_version%%' ORDER BY 1"""),
+        "columns": q(f"""
+            SELECT c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                   a.attidentity, a.attgenerated, pg_get_expr(d.adbin, d.adrelid)
+            FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+            LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+            WHERE c.relnamespace = %(schema)s::regnamespace {not_version} AND c.relkind IN ('r', 'p', 'v', 'm')
+              AND a.attnum > 0 AND NOT a.attisdropped ORDER BY 1, 2"""),
+        "constraints": q(f"""
+            SELECT c.relname, k.conname, pg_get_constraintdef(k.oid) FROM pg_constraint k
+            JOIN pg_class c ON c.oid = k.conrelid
+            WHERE c.relnamespace = %(schema)s::regnamespace {not_version} ORDER BY 1, 2"""),
+        "indexes": q("""
+            SELECT indexname, indexdef FROM pg_indexes
+            WHERE schemaname = %(schema)s AND tablename <> 'alembic_version' ORDER BY 1"""),
+        "functions": q("""
+            SELECT p.proname, pg_get_function_identity_arguments(p.oid), pg_get_functiondef(p.oid)
+            FROM pg_proc p WHERE p.pronamespace = %(schema)s::regnamespace ORDER BY 1, 2"""),
+        "triggers": q("""
+            SELECT t.tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+            WHERE c.relnamespace = %(schema)s::regnamespace AND NOT t.tgisinternal ORDER BY 1"""),
+        "views": q("""
+            SELECT c.relname, pg_get_viewdef(c.oid) FROM pg_class c
+            WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind IN ('v', 'm') ORDER BY 1"""),
+        # Seed rows are part of the schema too (the default queue and rule set).
+        "queues": q("SELECT name, max_size, aging_rate, sla_grace FROM angela_queue.queues ORDER BY 1"),
+        "boost_rules": q("SELECT name, condition::text, boost, enabled, description "
+                         "FROM angela_queue.boost_rules ORDER BY 1"),
+    }
+
+
+def build_from_sql_files(dsn: str) -> None:
+    """The canonical files, read from the checkout, applied directly."""
+    text = "\n".join((ROOT / "sql" / name).read_text() for name in ("schema.sql", "views.sql"))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(text)  # no parameters: the text goes to the server as is
+
+
+def pg_dump_schema(dsn: str) -> str:
+    pg_dump = next((p for p in PG_DUMP_CANDIDATES if Path(p).exists()), None)
+    if pg_dump is None:
+        pytest.skip("pg_dump for server 15 is not installed")
+    out = subprocess.run(
+        [pg_dump, "--schema-only", f"--schema={SCHEMA}", f"--exclude-table={SCHEMA}.alembic_version",
+         "--no-owner", "--no-privileges", "-d", psycopg.conninfo.make_conninfo(dsn)],
+        check=True, capture_output=True, text=True, timeout=60).stdout
+    # Drop the comment lines (they name the database), the restrict lines
+    # (a random key per dump) and blank-line runs.
+    lines = [line for line in out.splitlines()
+             if not line.startswith(("--", "\\restrict", "\\unrestrict"))]
+    return re.sub(r"\n{2,}", "\n\n", "\n".join(lines)).strip()
+
+
+# --- upgrade -----------------------------------------------------------------------
+
+def test_upgrade_on_an_empty_database_reaches_head(empty_dsn):
+    assert migrations.current_revision(empty_dsn) is None
+    head = migrations.head_revision()
+    assert head is not None
+    assert migrations.upgrade(empty_dsn) == head
+    assert migrations.current_revision(empty_dsn) == head
+    # The contract's objects exist and work.
+    row = run_sql(empty_dsn, "INSERT INTO angela_queue.tasks (kind) VALUES ('k') RETURNING status")[0]
+    assert row["status"] == "queued"
+    assert len(run_sql(empty_dsn, "SELECT * FROM angela_queue.queue_depth")) == 4
+    run_sql(empty_dsn, "SELECT * FROM angela_queue.worker_health")
+    run_sql(empty_dsn, "SELECT * FROM angela_queue.queued_tasks")
+
+
+def test_upgrade_is_idempotent(empty_dsn):
+    head = migrations.upgrade(empty_dsn)
+    before = describe(empty_dsn)
+    assert migrations.upgrade(empty_dsn) == head
+    assert migrations.upgrade(empty_dsn) == head
+    assert describe(empty_dsn) == before
+    assert run_sql(empty_dsn, "SELECT count(*) AS n FROM angela_queue.alembic_version")[0]["n"] == 1
+
+
+def test_upgrade_of_an_unreachable_database_says_so():
+    from angela_queue import DatabaseUnavailable
+    with pytest.raises(DatabaseUnavailable, match="cannot connect to postgresql://postgres@127.0.0.1:1/x"):
+        migrations.upgrade("postgresql://postgres@127.0.0.1:1/x")
+
+
+def test_downgrade_to_base_and_back(empty_dsn):
+    head = migrations.upgrade(empty_dsn)
+    built = describe(empty_dsn)
+    command.downgrade(migrations.alembic_config(empty_dsn), "base")
+    assert migrations.current_revision(empty_dsn) is None
+    left = run_sql(empty_dsn, "SELECT relname FROM pg_class WHERE relnamespace = 'angela_queue'::regnamespace "
+                              "AND relname NOT LIKE 'alembic_version%%'")
+    assert left == []
+    assert migrations.upgrade(empty_dsn) == head
+    assert describe(empty_dsn) == built
+
+
+def test_two_concurrent_migrate_commands_both_succeed_and_build_once(pg_server, empty_dsn):
+    key = migration_lock_key()
+    dbname = psycopg.conninfo.conninfo_to_dict(empty_dsn)["dbname"]
+    # Hold the migration lock so that both commands are provably inside the
+    # critical section's doorway at once, then let them race.
+    with psycopg.connect(empty_dsn, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(%s)", (key,))
+        procs = [cli("--dsn", empty_dsn, "migrate") for _ in range(2)]
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                waiting = gate.execute(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                    "WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = %s", (dbname,)).fetchone()[0]
+                if waiting == 2:
+                    break
+                exited = [p for p in procs if p.poll() is not None]
+                assert not exited, f"a migrate exited before taking the lock: {exited[0].communicate()}"
+                assert time.monotonic() < deadline, "the migrate commands never reached the lock"
+                time.sleep(0.02)
+        finally:
+            gate.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        results = [p.communicate(timeout=60) + (p.returncode,) for p in procs]
+
+    for out, err, code in results:
+        assert code == 0, f"migrate failed: {err}"
+        assert "schema angela_queue is at revision" in out
+        assert "Traceback" not in err
+    head = migrations.head_revision()
+    assert migrations.current_revision(empty_dsn) == head
+    assert run_sql(empty_dsn, "SELECT count(*) AS n FROM angela_queue.alembic_version")[0]["n"] == 1
+    assert run_sql(empty_dsn, "SELECT count(*) AS n FROM angela_queue.queues")[0]["n"] == 1
+    assert run_sql(empty_dsn, "SELECT count(*) AS n FROM angela_queue.boost_rules")[0]["n"] == 3
+
+
+# --- schema.sql is canonical ----------------------------------------------------------
+
+@pytest.fixture
+def two_databases(pg_server):
+    names = [pg_server.new_name("sql"), pg_server.new_name("alembic")]
+    dsns = [pg_server.create_database(n) for n in names]
+    try:
+        build_from_sql_files(dsns[0])
+        migrations.upgrade(dsns[1])
+        yield dsns
+    finally:
+        for n in names:
+            pg_server.drop_database(n)
+
+
+def test_schema_sql_and_alembic_build_the_same_catalog(two_databases):
+    from_sql, from_alembic = (describe(d) for d in two_databases)
+    for part in from_sql:
+        assert from_sql[part] == from_alembic[part], f"{part} differ between schema.sql and Alembic head"
+    # The comparison has teeth: the contract's objects are in it.
+    names = {r[0] for r in from_sql["relations"]}
+    assert {"tasks", "queues", "boost_rules", "queue_depth", "worker_health", "queued_tasks"} <= names
+
+
+def test_schema_sql_and_alembic_dump_the_same(two_databases):
+    from_sql, from_alembic = (pg_dump_schema(d) for d in two_databases)
+    assert "CREATE TABLE angela_queue.tasks" in from_sql
+    assert "alembic_version" not in from_alembic
+    assert from_sql == from_alembic
+
+
+def test_the_comparison_notices_a_difference(two_databases):
+    from_sql, from_alembic = two_databases
+    run_sql(from_alembic, "CREATE INDEX tasks_extra_idx ON angela_queue.tasks (kind)")
+    assert describe(from_sql)["indexes"] != describe(from_alembic)["indexes"]
+    assert pg_dump_schema(from_sql) != pg_dump_schema(from_alembic)
