@@ -16,6 +16,10 @@ from importlib import resources
 SCHEMA_FILES = ("schema.sql", "views.sql")
 
 _NAME_RE = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+# Anything that looks like a header. A header _NAME_RE rejects (a hyphen, a
+# capital) would otherwise be read as a comment and its query glued onto the
+# previous one: two statements under one name, failing only when called.
+_HEADER_LIKE_RE = re.compile(r"^--\s*name\s*:.*$", re.MULTILINE | re.IGNORECASE)
 
 
 class UnknownQuery(KeyError):
@@ -35,6 +39,11 @@ def schema_ddl() -> str:
 def parse_named_queries(text: str, source: str = "<string>") -> dict[str, str]:
     """Split a file into {name: query}; the text before the first header is ignored."""
     queries: dict[str, str] = {}
+    for header in _HEADER_LIKE_RE.finditer(text):
+        if not _NAME_RE.fullmatch(header.group(0)):
+            line = text.count("\n", 0, header.start()) + 1
+            raise ValueError(f"{source}:{line}: malformed query header {header.group(0)!r}; "
+                             "expected '-- name: lowercase_name'")
     matches = list(_NAME_RE.finditer(text))
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
