@@ -82,6 +82,10 @@ class TaskSpec:
             raise ValueError(f"priority must be an integer between 1 and 10 (got {self.priority!r})")
         if not isinstance(self.queue, str) or not self.queue.strip():
             raise ValueError(f"queue must be a non-empty string (got {self.queue!r})")
+        # The insert trigger trims the queue name; trim here too, or the dedup
+        # look-ups (by this spec's queue) never find the row stored under the
+        # trimmed name and the enqueue fails with "could not settle dedup key".
+        object.__setattr__(self, "queue", self.queue.strip())
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1 (got {self.max_attempts})")
         if self.timeout_s is not None and self.timeout_s <= 0:

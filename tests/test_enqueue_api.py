@@ -194,6 +194,16 @@ def test_dedup_key_is_per_queue(client, conn):
     assert a.id != b.id and not b.duplicate
 
 
+def test_dedup_with_a_queue_name_the_database_trims(client, conn):
+    first = client.enqueue("k", queue=" mail ", dedup_key="x")
+    assert first.queue == "mail"
+    again = client.enqueue("k", queue=" mail ", dedup_key="x")
+    assert again.duplicate and again.id == first.id
+    [bulk] = client.enqueue_many([{"kind": "k", "queue": "mail ", "dedup_key": "x"}])
+    assert bulk.duplicate and bulk.id == first.id
+    assert task_count(conn) == 1
+
+
 def test_enqueue_many_deduplicates_within_the_batch_and_against_stored(client, conn):
     stored = client.enqueue("k", {"n": 0}, dedup_key="old")
     results = client.enqueue_many([
