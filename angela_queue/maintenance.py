@@ -1,0 +1,170 @@
+"""Reclaim, promote and prune.
+
+Two kinds of caller:
+
+* a supervisor, for its own workers: it is their parent, so it knows at
+  once when one exits (``reclaim_exited_worker``) and judges when one is
+  stuck (``reclaim_stuck_worker``);
+* the maintenance leader (leader.py), for everything no live process
+  answers for any more: workers whose heartbeat went stale because their
+  host or whole process tree died, tasks left running by a worker that
+  exited, supervisors that vanished; plus promotion of due scheduled tasks
+  and pruning of old rows (``Maintenance.run``).
+
+Every function is one guarded statement (see sql/maintenance.sql), safe to
+run twice or from two hosts at once. Time-dependent ones take ``now`` so
+tests move time instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import psycopg
+
+from . import db
+
+log = logging.getLogger("angela_queue.maintenance")
+
+# Pruning runs on the leader at most this often, in chunks of PRUNE_CHUNK rows
+# and at most PRUNE_MAX_CHUNKS chunks per table per run, so one run stays well
+# inside the leader's lease; a bigger backlog is worked off over several runs.
+PRUNE_EVERY_S = 60.0
+PRUNE_CHUNK = 1000
+PRUNE_MAX_CHUNKS = 20
+# Tasks reclaimed and promoted per statement.
+RECLAIM_LIMIT = 1000
+PROMOTE_LIMIT = 1000
+
+
+@dataclass
+class Reclaimed:
+    requeued: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    marked: bool = False                    # the worker row changed status
+    dead_workers: list[uuid.UUID] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.requeued) + len(self.failed)
+
+    def describe(self) -> str:
+        if not self.count:
+            return "no task to reclaim"
+        parts = []
+        if self.requeued:
+            parts.append(f"requeued {_ids(self.requeued)}")
+        if self.failed:
+            parts.append(f"failed {_ids(self.failed)} (attempts spent)")
+        return ", ".join(parts)
+
+
+def _ids(ids: list[int], limit: int = 10) -> str:
+    shown = ", ".join(str(i) for i in ids[:limit])
+    more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
+    return f"task{'s' if len(ids) > 1 else ''} {shown}{more}"
+
+
+def _reclaimed(row: dict | None) -> Reclaimed:
+    if row is None:
+        return Reclaimed()
+    return Reclaimed(requeued=list(row.get("requeued") or []), failed=list(row.get("failed") or []),
+                     marked=bool(row.get("marked")), dead_workers=list(row.get("dead_workers") or []))
+
+
+def reclaim_exited_worker(conn: psycopg.Connection, worker_id: uuid.UUID, *, crashed: bool,
+                          reason: str) -> Reclaimed:
+    """A worker process exited: reclaim what it still held; mark it dead (crash) or stopped."""
+    row = db.fetch_one(conn, "workers_reclaim_exited", {
+        "worker_id": worker_id, "status": "dead" if crashed else "stopped", "reason": reason})
+    return _reclaimed(row)
+
+
+def reclaim_stuck_worker(conn: psycopg.Connection, worker_id: uuid.UUID, progress_at: dt.datetime,
+                         reason: str) -> Reclaimed:
+    """Mark a worker stuck and reclaim its tasks, unless it made progress after ``progress_at``.
+
+    ``marked`` is False when the guard found progress (or the worker gone):
+    then nothing was reclaimed and the worker must be left alone.
+    """
+    row = db.fetch_one(conn, "workers_reclaim_stuck", {
+        "worker_id": worker_id, "progress_at": progress_at, "reason": reason})
+    return _reclaimed(row)
+
+
+def reclaim_lost_workers(conn: psycopg.Connection, *, now: dt.datetime | None = None,
+                         limit: int = RECLAIM_LIMIT) -> Reclaimed:
+    """Leader: mark stale-heartbeat workers dead; reclaim tasks no live worker holds."""
+    return _reclaimed(db.fetch_one(conn, "maintenance_reclaim_lost_workers", {"now": now, "limit": limit}))
+
+
+def mark_lost_supervisors(conn: psycopg.Connection, dead_after_s: float, *,
+                          now: dt.datetime | None = None) -> list[dict]:
+    return db.fetch_all(conn, "maintenance_mark_lost_supervisors", {"now": now, "dead_after_s": dead_after_s})
+
+
+def promote_due(conn: psycopg.Connection, *, now: dt.datetime | None = None,
+                limit: int = PROMOTE_LIMIT) -> int:
+    """Scheduled tasks whose run_at has come become queued (workers do this too while they poll)."""
+    row = db.fetch_one(conn, "tasks_promote_due", {"now": now, "limit": limit})
+    return row["promoted"] if row else 0
+
+
+def prune(conn: psycopg.Connection, retention_s: float, *, now: dt.datetime | None = None,
+          chunk: int = PRUNE_CHUNK, max_chunks: int = PRUNE_MAX_CHUNKS) -> dict[str, int]:
+    """Delete finished tasks, and stopped or dead worker and supervisor rows, older than the
+    retention; in chunks of ``chunk`` rows, at most ``max_chunks`` per table."""
+    counts = {}
+    for table, query in (("tasks", "maintenance_prune_tasks"), ("workers", "maintenance_prune_workers"),
+                         ("supervisors", "maintenance_prune_supervisors")):
+        total = 0
+        for _ in range(max_chunks):
+            row = db.fetch_one(conn, query, {"now": now, "retention_s": retention_s, "limit": chunk})
+            pruned = row["pruned"] if row else 0
+            total += pruned
+            if pruned < chunk:
+                break
+        counts[table] = total
+    return counts
+
+
+class Maintenance:
+    """What the leader runs at each of its heartbeats (pruning only every ``prune_every_s``)."""
+
+    def __init__(self, *, retention_s: float, dead_after_s: float, prune_every_s: float = PRUNE_EVERY_S):
+        self.retention_s = retention_s
+        self.dead_after_s = dead_after_s
+        self.prune_every_s = prune_every_s
+        self._next_prune = 0.0
+
+    def run(self, conn: psycopg.Connection, *, now: dt.datetime | None = None) -> None:
+        lost = reclaim_lost_workers(conn, now=now)
+        if lost.dead_workers:
+            log.warning("leader: %d worker(s) stopped heartbeating and are marked dead: %s",
+                        len(lost.dead_workers), ", ".join(str(w)[:8] for w in lost.dead_workers))
+        if lost.count:
+            log.warning("leader: reclaimed tasks no live worker held: %s", lost.describe())
+        for sup in mark_lost_supervisors(conn, self.dead_after_s, now=now):
+            log.warning("leader: supervisor %s (pid %s on %s) stopped heartbeating; marked dead",
+                        str(sup["id"])[:8], sup["pid"], sup["host"])
+        promoted = promote_due(conn, now=now)
+        if promoted:
+            log.debug("leader: promoted %d scheduled task(s)", promoted)
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + self.prune_every_s
+            counts = prune(conn, self.retention_s, now=now)
+            if any(counts.values()):
+                log.info("leader: pruned rows older than %s: %s", _duration(self.retention_s),
+                         ", ".join(f"{n} {table}" for table, n in counts.items() if n))
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 86400 and seconds % 86400 == 0:
+        return f"{seconds / 86400:g} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h"
+    return f"{seconds:g} s"

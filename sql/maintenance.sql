@@ -1,0 +1,200 @@
+-- angela-queue: reclaim, mark-lost and prune. The supervisor reclaims the
+-- tasks of its own workers (it is their parent: it sees them exit or stall);
+-- the maintenance leader reclaims whatever no live process holds any more
+-- (a host that died with its supervisor) and prunes old rows.
+--
+-- Reclaiming counts the attempt: a task is claimed with attempts already
+-- incremented, so it goes back to 'queued' while attempts < max_attempts and
+-- to 'failed' (final) once they are spent. A task that kills its worker every
+-- time therefore stops after max_attempts instead of looping forever.
+-- Every reclaim is guarded on status = 'running' AND worker_id = the lost
+-- worker: a completion that commits first wins, and the reclaim skips it.
+-- %(now)s lets tests move time instead of sleeping; NULL means now().
+
+-- name: workers_reclaim_exited
+-- A worker process has exited (its supervisor reaped it): nothing can finish
+-- its tasks any more, so reclaim them now and mark the row %(status)s
+-- ('stopped' after a clean exit, 'dead' after a crash or kill). A row the
+-- worker already marked stopped or dead keeps its status.
+-- Hazard: a process killed mid-COMMIT may still have its completion
+-- committed by the server; the reclaim then waits on that row's lock,
+-- re-checks status = 'running' and skips it.
+WITH marked AS (
+    UPDATE angela_queue.workers w
+    SET status = %(status)s, stopped_at = coalesce(w.stopped_at, now()), current_tasks = '{}'
+    WHERE w.id = %(worker_id)s AND w.status NOT IN ('stopped', 'dead')
+    RETURNING w.id
+), reclaimed AS (
+    UPDATE angela_queue.tasks t
+    SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' END,
+        worker_id = CASE WHEN t.attempts >= t.max_attempts THEN t.worker_id END,
+        started_at = CASE WHEN t.attempts >= t.max_attempts THEN t.started_at END,
+        finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
+        last_error = format('%%s (attempt %%s of %%s)', %(reason)s::text, t.attempts, t.max_attempts)
+    WHERE t.status = 'running' AND t.worker_id = %(worker_id)s
+    RETURNING t.id, t.queue, t.status
+), woken AS (
+    SELECT pg_notify('angela_queue_insert', q.queue)
+    FROM (SELECT DISTINCT queue FROM reclaimed WHERE status = 'queued') q
+)
+SELECT (SELECT count(*) FROM marked) AS marked,
+       coalesce((SELECT array_agg(id ORDER BY id) FROM reclaimed WHERE status = 'queued'), '{}') AS requeued,
+       coalesce((SELECT array_agg(id ORDER BY id) FROM reclaimed WHERE status = 'failed'), '{}') AS failed,
+       (SELECT count(*) FROM woken) AS notified;
+
+-- name: workers_reclaim_stuck
+-- Mark a live worker 'stuck' and reclaim its tasks, but only if it has made
+-- no progress since %(progress_at)s, the last progress its supervisor saw
+-- (last_active, or the start of its newest task).
+-- Hazard: the supervisor judged from a snapshot; the worker may have finished
+-- or started a task since. The worker-row guard re-checks on the latest row
+-- version (a concurrent heartbeat that advanced last_active makes it miss),
+-- and tasks are reclaimed only if that mark succeeded. Once marked, the
+-- worker's own heartbeat (guarded on a live status) fails and it stops; its
+-- late completions are refused by their guard.
+WITH marked AS (
+    UPDATE angela_queue.workers w
+    SET status = 'stuck', current_tasks = '{}'
+    WHERE w.id = %(worker_id)s AND w.status IN ('active', 'idle', 'stopping')
+      AND coalesce(w.last_active, w.started_at) <= %(progress_at)s
+      AND NOT EXISTS (SELECT 1 FROM angela_queue.tasks n
+                      WHERE n.status = 'running' AND n.worker_id = w.id AND n.started_at > %(progress_at)s)
+    RETURNING w.id
+), reclaimed AS (
+    UPDATE angela_queue.tasks t
+    SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' END,
+        worker_id = CASE WHEN t.attempts >= t.max_attempts THEN t.worker_id END,
+        started_at = CASE WHEN t.attempts >= t.max_attempts THEN t.started_at END,
+        finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
+        last_error = format('%%s (attempt %%s of %%s)', %(reason)s::text, t.attempts, t.max_attempts)
+    WHERE t.status = 'running' AND t.worker_id = %(worker_id)s
+      AND EXISTS (SELECT 1 FROM marked)
+    RETURNING t.id, t.queue, t.status
+), woken AS (
+    SELECT pg_notify('angela_queue_insert', q.queue)
+    FROM (SELECT DISTINCT queue FROM reclaimed WHERE status = 'queued') q
+)
+SELECT (SELECT count(*) FROM marked) AS marked,
+       coalesce((SELECT array_agg(id ORDER BY id) FROM reclaimed WHERE status = 'queued'), '{}') AS requeued,
+       coalesce((SELECT array_agg(id ORDER BY id) FROM reclaimed WHERE status = 'failed'), '{}') AS failed,
+       (SELECT count(*) FROM woken) AS notified;
+
+-- name: maintenance_reclaim_lost_workers
+-- Leader only. Mark 'dead' every live worker row whose heartbeat is older
+-- than its own dead_after_s (its host or its whole process tree died), and
+-- reclaim up to %(limit)s running tasks that no live worker holds: those of
+-- the workers just marked, of rows already stopped or dead (a worker whose
+-- last flush failed), or of no row at all.
+-- Hazard: the NOT EXISTS reads the statement's snapshot, in which the rows
+-- marked by `lost` still look live; hence the explicit IN (lost). A claim is
+-- only ever made after its worker's row is committed, so a task in the
+-- snapshot always finds its worker's row there too. SKIP LOCKED: a task being
+-- completed right now is left for the next run rather than waited on.
+WITH lost AS (
+    UPDATE angela_queue.workers w
+    SET status = 'dead', stopped_at = coalesce(w.stopped_at, coalesce(%(now)s::timestamptz, now())),
+        current_tasks = '{}'
+    WHERE w.status IN ('active', 'idle', 'stopping', 'stuck')
+      AND w.last_heartbeat < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => w.dead_after_s)
+    RETURNING w.id
+), orphaned AS MATERIALIZED (
+    SELECT t.id
+    FROM angela_queue.tasks t
+    WHERE t.status = 'running'
+      AND (t.worker_id IS NULL
+           OR t.worker_id IN (SELECT id FROM lost)
+           OR NOT EXISTS (SELECT 1 FROM angela_queue.workers w
+                          WHERE w.id = t.worker_id AND w.status IN ('active', 'idle', 'stopping', 'stuck')))
+    ORDER BY t.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), reclaimed AS (
+    UPDATE angela_queue.tasks t
+    SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' END,
+        worker_id = CASE WHEN t.attempts >= t.max_attempts THEN t.worker_id END,
+        started_at = CASE WHEN t.attempts >= t.max_attempts THEN t.started_at END,
+        finished_at = CASE WHEN t.attempts >= t.max_attempts THEN coalesce(%(now)s::timestamptz, now()) END,
+        last_error = format('its worker %%s was lost (no heartbeat, or it exited holding the task) '
+                            '(attempt %%s of %%s)', coalesce(t.worker_id::text, '(none)'),
+                            t.attempts, t.max_attempts)
+    FROM orphaned
+    WHERE t.id = orphaned.id AND t.status = 'running'
+    RETURNING t.id, t.queue, t.status
+), woken AS (
+    SELECT pg_notify('angela_queue_insert', q.queue)
+    FROM (SELECT DISTINCT queue FROM reclaimed WHERE status = 'queued') q
+)
+SELECT coalesce((SELECT array_agg(id) FROM lost), '{}') AS dead_workers,
+       coalesce((SELECT array_agg(id ORDER BY id) FROM reclaimed WHERE status = 'queued'), '{}') AS requeued,
+       coalesce((SELECT array_agg(id ORDER BY id) FROM reclaimed WHERE status = 'failed'), '{}') AS failed,
+       (SELECT count(*) FROM woken) AS notified;
+
+-- name: maintenance_mark_lost_supervisors
+-- Leader only. A supervisor whose heartbeat is older than %(dead_after_s)s is
+-- marked 'dead', so it no longer counts as a peer sharing the queue depth.
+-- Its workers are judged by their own heartbeats (above). A supervisor that
+-- was only paused sets itself 'running' again at its next heartbeat.
+UPDATE angela_queue.supervisors s
+SET status = 'dead', stopped_at = coalesce(%(now)s::timestamptz, now())
+WHERE s.status = 'running'
+  AND s.last_heartbeat < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(dead_after_s)s::double precision)
+RETURNING s.id, s.host, s.pid;
+
+-- name: maintenance_prune_tasks
+-- Leader only. Delete up to %(limit)s finished tasks older than the
+-- retention; the caller repeats in bounded chunks, so no single statement
+-- holds locks or bloats WAL for long.
+-- Hazard: there is deliberately no index on finished_at; it would cost every
+-- completion an extra index write on the hot path, to speed up a job that
+-- runs once a minute. The scan stops as soon as it has %(limit)s rows.
+WITH doomed AS MATERIALIZED (
+    SELECT t.id
+    FROM angela_queue.tasks t
+    WHERE t.status IN ('succeeded', 'failed', 'cancelled', 'dropped')
+      AND coalesce(t.finished_at, t.created_at)
+          < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s::double precision)
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM angela_queue.tasks t
+    USING doomed
+    WHERE t.id = doomed.id AND t.status IN ('succeeded', 'failed', 'cancelled', 'dropped')
+    RETURNING t.id
+)
+SELECT count(*) AS pruned FROM deleted;
+
+-- name: maintenance_prune_workers
+-- Leader only. Delete up to %(limit)s worker rows that stopped or died
+-- longer ago than the retention.
+WITH doomed AS MATERIALIZED (
+    SELECT w.id
+    FROM angela_queue.workers w
+    WHERE w.status IN ('stopped', 'dead')
+      AND coalesce(w.stopped_at, w.last_heartbeat)
+          < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s::double precision)
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM angela_queue.workers w USING doomed
+    WHERE w.id = doomed.id AND w.status IN ('stopped', 'dead')
+    RETURNING w.id
+)
+SELECT count(*) AS pruned FROM deleted;
+
+-- name: maintenance_prune_supervisors
+-- Leader only. Delete up to %(limit)s supervisor rows that stopped or died
+-- longer ago than the retention.
+WITH doomed AS MATERIALIZED (
+    SELECT s.id
+    FROM angela_queue.supervisors s
+    WHERE s.status IN ('stopped', 'dead')
+      AND coalesce(s.stopped_at, s.last_heartbeat)
+          < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s::double precision)
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM angela_queue.supervisors s USING doomed
+    WHERE s.id = doomed.id AND s.status IN ('stopped', 'dead')
+    RETURNING s.id
+)
+SELECT count(*) AS pruned FROM deleted;

@@ -1,0 +1,117 @@
+-- angela-queue: named queries on angela_queue.supervisors (one row per
+-- supervisor process, with its heartbeat), the reads a supervisor makes to
+-- scale and watch its workers, and the reads behind `angela-queue status`.
+
+-- name: supervisors_register
+-- A supervisor announces itself before it starts any worker. Also used to
+-- come back after its row was lost (pruned while it was cut off for long).
+INSERT INTO angela_queue.supervisors (id, host, pid, queues, status, workers_target, last_decision)
+VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s::text[], 'running', %(workers_target)s, %(last_decision)s)
+ON CONFLICT (id) DO UPDATE
+SET status = 'running', stopped_at = NULL, last_heartbeat = now(),
+    workers_target = EXCLUDED.workers_target, last_decision = EXCLUDED.last_decision
+RETURNING id, started_at;
+
+-- name: supervisors_heartbeat
+-- Periodic proof of life with the current target and the last scaling
+-- decision. A row the leader marked 'dead' (we were paused or cut off longer
+-- than dead_after_s) comes back to 'running': the process is evidently alive.
+-- A row marked 'stopped' stays stopped (no row returned).
+UPDATE angela_queue.supervisors
+SET last_heartbeat = now(), status = 'running', stopped_at = NULL,
+    workers_target = %(workers_target)s, last_decision = %(last_decision)s
+WHERE id = %(id)s AND status <> 'stopped'
+RETURNING id;
+
+-- name: supervisors_mark_stopped
+-- Final word of a supervisor that shut down cleanly.
+UPDATE angela_queue.supervisors
+SET status = 'stopped', stopped_at = now(), last_heartbeat = now(), workers_target = 0,
+    last_decision = %(last_decision)s
+WHERE id = %(id)s
+RETURNING id;
+
+-- name: supervisors_load
+-- What one scaling decision needs: how many live supervisors serve at least
+-- one of these queues (this one included), and the global depth of these
+-- queues, counted only up to %(cap_per_supervisor)s per live supervisor: a
+-- decision only needs to know "more than the scale-up threshold", never the
+-- exact size of a big backlog (the count walks tasks_queued_by_queue_idx).
+WITH peers AS (
+    SELECT count(*) AS n
+    FROM angela_queue.supervisors s
+    WHERE s.status = 'running' AND s.queues && %(queues)s::text[]
+      AND s.last_heartbeat >= now() - make_interval(secs => %(dead_after_s)s::double precision)
+)
+SELECT greatest(peers.n, 1) AS live_supervisors,
+       (SELECT count(*) FROM (
+            SELECT 1 FROM angela_queue.tasks t
+            WHERE t.status = 'queued' AND t.queue = ANY(%(queues)s::text[])
+            LIMIT %(cap_per_supervisor)s * greatest(peers.n, 1)) AS waiting) AS depth
+FROM peers;
+
+-- name: supervisors_workers
+-- This supervisor's live worker rows, each with the tasks the database says
+-- it runs: what the stuck check and the choice of whom to retire look at.
+-- db_now is the database clock, so judging staleness never mixes clocks.
+SELECT w.id, w.pid, w.status, w.last_heartbeat, w.started_at,
+       coalesce(w.last_active, w.started_at) AS last_active,
+       coalesce(array_agg(t.id ORDER BY t.id) FILTER (WHERE t.id IS NOT NULL), '{}') AS task_ids,
+       coalesce(array_agg(t.kind ORDER BY t.id) FILTER (WHERE t.id IS NOT NULL), '{}') AS task_kinds,
+       coalesce(array_agg(t.timeout_s ORDER BY t.id) FILTER (WHERE t.id IS NOT NULL), '{}') AS task_timeouts_s,
+       coalesce(bool_or(t.priority < 5), false) AS holds_low_priority,
+       max(t.started_at) AS newest_task_started_at,
+       now() AS db_now
+FROM angela_queue.workers w
+LEFT JOIN angela_queue.tasks t ON t.worker_id = w.id AND t.status = 'running'
+WHERE w.supervisor_id = %(supervisor_id)s AND w.status IN ('active', 'idle', 'stopping', 'stuck')
+GROUP BY w.id;
+
+-- name: supervisors_apply_max_queue_size
+-- Apply a profile's (or --max-queue-size's) bound to the queues served,
+-- creating queue rows that do not exist yet. Takes effect for the next insert.
+INSERT INTO angela_queue.queues (name, max_size)
+SELECT q.name, %(max_size)s FROM unnest(%(queues)s::text[]) AS q(name)
+ON CONFLICT (name) DO UPDATE SET max_size = EXCLUDED.max_size
+RETURNING name, max_size;
+
+-- name: status_queues
+-- `angela-queue status`: per queue and tier, what waits and runs, how long
+-- the oldest has waited, and the SLA attainment of the last 24 hours.
+SELECT d.queue, q.max_size, d.tier, d.queued, d.scheduled, d.running, d.oldest_wait_s,
+       coalesce(s.started, 0) AS started_24h, coalesce(s.on_time, 0) AS on_time_24h,
+       s.attainment_pct, s.p50_start_ms, s.p99_start_ms
+FROM angela_queue.queue_depth d
+JOIN angela_queue.queues q ON q.name = d.queue
+LEFT JOIN angela_queue.sla_attainment s ON s.queue = d.queue AND s.tier = d.tier
+ORDER BY d.queue, CASE d.tier WHEN 'critical' THEN 1 WHEN 'high' THEN 2 WHEN 'medium' THEN 3 ELSE 4 END;
+
+-- name: status_supervisors
+-- `angela-queue status`: supervisors (live ones only unless %(all)s), whether
+-- each holds the maintenance lease, and the status as of now: a 'running'
+-- row whose heartbeat stopped shows as 'lost' until the leader marks it dead.
+SELECT s.id, s.host, s.pid, s.queues,
+       CASE WHEN s.status = 'running'
+                 AND s.last_heartbeat < now() - make_interval(secs => %(dead_after_s)s::double precision)
+            THEN 'lost' ELSE s.status END AS status,
+       s.workers_target,
+       (SELECT count(*) FROM angela_queue.workers w
+        WHERE w.supervisor_id = s.id AND w.status IN ('active', 'idle', 'stopping', 'stuck')) AS workers_live,
+       coalesce(l.holder = s.id AND l.expires_at > now(), false) AS leader,
+       s.last_decision, s.started_at,
+       extract(epoch FROM now() - s.last_heartbeat)::double precision AS heartbeat_age_s
+FROM angela_queue.supervisors s
+LEFT JOIN angela_queue.leader l ON l.name = %(lease_name)s
+WHERE %(all)s OR s.status = 'running'
+ORDER BY s.started_at, s.id;
+
+-- name: status_workers
+-- `angela-queue status`: workers as worker_health judges them now (live ones
+-- only unless %(all)s), newest first within each supervisor.
+SELECT h.id, h.supervisor_id, h.host, h.pid, h.status, h.concurrency, h.tasks_completed, h.tasks_failed,
+       h.avg_processing_time_ms, h.current_tasks,
+       extract(epoch FROM now() - h.last_heartbeat)::double precision AS heartbeat_age_s,
+       extract(epoch FROM now() - h.last_active)::double precision AS idle_for_s
+FROM angela_queue.worker_health h
+WHERE %(all)s OR h.status NOT IN ('stopped', 'dead')
+ORDER BY h.supervisor_id NULLS LAST, h.started_at DESC, h.id;

@@ -1,0 +1,220 @@
+"""Reclaim, mark-lost, promote and prune against a real database.
+
+Time moves through the queries' ``now`` parameter: no test sleeps. Workers
+are heartbeat rows registered and claiming through the worker's own queries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from psycopg.types.json import Jsonb
+
+from angela_queue import db, maintenance
+
+DAY = 86400.0
+
+
+def at(conn, seconds: float) -> dt.datetime:
+    return conn.execute("SELECT now() + make_interval(secs => %s) AS t", (seconds,)).fetchone()["t"]
+
+
+def register_worker(conn, *, dead_after_s: float = 30, supervisor_id=None) -> uuid.UUID:
+    worker_id = uuid.uuid4()
+    db.fetch_all(conn, "workers_register", {
+        "id": worker_id, "supervisor_id": supervisor_id, "host": "test", "pid": 1, "queues": ["default"],
+        "concurrency": 1, "stuck_after_s": 60, "dead_after_s": dead_after_s})
+    return worker_id
+
+
+def enqueue(conn, n: int = 1, *, max_attempts: int = 5, kind: str = "k") -> list[int]:
+    rows = conn.execute(
+        "INSERT INTO angela_queue.tasks (kind, max_attempts) SELECT %s, %s FROM generate_series(1, %s) RETURNING id",
+        (kind, max_attempts, n)).fetchall()
+    return [r["id"] for r in rows]
+
+
+def claim(conn, worker_id: uuid.UUID, limit: int = 1) -> list[int]:
+    rows = db.fetch_all(conn, "tasks_claim", {"queues": ["default"], "limit": limit, "worker_id": worker_id})
+    return [r["id"] for r in rows]
+
+
+def task(conn, task_id: int) -> dict:
+    return conn.execute("SELECT * FROM angela_queue.tasks WHERE id = %s", (task_id,)).fetchone()
+
+
+def worker(conn, worker_id: uuid.UUID) -> dict:
+    return conn.execute("SELECT * FROM angela_queue.workers WHERE id = %s", (worker_id,)).fetchone()
+
+
+# --- the leader: workers whose heartbeat went stale -------------------------------------
+
+def test_stale_worker_is_marked_dead_and_its_task_requeued_with_the_attempt_counted(conn):
+    w = register_worker(conn, dead_after_s=30)
+    enqueue(conn)
+    [tid] = claim(conn, w)
+    assert maintenance.reclaim_lost_workers(conn, now=at(conn, 10)).count == 0   # heartbeat still fresh
+    assert task(conn, tid)["status"] == "running"
+
+    result = maintenance.reclaim_lost_workers(conn, now=at(conn, 31))
+    assert result.dead_workers == [w] and result.requeued == [tid]
+    row = task(conn, tid)
+    assert (row["status"], row["attempts"], row["worker_id"], row["started_at"]) == ("queued", 1, None, None)
+    assert str(w) in row["last_error"]
+    assert worker(conn, w)["status"] == "dead"
+    # The worker's late outcome no longer lands: the guard sees the task is not its own.
+    done = db.fetch_all(conn, "tasks_complete_many", {
+        "worker_id": w, "ids": [tid], "results": [Jsonb(1)], "finished_ats": [at(conn, 0)]})
+    assert done == [] and task(conn, tid)["status"] == "queued"
+
+
+def test_reclaim_fails_the_task_when_its_attempts_are_spent(conn):
+    w = register_worker(conn)
+    enqueue(conn, max_attempts=1)
+    [tid] = claim(conn, w)
+    result = maintenance.reclaim_lost_workers(conn, now=at(conn, 60))
+    assert result.failed == [tid] and result.requeued == []
+    row = task(conn, tid)
+    assert row["status"] == "failed" and row["finished_at"] is not None and row["attempts"] == 1
+    assert "attempt 1 of 1" in row["last_error"]
+
+
+def test_a_healthy_worker_keeps_its_tasks(conn):
+    stale, healthy = register_worker(conn, dead_after_s=30), register_worker(conn, dead_after_s=120)
+    enqueue(conn, 2)
+    [a], [b] = claim(conn, stale), claim(conn, healthy)
+    result = maintenance.reclaim_lost_workers(conn, now=at(conn, 60))
+    assert result.requeued == [a]
+    assert task(conn, b)["status"] == "running" and worker(conn, healthy)["status"] == "idle"
+
+
+def test_tasks_left_running_by_a_stopped_or_unknown_worker_are_reclaimed_at_once(conn):
+    stopped = register_worker(conn)
+    enqueue(conn, 2)
+    [a] = claim(conn, stopped)
+    db.fetch_all(conn, "workers_mark_stopped", {"id": stopped, "tasks_completed": 0, "tasks_failed": 0,
+                                               "avg_processing_time_ms": 0})
+    [b] = claim(conn, uuid.uuid4())    # a worker id with no row at all
+    result = maintenance.reclaim_lost_workers(conn)
+    assert sorted(result.requeued) == sorted([a, b])
+    assert worker(conn, stopped)["status"] == "stopped"
+
+
+def test_reclaim_works_in_bounded_chunks(conn):
+    w = register_worker(conn)
+    enqueue(conn, 5)
+    claimed = claim(conn, w, limit=5)
+    first = maintenance.reclaim_lost_workers(conn, now=at(conn, 60), limit=3)
+    second = maintenance.reclaim_lost_workers(conn, now=at(conn, 60), limit=3)
+    assert len(first.requeued) == 3 and len(second.requeued) == 2
+    assert sorted(first.requeued + second.requeued) == sorted(claimed)
+
+
+def test_lost_supervisors_are_marked_dead(conn):
+    sid = uuid.uuid4()
+    db.fetch_all(conn, "supervisors_register", {"id": sid, "host": "h", "pid": 1, "queues": ["default"],
+                                               "workers_target": 2, "last_decision": "x"})
+    assert maintenance.mark_lost_supervisors(conn, 30, now=at(conn, 10)) == []
+    [row] = maintenance.mark_lost_supervisors(conn, 30, now=at(conn, 31))
+    assert row["id"] == sid
+    # A supervisor that was only paused comes back at its next heartbeat.
+    assert db.fetch_one(conn, "supervisors_heartbeat", {"id": sid, "workers_target": 2, "last_decision": "y"})
+    assert conn.execute("SELECT status FROM angela_queue.supervisors WHERE id = %s", (sid,)).fetchone()["status"] \
+        == "running"
+
+
+# --- the supervisor: its own workers ---------------------------------------------------------
+
+def test_exited_worker_has_its_tasks_reclaimed_without_waiting_for_a_timeout(conn):
+    w = register_worker(conn, dead_after_s=3600)
+    enqueue(conn)
+    [tid] = claim(conn, w)
+    result = maintenance.reclaim_exited_worker(conn, w, crashed=True, reason="worker x was killed by SIGKILL")
+    assert result.marked and result.requeued == [tid]
+    assert worker(conn, w)["status"] == "dead"
+    row = task(conn, tid)
+    assert row["status"] == "queued" and row["last_error"] == "worker x was killed by SIGKILL (attempt 1 of 5)"
+    # Idempotent: a second reclaim finds nothing, and the next claim counts attempt 2.
+    assert maintenance.reclaim_exited_worker(conn, w, crashed=True, reason="again").count == 0
+    other = register_worker(conn)
+    assert claim(conn, other) == [tid] and task(conn, tid)["attempts"] == 2
+
+
+def test_clean_exit_marks_stopped_and_keeps_a_stopped_row_as_it_is(conn):
+    w = register_worker(conn)
+    assert maintenance.reclaim_exited_worker(conn, w, crashed=False, reason="clean").marked
+    assert worker(conn, w)["status"] == "stopped"
+    assert not maintenance.reclaim_exited_worker(conn, w, crashed=True, reason="late").marked
+    assert worker(conn, w)["status"] == "stopped"
+
+
+def test_stuck_reclaim_is_guarded_by_the_progress_it_saw(conn):
+    w = register_worker(conn)
+    enqueue(conn)
+    [tid] = claim(conn, w)
+    seen = task(conn, tid)["started_at"] - dt.timedelta(seconds=1)   # progress older than the claim
+    result = maintenance.reclaim_stuck_worker(conn, w, seen, "stuck")
+    assert not result.marked and result.count == 0                  # it made progress since: left alone
+    assert task(conn, tid)["status"] == "running"
+
+    progress = max(worker(conn, w)["last_active"], task(conn, tid)["started_at"])
+    result = maintenance.reclaim_stuck_worker(conn, w, progress, "worker w was stuck")
+    assert result.marked and result.requeued == [tid]
+    assert worker(conn, w)["status"] == "stuck"
+    # Its heartbeat is refused from now on, which tells the worker to stop.
+    beat = db.fetch_all(conn, "workers_heartbeat", {
+        "id": w, "status": "active", "current_tasks": [tid], "tasks_completed": 0, "tasks_failed": 0,
+        "avg_processing_time_ms": 0, "last_active": None})
+    assert beat == []
+
+
+# --- promote and prune -------------------------------------------------------------------------
+
+def test_due_scheduled_tasks_are_promoted(conn):
+    tid = conn.execute("INSERT INTO angela_queue.tasks (kind, run_at) VALUES ('k', now() + interval '1 hour') "
+                       "RETURNING id").fetchone()["id"]
+    assert maintenance.promote_due(conn, now=at(conn, 60)) == 0
+    assert maintenance.promote_due(conn, now=at(conn, 3601)) == 1
+    assert task(conn, tid)["status"] == "queued"
+
+
+def test_prune_deletes_old_finished_rows_in_bounded_chunks(conn):
+    old = enqueue(conn, 7)
+    conn.execute("UPDATE angela_queue.tasks SET status = 'succeeded', finished_at = now() WHERE id = ANY(%s)",
+                 (old,))
+    waiting = enqueue(conn, 2)
+    w = register_worker(conn)
+    [running] = claim(conn, w)
+    week_later = at(conn, 7 * DAY + 60)
+
+    assert maintenance.prune(conn, 7 * DAY, now=at(conn, 6 * DAY))["tasks"] == 0    # not old enough yet
+    counts = maintenance.prune(conn, 7 * DAY, now=week_later, chunk=3, max_chunks=2)
+    assert counts["tasks"] == 6                                                       # bounded: 2 chunks of 3
+    assert maintenance.prune(conn, 7 * DAY, now=week_later, chunk=3, max_chunks=2)["tasks"] == 1
+    left = {r["id"]: r["status"] for r in conn.execute("SELECT id, status FROM angela_queue.tasks").fetchall()}
+    assert set(left) == set(waiting)                     # unfinished rows are never pruned
+    assert left[running] == "running"
+
+
+def test_prune_removes_old_stopped_workers_and_supervisors_only(conn):
+    gone, alive = register_worker(conn), register_worker(conn)
+    maintenance.reclaim_exited_worker(conn, gone, crashed=False, reason="clean")
+    sid = uuid.uuid4()
+    db.fetch_all(conn, "supervisors_register", {"id": sid, "host": "h", "pid": 1, "queues": ["default"],
+                                               "workers_target": 0, "last_decision": None})
+    db.fetch_all(conn, "supervisors_mark_stopped", {"id": sid, "last_decision": "stopped"})
+    counts = maintenance.prune(conn, DAY, now=at(conn, 2 * DAY))
+    assert counts["workers"] == 1 and counts["supervisors"] == 1
+    assert worker(conn, gone) is None and worker(conn, alive) is not None
+
+
+def test_maintenance_run_does_everything_and_is_idempotent(conn):
+    w = register_worker(conn, dead_after_s=0.5)
+    enqueue(conn)
+    [tid] = claim(conn, w)
+    job = maintenance.Maintenance(retention_s=DAY, dead_after_s=30)
+    job.run(conn, now=at(conn, 5))
+    job.run(conn, now=at(conn, 5))
+    assert task(conn, tid)["status"] == "queued" and task(conn, tid)["attempts"] == 1
+    assert worker(conn, w)["status"] == "dead"
