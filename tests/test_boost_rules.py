@@ -7,6 +7,30 @@ import json
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
+
+
+# Every test here only runs SQL on one connection, so the tests share one
+# database and each runs in a transaction that is rolled back afterwards
+# (expected errors are caught in savepoints): the database each test sees is
+# exactly the migrated template, without creating a database per test.
+@pytest.fixture(scope="module")
+def shared_dsn(pg_server, template_db):
+    name = pg_server.new_name("boost")
+    url = pg_server.create_database(name, template=template_db)
+    try:
+        yield url
+    finally:
+        pg_server.drop_database(name)
+
+
+@pytest.fixture
+def conn(shared_dsn):
+    with psycopg.connect(shared_dsn, row_factory=dict_row) as c:
+        try:
+            yield c
+        finally:
+            c.rollback()
 
 
 def boosted(conn, payload: dict | str, priority: int = 5) -> dict:
@@ -105,8 +129,9 @@ def test_boost_moves_the_stored_claim_key(conn):
 def test_an_invalid_jsonpath_rule_is_rejected(conn, condition):
     before = conn.execute("SELECT * FROM angela_queue.boost_rules ORDER BY name").fetchall()
     with pytest.raises(psycopg.Error) as caught:
-        conn.execute("INSERT INTO angela_queue.boost_rules (name, condition, boost) VALUES ('bad', %s, 1)",
-                     (condition,))
+        with conn.transaction():
+            conn.execute("INSERT INTO angela_queue.boost_rules (name, condition, boost) VALUES ('bad', %s, 1)",
+                         (condition,))
     assert "jsonpath" in str(caught.value).lower() or "regular expression" in str(caught.value).lower()
     assert conn.execute("SELECT * FROM angela_queue.boost_rules ORDER BY name").fetchall() == before
     # Inserts still work with the rule set untouched.

@@ -9,6 +9,7 @@ import datetime as dt
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 SPEC_COLUMNS = {
     "id", "queue", "kind", "payload", "priority", "boost", "tier", "status", "created_at",
@@ -16,6 +17,29 @@ SPEC_COLUMNS = {
     "last_error",
 }
 STATUSES = {"scheduled", "queued", "running", "succeeded", "failed", "cancelled", "dropped"}
+
+
+# Every test here only runs SQL on one connection, so the tests share one
+# database and each runs in a transaction that is rolled back afterwards
+# (expected errors are caught in savepoints): the database each test sees is
+# exactly the migrated template, without creating a database per test.
+@pytest.fixture(scope="module")
+def shared_dsn(pg_server, template_db):
+    name = pg_server.new_name("schema")
+    url = pg_server.create_database(name, template=template_db)
+    try:
+        yield url
+    finally:
+        pg_server.drop_database(name)
+
+
+@pytest.fixture
+def conn(shared_dsn):
+    with psycopg.connect(shared_dsn, row_factory=dict_row) as c:
+        try:
+            yield c
+        finally:
+            c.rollback()
 
 
 def insert(conn, sql: str, params=None) -> dict:
@@ -72,7 +96,8 @@ def test_status_accepts_exactly_the_spec_statuses(conn):
         conn.execute("UPDATE angela_queue.tasks SET status = %s WHERE id = %s", (status, task_id))
         assert insert(conn, "SELECT status FROM angela_queue.tasks WHERE id = %s", (task_id,))["status"] == status
     with pytest.raises(psycopg.errors.CheckViolation):
-        conn.execute("UPDATE angela_queue.tasks SET status = 'paused' WHERE id = %s", (task_id,))
+        with conn.transaction():
+            conn.execute("UPDATE angela_queue.tasks SET status = 'paused' WHERE id = %s", (task_id,))
 
 
 @pytest.mark.parametrize("priority, tier, window_s", [
@@ -152,7 +177,8 @@ def test_rejected_insert_names_the_problem_and_stores_nothing(conn, label, state
     queues_before = conn.execute("SELECT * FROM angela_queue.queues ORDER BY name").fetchall()
 
     with pytest.raises(psycopg.Error) as caught:
-        conn.execute(statement)
+        with conn.transaction():
+            conn.execute(statement)
 
     message = caught.value.diag.message_primary or str(caught.value)
     for word in words:
@@ -165,14 +191,16 @@ def test_one_bad_row_rejects_the_whole_multi_row_insert(conn):
     conn.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('keep')")
     before = all_tasks(conn)
     with pytest.raises(psycopg.errors.CheckViolation, match="priority"):
-        conn.execute("INSERT INTO angela_queue.tasks (kind, priority) VALUES ('a', 5), ('b', 12), ('c', 5)")
+        with conn.transaction():
+            conn.execute("INSERT INTO angela_queue.tasks (kind, priority) VALUES ('a', 5), ('b', 12), ('c', 5)")
     assert all_tasks(conn) == before
 
 
 def test_update_cannot_push_priority_out_of_range(conn):
     task_id = insert(conn, "INSERT INTO angela_queue.tasks (kind) VALUES ('k') RETURNING id")["id"]
     with pytest.raises(psycopg.errors.CheckViolation, match="priority"):
-        conn.execute("UPDATE angela_queue.tasks SET priority = 11 WHERE id = %s", (task_id,))
+        with conn.transaction():
+            conn.execute("UPDATE angela_queue.tasks SET priority = 11 WHERE id = %s", (task_id,))
     assert insert(conn, "SELECT priority FROM angela_queue.tasks WHERE id = %s", (task_id,))["priority"] == 5
 
 
