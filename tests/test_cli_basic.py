@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import psycopg
-import pytest
 from psycopg.rows import dict_row
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/x"
