@@ -54,13 +54,16 @@ def resolve_dsn(ctx: click.Context) -> str:
 @click.option("--dsn", envvar=[env("dsn"), "DATABASE_URL"], show_envvar=True,
               help="PostgreSQL DSN. Default: a local embedded Postgres started on demand.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs, and tracebacks on errors.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default="INFO", envvar=env("log_level"), show_envvar=True, show_default=True,
+              help="INFO logs one line per task; WARNING keeps only failures and decisions.")
 @click.version_option(__version__, prog_name="angela-queue")
 @click.pass_context
-def main(ctx: click.Context, dsn: str | None, verbose: bool) -> None:
+def main(ctx: click.Context, dsn: str | None, verbose: bool, log_level: str) -> None:
     """angela-queue: a durable job queue for Python, backed by PostgreSQL."""
     ctx.ensure_object(dict)
     ctx.obj.update(dsn=dsn, verbose=verbose)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+    logging.basicConfig(level=logging.DEBUG if verbose else getattr(logging, log_level.upper()),
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
     if not verbose:
         # Alembic narrates every plugin and step at INFO; migrate prints its own summary.

@@ -261,7 +261,10 @@ class Worker:
 
     async def _turn(self) -> tuple[int, int]:
         """One round trip: flush outcomes, fill batches, claim. Returns (claimed, asked)."""
-        assert self.conn is not None
+        assert self.conn is not None and self._wake is not None
+        # Clear at the start of the turn, not before waiting: anything that
+        # happens from here on (a slot frees, a NOTIFY) must wake the next wait.
+        self._wake.clear()
         statements: list[tuple[str, dict[str, Any]]] = []
         flush = self._take_outcomes()
         if flush:
@@ -310,9 +313,12 @@ class Worker:
                           max(0.0, batch.next_fill_at - now))
         if self.next_scheduled_at is not None:
             timeout = min(timeout, max(0.0, self.next_scheduled_at - now))
-        self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
+            # Let handlers finishing at the same moment (thread results land
+            # via call_soon_threadsafe) report too, so one trip flushes them all.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
             return
         except asyncio.TimeoutError:
             pass
@@ -399,15 +405,23 @@ class Worker:
             self._start(self._run_batch(self.ready.popleft()))
 
     def _start(self, coro) -> None:
-        job = asyncio.create_task(coro)
+        job = asyncio.create_task(self._in_slot(coro))
         self.executing.add(job)
-        job.add_done_callback(self._job_done)
 
-    def _job_done(self, job: asyncio.Task) -> None:
-        self.executing.discard(job)
-        if not job.cancelled() and job.exception() is not None:
-            log.error("internal error in task execution: %r", job.exception())
-        self.wake()
+    async def _in_slot(self, coro) -> None:
+        # The slot frees the moment the handler's outcome is recorded, in the
+        # same loop iteration, so the next turn flushes it *and* refills the
+        # slot in one round trip (a done-callback would run one iteration
+        # later and split that into two trips).
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a bug here must not kill the loop
+            log.exception("internal error in task execution")
+        finally:
+            self.executing.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self.wake()
 
     async def _run_one(self, task: ClaimedTask) -> None:
         outcome = await execute_one(lookup(task.kind), task, self.settings.default_timeout_s,
