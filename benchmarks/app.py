@@ -1,0 +1,58 @@
+"""The task handlers the benchmark workers run (``--app benchmarks.app``).
+
+Every handler is a no-op, so a drain measures the queue, not the work. Each
+process counts the calls it made and writes the counts when it exits, so the
+suite can prove every task ran exactly once (the rows' ``attempts`` only
+prove each was *claimed* once).
+
+Two environment variables, set by the suite for the worker processes only:
+
+- ``AQ_BENCH_WORKER_LOG_LEVEL``: the worker CLI configures the root logger
+  at INFO (or DEBUG with -v) and has no flag to quiet it, so this module,
+  which the worker imports after the CLI has set logging up, lowers it.
+  Without it every task writes an INFO line ("task N ... succeeded").
+- ``AQ_BENCH_COUNT_DIR``: where to write ``<pid>.json`` with the call counts.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import json
+import logging
+import os
+
+from angela_queue import task
+
+NOOP = "bench_noop"
+NOOP_ASYNC = "bench_noop_async"
+
+_calls: collections.Counter[str] = collections.Counter()
+
+
+@task(NOOP)
+def bench_noop(**_payload) -> None:
+    """A sync no-op: runs in the worker's thread pool, like any sync handler."""
+    _calls[NOOP] += 1
+
+
+@task(NOOP_ASYNC)
+async def bench_noop_async(**_payload) -> None:
+    """An ``async def`` no-op: runs on the worker's event loop."""
+    _calls[NOOP_ASYNC] += 1
+
+
+def _write_counts(directory: str) -> None:
+    path = os.path.join(directory, f"{os.getpid()}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(dict(_calls), f)
+    os.replace(path + ".tmp", path)
+
+
+_level = os.environ.get("AQ_BENCH_WORKER_LOG_LEVEL")
+if _level:
+    logging.getLogger().setLevel(_level.upper())
+
+_count_dir = os.environ.get("AQ_BENCH_COUNT_DIR")
+if _count_dir:
+    atexit.register(_write_counts, _count_dir)
