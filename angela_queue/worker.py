@@ -138,7 +138,7 @@ class Worker:
         self.id = worker_id or uuid.uuid4()
         self.supervisor_id = supervisor_id
         self.supervisor_pid = supervisor_pid
-        self.queues = list(settings.queues)
+        self.queues = list(dict.fromkeys(settings.queues))  # unique, in the order given
         self.stats = Stats()
 
         self.conn: psycopg.AsyncConnection | None = None

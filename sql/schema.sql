@@ -118,13 +118,17 @@ WITH (
     autovacuum_vacuum_cost_delay = 0
 );
 
--- The claim walks this index in effective-priority order: no sort, and only
--- startable rows are in it.
-CREATE INDEX tasks_claim_idx ON angela_queue.tasks (priority_key DESC, id)
+-- The claim walks this index, per queue, in effective-priority order: no
+-- sort, and only startable rows are in it. Per queue because the stored key
+-- is exact only among rows that share an aging rate (one rate per queue);
+-- the claim merges queues by the live effective priority. It also serves the
+-- bounded-queue count at insert and the depth reads.
+CREATE INDEX tasks_claim_idx ON angela_queue.tasks (queue, priority_key DESC, id)
     WHERE status = 'queued';
--- Depth per queue and tier, and the bounded-queue count at insert.
-CREATE INDEX tasks_queued_by_queue_idx ON angela_queue.tasks (queue, priority)
-    WHERE status = 'queued';
+-- Filling a low-priority batch: the best waiting tasks of one kind below
+-- priority 5, without walking past every higher-priority task first.
+CREATE INDEX tasks_batch_fill_idx ON angela_queue.tasks (queue, kind, priority_key DESC, id)
+    WHERE status = 'queued' AND priority < 5;
 -- Promotion of delayed and retrying tasks once their run_at arrives.
 CREATE INDEX tasks_scheduled_idx ON angela_queue.tasks (run_at)
     WHERE status = 'scheduled';
@@ -221,7 +225,7 @@ BEGIN
     NEW.priority_key := angela_queue.priority_key(NEW.priority, NEW.boost, NEW.aging_rate, NEW.run_at);
 
     -- Bounded queue. The count stops at max_size (LIMIT) and walks the small
-    -- partial index tasks_queued_by_queue_idx, so it costs O(max_size) only
+    -- partial index tasks_claim_idx, so it costs O(max_size) only
     -- for bounded queues and nothing for unbounded ones: no full count, and
     -- no hot counter row that every insert and claim would serialize on.
     -- Concurrent inserts do not see each other's rows, so a queue can exceed

@@ -36,7 +36,7 @@ RETURNING id;
 -- one of these queues (this one included), and the global depth of these
 -- queues, counted only up to %(cap_per_supervisor)s per live supervisor: a
 -- decision only needs to know "more than the scale-up threshold", never the
--- exact size of a big backlog (the count walks tasks_queued_by_queue_idx).
+-- exact size of a big backlog (the count walks tasks_claim_idx).
 WITH peers AS (
     SELECT count(*) AS n
     FROM angela_queue.supervisors s

@@ -71,17 +71,30 @@ WHERE t.id = %(id)s AND NOT EXISTS (SELECT 1 FROM cancelled);
 -- SKIP LOCKED), the planner may turn the sub-select into a semi-join and run
 -- it more than once, locking and updating more rows than the LIMIT. The
 -- MATERIALIZED CTE is a fence: the pick runs exactly once.
--- The pick walks tasks_claim_idx in priority_key order (no sort); SKIP LOCKED
--- lets concurrent workers pass over each other's rows instead of queueing.
+-- The pick walks tasks_claim_idx per queue in priority_key order (no sort of
+-- the queue), takes at most %(limit)s from each, and merges those few rows by
+-- the live effective priority: exact even when queues age at different rates.
+-- SKIP LOCKED lets concurrent workers pass over each other's rows instead of
+-- queueing; a row picked from one queue but cut by the merge stays locked
+-- only until this statement's transaction ends.
 -- Claiming from a bounded queue frees space: enqueuers waiting on a full
 -- queue are woken (only bounded queues pay for the NOTIFY).
 WITH picked AS MATERIALIZED (
-    SELECT t.id
-    FROM angela_queue.tasks t
-    WHERE t.status = 'queued' AND t.queue = ANY(%(queues)s::text[]) AND t.run_at <= now()
-    ORDER BY t.priority_key DESC, t.id
+    SELECT c.id, c.effective_priority
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT t.id,
+               t.priority + t.boost + t.aging_rate
+                   * greatest(extract(epoch FROM now() - t.run_at)::double precision, 0) / 60.0
+                   AS effective_priority
+        FROM angela_queue.tasks t
+        WHERE t.status = 'queued' AND t.queue = q.name AND t.run_at <= now()
+        ORDER BY t.priority_key DESC, t.id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    ORDER BY c.effective_priority DESC, c.id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE angela_queue.tasks t
     SET status = 'running', attempts = t.attempts + 1, worker_id = %(worker_id)s,
@@ -89,10 +102,8 @@ WITH picked AS MATERIALIZED (
     FROM picked
     WHERE t.id = picked.id AND t.status = 'queued'
     RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier,
-              t.attempts, t.max_attempts, t.timeout_s, t.run_at, t.deadline, t.priority_key,
-              t.priority + t.boost + t.aging_rate
-                  * greatest(extract(epoch FROM now() - t.run_at)::double precision, 0) / 60.0
-                  AS effective_priority
+              t.attempts, t.max_attempts, t.timeout_s, t.run_at, t.deadline,
+              picked.effective_priority
 )
 SELECT c.id, c.queue, c.kind, c.payload, c.priority, c.boost, c.tier,
        c.attempts, c.max_attempts, c.timeout_s, c.run_at, c.deadline, c.effective_priority,
@@ -100,11 +111,11 @@ SELECT c.id, c.queue, c.kind, c.payload, c.priority, c.boost, c.tier,
         FROM angela_queue.queues q
         WHERE q.max_size IS NOT NULL AND q.name IN (SELECT queue FROM claimed)) AS space_notified
 FROM claimed c
-ORDER BY c.priority_key DESC, c.id;
+ORDER BY c.effective_priority DESC, c.id;
 
 -- name: tasks_claim_kind
 -- Claim up to %(limit)s low-priority (< 5) tasks of one kind and queue, to
--- fill a batch. Same fence and index walk as tasks_claim.
+-- fill a batch. Same fence as tasks_claim; walks tasks_batch_fill_idx.
 WITH picked AS MATERIALIZED (
     SELECT t.id
     FROM angela_queue.tasks t
@@ -132,15 +143,6 @@ SELECT c.id, c.queue, c.kind, c.payload, c.priority, c.boost, c.tier,
         WHERE q.max_size IS NOT NULL AND q.name IN (SELECT queue FROM claimed)) AS space_notified
 FROM claimed c
 ORDER BY c.priority_key DESC, c.id;
-
--- name: tasks_best_waiting_priority
--- The base priority of the best startable task in the given queues, or no
--- row. Used while a batch collects, to see whether better work is waiting.
-SELECT t.priority
-FROM angela_queue.tasks t
-WHERE t.status = 'queued' AND t.queue = ANY(%(queues)s::text[]) AND t.run_at <= now()
-ORDER BY t.priority_key DESC, t.id
-LIMIT 1;
 
 -- name: tasks_complete_many
 -- Record the successes of one worker in one statement. Guarded: a task that

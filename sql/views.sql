@@ -2,8 +2,9 @@
 -- schema.sql). Views are recreated wholesale by migrations, so each one here
 -- is CREATE OR REPLACE-safe.
 
--- Every queued task with its live effective priority, best first. This is the
--- order the claim takes (it walks tasks_claim_idx on the stored priority_key).
+-- Every queued task with its live effective priority, best first: the order
+-- the claim takes (per queue it walks tasks_claim_idx; across queues it merges
+-- by this same live value).
 CREATE VIEW angela_queue.queued_tasks AS
 SELECT
     t.id, t.queue, t.kind, t.priority, t.boost, t.boost_rules, t.tier,
@@ -15,7 +16,7 @@ SELECT
     t.payload
 FROM angela_queue.tasks t
 WHERE t.status = 'queued'
-ORDER BY t.priority_key DESC, t.id;
+ORDER BY effective_priority DESC, t.id;
 
 -- One row per queue and tier, zeros included, with the number queued (ready
 -- to start), scheduled (waiting for run_at) and running.
