@@ -5,13 +5,8 @@ process counts the calls it made and writes the counts when it exits, so the
 suite can prove every task ran exactly once (the rows' ``attempts`` only
 prove each was *claimed* once).
 
-Two environment variables, set by the suite for the worker processes only:
-
-- ``AQ_BENCH_WORKER_LOG_LEVEL``: the worker CLI configures the root logger
-  at INFO (or DEBUG with -v) and has no flag to quiet it, so this module,
-  which the worker imports after the CLI has set logging up, lowers it.
-  Without it every task writes an INFO line ("task N ... succeeded").
-- ``AQ_BENCH_COUNT_DIR``: where to write ``<pid>.json`` with the call counts.
+``AQ_BENCH_COUNT_DIR`` (set by the suite for the worker processes only) says
+where to write ``<pid>.json`` with the call counts.
 """
 
 from __future__ import annotations
@@ -19,7 +14,6 @@ from __future__ import annotations
 import atexit
 import collections
 import json
-import logging
 import os
 
 from angela_queue import task
@@ -48,10 +42,6 @@ def _write_counts(directory: str) -> None:
         json.dump(dict(_calls), f)
     os.replace(path + ".tmp", path)
 
-
-_level = os.environ.get("AQ_BENCH_WORKER_LOG_LEVEL")
-if _level:
-    logging.getLogger().setLevel(_level.upper())
 
 _count_dir = os.environ.get("AQ_BENCH_COUNT_DIR")
 if _count_dir:

@@ -64,7 +64,7 @@ class DrainConfig:
             cmd = [sys.executable, "-m", "benchmarks.reference", "--dsn", dsn,
                    "--batch", str(self.concurrency), "--mode", self.mode]
         else:
-            cmd = worker_command(dsn, self.concurrency)
+            cmd = worker_command(dsn, self.concurrency, log_level=self.log_level)
         return [cmd] * self.processes
 
 
@@ -73,8 +73,7 @@ def run_drain(db: BenchDB, config: DrainConfig, n: int, pyspy_out: Path | None =
     db.insert_noops(n, config.kind)
     db.settle()
     is_ref = config.impl == "reference"
-    procs = spawn(config.commands(db.dsn), env_extra={"AQ_BENCH_WORKER_LOG_LEVEL": config.log_level},
-                  pyspy_out=pyspy_out)
+    procs = spawn(config.commands(db.dsn), pyspy_out=pyspy_out)
     sampler = CpuSampler(db, procs.pids, REFERENCE_APP_NAMES if is_ref else WORKER_APP_NAMES)
     error = None
     try:

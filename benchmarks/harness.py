@@ -217,9 +217,12 @@ def spawn(commands: list[list[str]], env_extra: dict[str, str] | None = None,
     return procs
 
 
-def worker_command(dsn: str, concurrency: int, extra: Iterable[str] = ()) -> list[str]:
-    return [sys.executable, "-m", "angela_queue", "--dsn", dsn, "worker", "--app", BENCH_APP,
-            "--concurrency", str(concurrency), *extra]
+def worker_command(dsn: str, concurrency: int, extra: Iterable[str] = (), log_level: str = "WARNING") -> list[str]:
+    """A real worker process, started the way users start one. WARNING by
+    default: at INFO each task writes a line, which is part of what a drain
+    would then measure."""
+    return [sys.executable, "-m", "angela_queue", "--dsn", dsn, "--log-level", log_level, "worker",
+            "--app", BENCH_APP, "--concurrency", str(concurrency), *extra]
 
 
 def wait_for_workers(db: BenchDB, procs: Procs, n: int, timeout_s: float = 30.0) -> float:

@@ -65,7 +65,7 @@ def _wait_all_done(db: BenchDB, timeout_s: float = 30.0) -> None:
 
 def run_latency(db: BenchDB, count: int, rate_per_s: float = 50.0, concurrency: int = 10) -> dict[str, Any]:
     db.reset()
-    procs = spawn([worker_command(db.dsn, concurrency)], env_extra={"AQ_BENCH_WORKER_LOG_LEVEL": "WARNING"})
+    procs = spawn([worker_command(db.dsn, concurrency)])
     error = None
     try:
         startup_s = wait_for_workers(db, procs, 1)

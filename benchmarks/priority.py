@@ -111,7 +111,7 @@ def run_priority(db: BenchDB, n: int, batch_size: int | None = None) -> dict[str
     db.conn.execute(INSERT_BACKLOG, (app.NOOP, priorities, minutes))
     db.settle()
     extra = ["--batch-size", str(batch_size)] if batch_size is not None else []
-    procs = spawn([worker_command(db.dsn, 1, extra)], env_extra={"AQ_BENCH_WORKER_LOG_LEVEL": "WARNING"})
+    procs = spawn([worker_command(db.dsn, 1, extra)])
     error = None
     try:
         wait_for_workers(db, procs, 1)
