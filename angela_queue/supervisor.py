@@ -168,7 +168,8 @@ class Supervisor:
         self.children: dict[uuid.UUID, Child] = {}
         self.worker_rows: dict[uuid.UUID, dict] = {}     # last read of our workers' rows
         self.owed_reclaims: dict[uuid.UUID, tuple[bool, str]] = {}
-        self.last_decision = "starting"
+        self.last_decision = (f"start at {self.target}: base {self.policy.base_workers} within "
+                              f"[{self.policy.min_workers}, {self.policy.max_workers}]")
         self.stopping = False
         self.signals = 0
         self.crash_streak = 0
