@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -63,7 +64,17 @@ def register(main: click.Group) -> None:
         except Exception as exc:  # noqa: BLE001 - any import-time error is the user's to see
             raise ConfigError(f"cannot import --app {app!r}: {type(exc).__name__}: {exc}") from exc
         dsn = resolve_dsn(ctx)
+        # Workers log at the level the supervisor was given (--log-level or -v).
+        log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        if log_level == "WARNING":
+            # --log-level WARNING promises "only failures and decisions": the
+            # workers' per-task lines go, the supervisor's decisions stay.
+            for name in ("angela_queue.supervisor", "angela_queue.maintenance"):
+                logging.getLogger(name).setLevel(logging.INFO)
+        # The workers inherit this environment: ANGELA_QUEUE_* settings that
+        # have no flag, and whatever the app needs (PYTHONPATH, its own config).
         supervisor = Supervisor(settings, dsn, app=app, verbose=bool(ctx.obj.get("verbose")),
+                                log_level=log_level if isinstance(log_level, str) else None,
                                 environ=dict(os.environ))
         sys.exit(supervisor.run())
 

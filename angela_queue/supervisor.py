@@ -106,7 +106,7 @@ def describe_exit(returncode: int) -> str:
 
 
 def worker_command(settings: Settings, app: str | None, *, supervisor_id: uuid.UUID, supervisor_pid: int,
-                   worker_id: uuid.UUID, verbose: bool = False) -> list[str]:
+                   worker_id: uuid.UUID, verbose: bool = False, log_level: str | None = None) -> list[str]:
     """The argv of one worker process: the same interpreter, the resolved settings as flags.
 
     The DSN is not on the command line (any local user can read argv with
@@ -115,6 +115,8 @@ def worker_command(settings: Settings, app: str | None, *, supervisor_id: uuid.U
     cmd = [sys.executable, "-m", "angela_queue"]
     if verbose:
         cmd.append("-v")
+    elif log_level:
+        cmd += ["--log-level", log_level]
     cmd.append("worker")
     if app:
         cmd += ["--app", app]
@@ -142,12 +144,13 @@ def _handler_timeout_from_registry(kind: str) -> float | None:
 
 class Supervisor:
     def __init__(self, settings: Settings, dsn: str, *, app: str | None, verbose: bool = False,
-                 environ: dict[str, str] | None = None,
+                 log_level: str | None = None, environ: dict[str, str] | None = None,
                  handler_timeout: Callable[[str], float | None] = _handler_timeout_from_registry):
         self.settings = settings
         self.dsn = dsn
         self.app = app
         self.verbose = verbose
+        self.log_level = log_level
         # The environment the workers inherit (the CLI passes os.environ).
         self.environ = dict(environ if environ is not None else {})
         self.handler_timeout = handler_timeout
@@ -284,7 +287,7 @@ class Supervisor:
     def _spawn(self) -> Child:
         worker_id = uuid.uuid4()
         cmd = worker_command(self.settings, self.app, supervisor_id=self.id, supervisor_pid=self.pid,
-                             worker_id=worker_id, verbose=self.verbose)
+                             worker_id=worker_id, verbose=self.verbose, log_level=self.log_level)
         env = dict(self.environ)
         env["ANGELA_QUEUE_DSN"] = self.dsn
         # Own session: a Ctrl-C in the terminal reaches the supervisor only,

@@ -212,6 +212,9 @@ def test_worker_command_passes_the_resolved_settings_and_no_dsn():
     assert "--stuck-after 7.5" in joined
     assert f"--supervisor-id {sid}" in joined and "--supervisor-pid 123" in joined and f"--worker-id {wid}" in joined
     assert "secret" not in joined   # the DSN travels in the environment, not in argv (ps shows argv)
+    quiet = worker_command(settings, "myapp", supervisor_id=sid, supervisor_pid=1, worker_id=wid,
+                           log_level="WARNING")
+    assert quiet[3:6] == ["--log-level", "WARNING", "worker"]   # a group option: before the command
 
 
 @pytest.mark.parametrize("code, text", [(0, "exited cleanly"), (-9, "killed by SIGKILL"),
