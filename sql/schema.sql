@@ -40,7 +40,12 @@ CREATE TABLE angela_queue.boost_rules (
                 CONSTRAINT boost_rule_name_not_empty CHECK (name <> ''),
     -- e.g. '$.text ? (@ like_regex "urgent" flag "i")'; jsonpath is parsed and
     -- validated when the rule is stored, so a broken rule is rejected up front.
-    condition   jsonpath NOT NULL,
+    condition   jsonpath NOT NULL
+                -- A path naming a $variable fails on every insert (no
+                -- variables are passed, and silent mode does not cover it):
+                -- reject it when the rule is stored. Variables print as $"name".
+                CONSTRAINT boost_rule_condition_has_no_variables
+                CHECK (condition::text !~ '\$"[A-Za-z_][A-Za-z0-9_]*"'),
     boost       integer NOT NULL,
     enabled     boolean NOT NULL DEFAULT true,
     description text NOT NULL DEFAULT '',

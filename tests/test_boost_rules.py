@@ -150,3 +150,13 @@ def test_a_strict_mode_rule_does_not_break_inserts_without_its_key(conn):
                  "VALUES ('ratio', '$ ? ($.a / $.b > 1)', 1)")
     assert boosted(conn, {"a": 1, "b": 0})["boost"] == 0
     assert boosted(conn, {"a": 3, "b": 1})["boost"] == 1
+
+
+def test_a_rule_naming_a_variable_is_rejected_when_stored(conn):
+    # No variables are passed at insert, so such a rule would fail every insert.
+    with pytest.raises(psycopg.errors.CheckViolation) as caught:
+        with conn.transaction():
+            conn.execute("INSERT INTO angela_queue.boost_rules (name, condition, boost) "
+                         "VALUES ('vars', '$.amount ? (@ > $limit)', 1)")
+    assert "boost_rule_condition_has_no_variables" in str(caught.value)
+    assert boosted(conn, {"text": "urgent?"})["boost"] == 4
