@@ -185,6 +185,7 @@ class Supervisor:
         self.conn: psycopg.Connection | None = None
         self._db_retry_at = 0.0
         self._db_backoff = DB_RETRY_FIRST_S
+        self._db_quiet_until = 0.0
 
     @property
     def short_id(self) -> str:
@@ -247,7 +248,7 @@ class Supervisor:
         now = time.monotonic()
         self._reap(now)
         self._escalate(now)
-        if self._db_ready(now):
+        if now >= self._db_quiet_until and self._db_ready(now):
             try:
                 self._pay_reclaims()
                 if now >= self.next_heartbeat:
@@ -260,6 +261,13 @@ class Supervisor:
                     self._scale()
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 self._db_lost(exc)
+            except psycopg.Error as exc:
+                # Any other database error (a deadlock victim, a statement
+                # timeout) must not take the workers down with us: log it and
+                # try again at the next heartbeat or interval.
+                log.error("database error while supervising (%s: %s); retrying in %gs",
+                          type(exc).__name__, db.first_line(exc), self.settings.heartbeat_interval_s)
+                self._db_quiet_until = now + self.settings.heartbeat_interval_s
         self._converge(time.monotonic())
 
     def _converge(self, now: float) -> None:
