@@ -195,12 +195,12 @@ def executions(app_dir: Path) -> list[tuple[str, int, int]]:
 # --- scaling -----------------------------------------------------------------------------------
 
 def test_scales_up_to_max_under_a_backlog_and_back_down_to_min_after_the_drain(conn, start):
-    enqueue(conn, "nap", [{"n": i, "s": 0.05} for i in range(240)])
+    enqueue(conn, "nap", [{"n": i, "s": 0.05} for i in range(300)])
     sup = start("--min-workers", "1", "--base-workers", "1", "--max-workers", "3", "--scale-interval", "0.5")
     wait_for(lambda: len(sup.workers()) == 3 and len(live_worker_rows(conn, sup.pid)) == 3, 30,
              "3 workers (max) under the backlog", sup)
     assert count(conn, "status IN ('queued', 'running')") > 0        # reached max while work was waiting
-    wait_for(lambda: count(conn, "status = 'succeeded'") == 240, 60, "the backlog to drain", sup)
+    wait_for(lambda: count(conn, "status = 'succeeded'") == 300, 60, "the backlog to drain", sup)
     wait_for(lambda: len(sup.workers()) == 1 and len(live_worker_rows(conn, sup.pid)) == 1, 20,
              "the pool to shrink back to 1 (min)", sup)
     assert sup.stop() == 0
@@ -211,7 +211,7 @@ def test_scales_up_to_max_under_a_backlog_and_back_down_to_min_after_the_drain(c
     # Retired workers left gracefully: stopped rows, every task done exactly once.
     assert conn.execute("SELECT count(*) AS n FROM angela_queue.workers WHERE status <> 'stopped'").fetchone()["n"] == 0
     ran = collections.Counter(n for kind, n, pid in executions(sup.log_path.parent))
-    assert len(ran) == 240 and set(ran.values()) == {1}
+    assert len(ran) == 300 and set(ran.values()) == {1}
 
 
 # --- dead and stuck workers --------------------------------------------------------------------
