@@ -551,13 +551,16 @@ class Worker:
         self.collecting.clear()
         self.ready.clear()
         deadline = self.stop_deadline if self.stop_deadline is not None else time.monotonic()
-        if self.executing:
-            remaining = max(0.0, deadline - time.monotonic())
-            done, pending = await asyncio.wait(set(self.executing), timeout=remaining)
-            for job in pending:
-                job.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
+        # Wait in short steps: a second signal (fast stop) moves the deadline
+        # up while we are already waiting.
+        while self.executing and time.monotonic() < deadline:
+            await asyncio.wait(set(self.executing), timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+            deadline = self.stop_deadline if self.stop_deadline is not None else deadline
+        pending = set(self.executing)
+        for job in pending:
+            job.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
         reported = {o.task_id for o in self.flushing + self.outcomes}
         to_release = sorted(set(unstarted) | {tid for tid in self.held if tid not in reported})
         await self._final_flush(to_release)
@@ -605,6 +608,7 @@ class Worker:
         the event loop cannot silence the heartbeat (only stall progress, which
         is what 'stuck' measures)."""
         conn: psycopg.Connection | None = None
+        given_up = False
         while not self._heartbeat_stop.wait(self.settings.heartbeat_interval_s):
             if self.supervisor_pid is not None and os.getppid() != self.supervisor_pid:
                 log.error("supervisor %d is gone; stopping", self.supervisor_pid)
@@ -620,7 +624,8 @@ class Worker:
                 rows = db.fetch_all(conn, "workers_heartbeat", {
                     "id": self.id, "status": status, "current_tasks": current,
                     "last_active": last_active, **snap})
-                if not rows:
+                if not rows and not given_up:
+                    given_up = True
                     log.error("worker %s was marked stuck or dead by its supervisor; stopping", self.short_id)
                     if self._loop is not None:
                         self._loop.call_soon_threadsafe(self.request_stop, True)
