@@ -141,6 +141,32 @@ def conn(dsn: str) -> Iterator[psycopg.Connection]:
         yield c
 
 
+@pytest.fixture(scope="module")
+def module_dsn(pg_server: PgServer, template_db: str) -> Iterator[str]:
+    """One migrated database shared by a module's tests (see rollback_conn)."""
+    name = pg_server.new_name("m")
+    url = pg_server.create_database(name, template=template_db)
+    try:
+        yield url
+    finally:
+        pg_server.drop_database(name)
+
+
+@pytest.fixture
+def rollback_conn(module_dsn: str) -> Iterator[psycopg.Connection]:
+    """A connection in a transaction rolled back after the test.
+
+    For tests that only run SQL on one connection: each sees exactly the
+    migrated template, without the cost of a database per test. Expected
+    errors must be caught in savepoints (``with conn.transaction():``).
+    """
+    with psycopg.connect(module_dsn, row_factory=dict_row) as c:
+        try:
+            yield c
+        finally:
+            c.rollback()
+
+
 @pytest.fixture
 def client(dsn: str):
     from angela_queue import Client
@@ -148,4 +174,5 @@ def client(dsn: str):
         yield c
 
 
-__all__ = ["PgServer", "pg_server", "template_db", "dsn", "empty_dsn", "conn", "client"]
+__all__ = ["PgServer", "pg_server", "template_db", "dsn", "empty_dsn", "conn", "client", "module_dsn",
+           "rollback_conn"]

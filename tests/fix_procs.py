@@ -24,15 +24,19 @@ DEFAULT_WAIT_S = 30.0
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = DEFAULT_WAIT_S, interval: float = 0.02,
-               message: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+               message: str = "condition", details: Callable[[], str] | None = None) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``.
+
+    ``details`` adds context to the failure (e.g. the processes' logs).
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            extra = f"\n{details()}" if details else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}{extra}")
         time.sleep(interval)
 
 

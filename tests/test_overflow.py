@@ -13,18 +13,12 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+import fix_procs
 from angela_queue import AsyncClient, Client, QueueFull, db
 
 
 def wait_until(predicate, timeout: float = 10.0, message: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.01)
+    return fix_procs.wait_until(predicate, timeout=timeout, interval=0.01, message=message)
 
 
 def fill(conn, queue: str, max_size: int, priority: int = 5) -> list[int]:

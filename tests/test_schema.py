@@ -19,27 +19,11 @@ SPEC_COLUMNS = {
 STATUSES = {"scheduled", "queued", "running", "succeeded", "failed", "cancelled", "dropped"}
 
 
-# Every test here only runs SQL on one connection, so the tests share one
-# database and each runs in a transaction that is rolled back afterwards
-# (expected errors are caught in savepoints): the database each test sees is
-# exactly the migrated template, without creating a database per test.
-@pytest.fixture(scope="module")
-def shared_dsn(pg_server, template_db):
-    name = pg_server.new_name("schema")
-    url = pg_server.create_database(name, template=template_db)
-    try:
-        yield url
-    finally:
-        pg_server.drop_database(name)
-
-
+# Every test here only runs SQL on one connection: they share one database,
+# each in a transaction rolled back afterwards (tests/fix_db.py).
 @pytest.fixture
-def conn(shared_dsn):
-    with psycopg.connect(shared_dsn, row_factory=dict_row) as c:
-        try:
-            yield c
-        finally:
-            c.rollback()
+def conn(rollback_conn):
+    return rollback_conn
 
 
 def insert(conn, sql: str, params=None) -> dict:

@@ -21,6 +21,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fix_procs import wait_until
+
 APP = '''
 import os
 import time
@@ -149,15 +151,8 @@ def start(dsn: str, app_dir: Path):
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, *sups: Supervisor):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {s.log_path.name}\n{s.log()[-6000:]}" for s in sups)
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
-        time.sleep(0.05)
+    return wait_until(predicate, timeout=timeout, interval=0.05, message=what,
+                      details=lambda: "\n".join(f"--- {s.log_path.name}\n{s.log()[-6000:]}" for s in sups))
 
 
 def enqueue(conn, kind: str, payloads: list[dict], **cols) -> list[int]:
