@@ -1,0 +1,169 @@
+-- angela-queue: named queries behind `angela-queue dashboard`. Read only; the
+-- dashboard's collector runs them once a second at most, whoever is watching,
+-- so each one must stay cheap on a tasks table of millions of rows:
+-- the unfinished tasks are read through their partial indexes, finished ones
+-- only through a bounded walk of the primary key, and the heartbeat tables
+-- are small.
+
+-- name: dashboard_session
+-- Make the collector's session harmless: a query that runs away is cancelled
+-- after %(statement_timeout_ms)s ms, and no statement can write.
+SELECT set_config('statement_timeout', %(statement_timeout_ms)s::text, false) AS statement_timeout,
+       set_config('default_transaction_read_only', 'on', false) AS read_only;
+
+-- name: dashboard_ping
+-- /healthz: the database answers and the schema is there.
+SELECT 1 AS ok FROM angela_queue.queues LIMIT 1;
+
+-- name: dashboard_clock
+-- The database clock (the transaction's start): how the collector tells a
+-- worker row that appeared since its previous sample from an old one.
+SELECT now() AS db_now;
+
+-- name: dashboard_depth
+-- Queue depth per queue and tier, zeros included: the numbers of the
+-- queue_depth view (queued, scheduled, running, oldest_wait_s), plus how many
+-- queued tasks are overdue right now, past their start deadline plus the
+-- queue's sla_grace: the SLA misses still in the making, which the
+-- started-task sample below cannot see.
+-- Hazard: `status IN ('queued', 'scheduled', 'running')`, as the view has it,
+-- matches none of the per-status partial indexes, so the planner scans the
+-- whole table (120 ms at a million finished rows, and growing). Spelled as
+-- ORs, each arm matches its partial index (tasks_claim_idx,
+-- tasks_scheduled_idx, tasks_running_idx) and a BitmapOr reads only the
+-- unfinished rows: the cost is the backlog, not the table.
+WITH tiers(tier, rank) AS (
+    VALUES ('critical', 1), ('high', 2), ('medium', 3), ('low', 4)
+), counts AS (
+    SELECT t.queue, t.tier,
+           count(*) FILTER (WHERE t.status = 'queued')    AS queued,
+           count(*) FILTER (WHERE t.status = 'scheduled') AS scheduled,
+           count(*) FILTER (WHERE t.status = 'running')   AS running,
+           min(t.run_at) FILTER (WHERE t.status = 'queued') AS oldest_run_at,
+           count(*) FILTER (WHERE t.status = 'queued'
+                              AND t.deadline + coalesce(g.sla_grace, interval '1 second') < now()) AS overdue
+    FROM angela_queue.tasks t
+    LEFT JOIN angela_queue.queues g ON g.name = t.queue
+    WHERE t.status = 'queued' OR t.status = 'scheduled' OR t.status = 'running'
+    GROUP BY t.queue, t.tier
+)
+SELECT q.name AS queue, q.max_size, tiers.tier,
+       coalesce(c.queued, 0)::bigint    AS queued,
+       coalesce(c.scheduled, 0)::bigint AS scheduled,
+       coalesce(c.running, 0)::bigint   AS running,
+       extract(epoch FROM now() - c.oldest_run_at)::double precision AS oldest_wait_s,
+       coalesce(c.overdue, 0)::bigint   AS overdue
+FROM angela_queue.queues q
+CROSS JOIN tiers
+LEFT JOIN counts c ON c.queue = q.name AND c.tier = tiers.tier
+ORDER BY q.name, tiers.rank;
+
+-- name: dashboard_recent_starts
+-- Per tier: enqueue-to-start latency (run_at -> started_at, p50/p99/max) of
+-- the tasks started in the last %(latency_window_s)s seconds, and SLA
+-- attainment (started by deadline + the queue's sla_grace) of those started
+-- in the last %(sla_window_s)s seconds. Zeros and NULLs for idle tiers.
+-- Hazard: there is deliberately no index on started_at or finished_at (see
+-- maintenance_prune_tasks), so a time window alone would be a sequential scan
+-- of the whole table, once a second. The read is bounded on the primary key
+-- instead, in two steps:
+-- 1. `search` finds the first id enqueued in the last %(lookback_s)s seconds
+--    by bisecting the id range, one LIMIT 1 index probe per step (ids are
+--    handed out in insert order, so created_at grows with id);
+-- 2. `sample` walks the primary key backwards from the newest id down to
+--    that floor, and stops after %(row_limit)s rows in any case.
+-- The time windows then filter the sample. A task enqueued before the floor
+-- (or beyond the row limit) but started inside a window is missed. Unless it
+-- was scheduled that far ahead, it waited longer than the lookback minus the
+-- window, so it missed its deadline in every tier, and dashboard_depth's
+-- overdue counts such waiters while they wait. sample_rows and
+-- sample_oldest_s say how far back the sample reaches.
+-- MATERIALIZED: the sample is read once for the figures and once to measure it.
+WITH RECURSIVE search(lo, hi) AS (
+    SELECT coalesce((SELECT min(t.id) FROM angela_queue.tasks t), 0),
+           coalesce((SELECT max(t.id) FROM angela_queue.tasks t), 0) + 1
+    UNION ALL
+    -- The answer stays in [lo, hi]: the first id enqueued since the cutoff,
+    -- or max(id) + 1 if there is none. A missing probe (no id >= mid) is not old.
+    SELECT CASE WHEN p.created_at < now() - make_interval(secs => %(lookback_s)s::double precision)
+                THEN m.mid + 1 ELSE s.lo END,
+           CASE WHEN p.created_at < now() - make_interval(secs => %(lookback_s)s::double precision)
+                THEN s.hi ELSE m.mid END
+    FROM search s
+    CROSS JOIN LATERAL (SELECT s.lo + (s.hi - s.lo) / 2 AS mid) m
+    LEFT JOIN LATERAL (
+        SELECT t.created_at FROM angela_queue.tasks t WHERE t.id >= m.mid ORDER BY t.id LIMIT 1
+    ) p ON true
+    WHERE s.lo < s.hi
+), sample AS MATERIALIZED (
+    SELECT t.queue, t.tier, t.created_at, t.run_at, t.started_at, t.deadline
+    FROM angela_queue.tasks t
+    WHERE t.id >= (SELECT min(hi) FROM search)
+    ORDER BY t.id DESC
+    LIMIT %(row_limit)s
+), coverage AS (
+    SELECT count(*) AS sample_rows, min(s.created_at) AS oldest FROM sample s
+), measured AS (
+    SELECT s.tier,
+           s.started_at > now() - make_interval(secs => %(latency_window_s)s::double precision) AS recent,
+           1000 * extract(epoch FROM s.started_at - s.run_at)::double precision AS wait_ms,
+           s.started_at <= s.deadline + coalesce(q.sla_grace, interval '1 second') AS on_time
+    FROM sample s
+    LEFT JOIN angela_queue.queues q ON q.name = s.queue
+    WHERE s.started_at > now() - make_interval(secs => %(sla_window_s)s::double precision)
+), tiers(tier, rank, priority) AS (
+    VALUES ('critical', 1, 9), ('high', 2, 7), ('medium', 3, 5), ('low', 4, 1)
+)
+SELECT tiers.tier,
+       extract(epoch FROM angela_queue.tier_window(tiers.priority))::double precision AS start_within_s,
+       count(m.tier) FILTER (WHERE m.recent) AS latency_started,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY m.wait_ms) FILTER (WHERE m.recent) AS p50_ms,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY m.wait_ms) FILTER (WHERE m.recent) AS p99_ms,
+       max(m.wait_ms) FILTER (WHERE m.recent) AS max_ms,
+       count(m.tier) AS sla_started,
+       count(m.tier) FILTER (WHERE m.on_time) AS on_time,
+       round(100.0 * count(m.tier) FILTER (WHERE m.on_time) / nullif(count(m.tier), 0), 2)::double precision
+           AS attainment_pct,
+       c.sample_rows,
+       extract(epoch FROM now() - c.oldest)::double precision AS sample_oldest_s
+FROM tiers
+CROSS JOIN coverage c
+LEFT JOIN measured m ON m.tier = tiers.tier
+GROUP BY tiers.tier, tiers.rank, tiers.priority, c.sample_rows, c.oldest
+ORDER BY tiers.rank;
+
+-- name: dashboard_workers
+-- Workers as worker_health judges them now: the live ones, and those that
+-- stopped or died in the last %(recent_s)s seconds (so a crash stays visible
+-- for a while). Their counters also feed the throughput: the collector
+-- differences tasks_completed and tasks_failed between samples, which costs
+-- nothing on the tasks table.
+SELECT h.id, h.supervisor_id, h.host, h.pid, h.status, h.queues, h.concurrency,
+       h.tasks_completed, h.tasks_failed, h.avg_processing_time_ms::double precision AS avg_processing_time_ms,
+       h.current_tasks, h.started_at, h.stopped_at,
+       extract(epoch FROM now() - h.last_heartbeat)::double precision AS heartbeat_age_s,
+       extract(epoch FROM now() - h.last_active)::double precision AS idle_for_s
+FROM angela_queue.worker_health h
+WHERE h.status NOT IN ('stopped', 'dead')
+   OR coalesce(h.stopped_at, h.last_heartbeat) > now() - make_interval(secs => %(recent_s)s::double precision)
+ORDER BY h.status IN ('stopped', 'dead'), h.host, h.pid, h.id;
+
+-- name: dashboard_supervisors
+-- Supervisors: the running ones and those that stopped in the last
+-- %(recent_s)s seconds, whether each holds the maintenance lease, and its
+-- status as of now ('lost': running, but no heartbeat for %(dead_after_s)s).
+SELECT s.id, s.host, s.pid, s.queues,
+       CASE WHEN s.status = 'running'
+                 AND s.last_heartbeat < now() - make_interval(secs => %(dead_after_s)s::double precision)
+            THEN 'lost' ELSE s.status END AS status,
+       s.workers_target,
+       (SELECT count(*) FROM angela_queue.workers w
+        WHERE w.supervisor_id = s.id AND w.status IN ('active', 'idle', 'stopping', 'stuck')) AS workers_live,
+       coalesce(l.holder = s.id AND l.expires_at > now(), false) AS leader,
+       s.last_decision, s.started_at,
+       extract(epoch FROM now() - s.last_heartbeat)::double precision AS heartbeat_age_s
+FROM angela_queue.supervisors s
+LEFT JOIN angela_queue.leader l ON l.name = %(lease_name)s
+WHERE s.status = 'running'
+   OR coalesce(s.stopped_at, s.last_heartbeat) > now() - make_interval(secs => %(recent_s)s::double precision)
+ORDER BY s.status <> 'running', s.started_at, s.id;
