@@ -145,7 +145,7 @@ def cancel(ctx: click.Context, task_id: int) -> None:
 def _register_optional_commands() -> None:
     """Commands that live in their own modules (db, worker, run, status, ...)."""
     import importlib
-    for module_name in ("cli_db", "cli_worker", "cli_supervisor"):
+    for module_name in ("cli_db", "cli_worker", "cli_supervisor", "cli_dashboard"):
         try:
             module = importlib.import_module(f"angela_queue.{module_name}")
         except ModuleNotFoundError as exc:
