@@ -19,7 +19,13 @@ WHERE t.status = 'queued'
 ORDER BY effective_priority DESC, t.id;
 
 -- One row per queue and tier, zeros included, with the number queued (ready
--- to start), scheduled (waiting for run_at) and running.
+-- to start), scheduled (waiting for run_at) and running, the oldest wait, and
+-- how many queued tasks are already past their deadline plus sla_grace.
+-- Hazard: `status IN ('queued', 'scheduled', 'running')` matches none of the
+-- per-status partial indexes and scans the whole table (finished rows
+-- included). Spelled as ORs, each arm matches its partial index
+-- (tasks_claim_idx, tasks_scheduled_idx, tasks_running_idx): the cost is the
+-- backlog, not the table.
 CREATE VIEW angela_queue.queue_depth AS
 WITH tiers(tier, rank) AS (
     VALUES ('critical', 1), ('high', 2), ('medium', 3), ('low', 4)
@@ -28,16 +34,21 @@ WITH tiers(tier, rank) AS (
            count(*) FILTER (WHERE t.status = 'queued')    AS queued,
            count(*) FILTER (WHERE t.status = 'scheduled') AS scheduled,
            count(*) FILTER (WHERE t.status = 'running')   AS running,
-           min(t.run_at) FILTER (WHERE t.status = 'queued') AS oldest_run_at
+           min(t.run_at) FILTER (WHERE t.status = 'queued') AS oldest_run_at,
+           count(*) FILTER (WHERE t.status = 'queued'
+                              AND t.deadline + coalesce(g.sla_grace, interval '1 second') < now()) AS overdue
     FROM angela_queue.tasks t
-    WHERE t.status IN ('queued', 'scheduled', 'running')
+    LEFT JOIN angela_queue.queues g ON g.name = t.queue
+    WHERE t.status = 'queued' OR t.status = 'scheduled' OR t.status = 'running'
     GROUP BY t.queue, t.tier
 )
 SELECT q.name AS queue, tiers.tier,
        coalesce(c.queued, 0)::bigint    AS queued,
        coalesce(c.scheduled, 0)::bigint AS scheduled,
        coalesce(c.running, 0)::bigint   AS running,
-       extract(epoch FROM now() - c.oldest_run_at)::double precision AS oldest_wait_s
+       extract(epoch FROM now() - c.oldest_run_at)::double precision AS oldest_wait_s,
+       coalesce(c.overdue, 0)::bigint   AS overdue,
+       q.max_size
 FROM angela_queue.queues q
 CROSS JOIN tiers
 LEFT JOIN counts c ON c.queue = q.name AND c.tier = tiers.tier
