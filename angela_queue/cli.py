@@ -142,17 +142,12 @@ def cancel(ctx: click.Context, task_id: int) -> None:
         raise click.ClickException(f"task {task_id} is {result.status}; only scheduled or queued tasks can be cancelled")
 
 
-def _register_optional_commands() -> None:
-    """Commands that live in their own modules (db, worker, run, status, ...)."""
-    import importlib
-    for module_name in ("cli_db", "cli_worker", "cli_supervisor", "cli_dashboard"):
-        try:
-            module = importlib.import_module(f"angela_queue.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"angela_queue.{module_name}":
-                raise
-            continue
+def _register_commands() -> None:
+    """Commands that live in their own modules. Imported here, at the end,
+    because each module imports ``main``/``env``/``resolve_dsn`` from this one."""
+    from . import cli_dashboard, cli_db, cli_supervisor, cli_worker
+    for module in (cli_db, cli_worker, cli_supervisor, cli_dashboard):
         module.register(main)
 
 
-_register_optional_commands()
+_register_commands()
