@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 
@@ -149,5 +150,8 @@ async def apipeline(conn: psycopg.AsyncConnection,
                 await cur.execute(queries.query(name), params, prepare=True)
                 cursors.append(cur)
         for cur in cursors:
-            results.append(await cur.fetchall() if cur.description else [])
+            # pgresult.status, not cur.description: the latter builds Column
+            # objects just to be tested for truth, on every statement.
+            tuples = cur.pgresult is not None and cur.pgresult.status == pq.ExecStatus.TUPLES_OK
+            results.append(await cur.fetchall() if tuples else [])
     return results

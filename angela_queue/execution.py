@@ -12,14 +12,13 @@ import asyncio
 import functools
 import json
 import random
-import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
+from .handler_threads import HandlerThreads
 from .registry import TaskDefinition, registered_kinds
 
 # Keep last_error readable: the message plus the innermost frames.
@@ -49,7 +48,7 @@ class ClaimedTask:
 class Outcome:
     task_id: int
     ok: bool
-    result: Any = None           # JSON-ready value when ok
+    result_json: str = "null"    # the result, JSON-encoded once, when ok
     error: str | None = None     # when not ok
     retry: bool = True           # False: fail for good whatever attempts remain
     timed_out: bool = False
@@ -59,29 +58,6 @@ class Outcome:
 
 class HandlerTimeout(Exception):
     pass
-
-
-# Sync handlers still running in their threads. A stopping worker that
-# released such a task must not wait for the thread at interpreter exit.
-_busy_threads = 0
-_busy_lock = threading.Lock()
-
-
-def busy_handler_threads() -> int:
-    return _busy_threads
-
-
-def _counted(call: Callable[[], Any]) -> Callable[[], Any]:
-    def run() -> Any:
-        global _busy_threads
-        with _busy_lock:
-            _busy_threads += 1
-        try:
-            return call()
-        finally:
-            with _busy_lock:
-                _busy_threads -= 1
-    return run
 
 
 def backoff_seconds(attempt: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
@@ -110,17 +86,21 @@ def unknown_kind_error(kind: str) -> str:
     return f"unknown task kind {kind!r}: no handler registered for it (registered kinds: {known})"
 
 
-def to_json_result(value: Any) -> tuple[bool, Any, str | None]:
-    """(ok, json_ready_value, error). The value must survive json.dumps."""
+def to_json_result(value: Any) -> tuple[bool, str, str | None]:
+    """(ok, json_text, error). Encoded here once; the text goes to the database as is.
+
+    allow_nan=False: NaN and Infinity are not JSON, and Postgres would refuse them.
+    """
+    if value is None:
+        return True, "null", None
     try:
-        json.dumps(value)
+        return True, json.dumps(value, allow_nan=False, separators=(",", ":")), None
     except (TypeError, ValueError) as exc:
-        return False, None, f"handler returned a value that is not JSON-serialisable ({type(value).__name__}): {exc}"
-    return True, value, None
+        return False, "null", f"handler returned a value that is not JSON-serialisable ({type(value).__name__}): {exc}"
 
 
 async def run_handler(definition: TaskDefinition, call: Callable[[], Any], timeout_s: float | None,
-                      executor: Executor, on_abandoned: Callable[[], None]) -> Any:
+                      threads: HandlerThreads, on_abandoned: Callable[[], None]) -> Any:
     """Run ``call`` (async or sync) with an optional timeout.
 
     An async handler is cancelled at the timeout. A sync handler runs in a
@@ -136,8 +116,7 @@ async def run_handler(definition: TaskDefinition, call: Callable[[], Any], timeo
             return await asyncio.wait_for(coro, timeout_s)
         except asyncio.TimeoutError:
             raise HandlerTimeout(f"timed out after {timeout_s:g}s (async handler cancelled)") from None
-    loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(executor, _counted(call))
+    future = threads.submit(call)
     if timeout_s is None:
         return await future
     try:
@@ -160,14 +139,14 @@ def batch_call(definition: TaskDefinition, tasks: list[ClaimedTask]) -> Callable
 
 
 async def execute_one(definition: TaskDefinition | None, task: ClaimedTask, default_timeout_s: float | None,
-                      executor: Executor, on_abandoned: Callable[[], None]) -> Outcome:
+                      threads: HandlerThreads, on_abandoned: Callable[[], None]) -> Outcome:
     started = time.perf_counter()
     if definition is None:
         return Outcome(task.id, ok=False, error=unknown_kind_error(task.kind), retry=False,
                        finished_at=time.time())
     timeout_s = task.timeout_s or definition.timeout or default_timeout_s
     try:
-        value = await run_handler(definition, single_call(definition, task), timeout_s, executor, on_abandoned)
+        value = await run_handler(definition, single_call(definition, task), timeout_s, threads, on_abandoned)
     except HandlerTimeout as exc:
         return Outcome(task.id, ok=False, error=f"HandlerTimeout: {exc}", timed_out=True,
                        duration_ms=(time.perf_counter() - started) * 1000, finished_at=time.time())
@@ -176,13 +155,13 @@ async def execute_one(definition: TaskDefinition | None, task: ClaimedTask, defa
     except Exception as exc:
         return Outcome(task.id, ok=False, error=describe_exception(exc),
                        duration_ms=(time.perf_counter() - started) * 1000, finished_at=time.time())
-    ok, result, error = to_json_result(value)
-    return Outcome(task.id, ok=ok, result=result, error=error, retry=ok,
+    ok, result_json, error = to_json_result(value)
+    return Outcome(task.id, ok=ok, result_json=result_json, error=error, retry=ok,
                    duration_ms=(time.perf_counter() - started) * 1000, finished_at=time.time())
 
 
 async def execute_batch(definition: TaskDefinition, tasks: list[ClaimedTask], default_timeout_s: float | None,
-                        executor: Executor, on_abandoned: Callable[[], None]) -> list[Outcome]:
+                        threads: HandlerThreads, on_abandoned: Callable[[], None]) -> list[Outcome]:
     """A ``batch=True`` handler gets every payload in one call; all tasks share its outcome.
 
     The handler may return a list with one JSON result per task (same
@@ -192,7 +171,7 @@ async def execute_batch(definition: TaskDefinition, tasks: list[ClaimedTask], de
     timeout_s = definition.timeout or default_timeout_s
     ids = [t.id for t in tasks]
     try:
-        value = await run_handler(definition, batch_call(definition, tasks), timeout_s, executor, on_abandoned)
+        value = await run_handler(definition, batch_call(definition, tasks), timeout_s, threads, on_abandoned)
     except HandlerTimeout as exc:
         now = time.time()
         ms = (time.perf_counter() - started) * 1000
@@ -213,7 +192,7 @@ async def execute_batch(definition: TaskDefinition, tasks: list[ClaimedTask], de
         results = [value] * len(tasks)
     outcomes = []
     for i, result in zip(ids, results):
-        ok, json_value, error = to_json_result(result)
-        outcomes.append(Outcome(i, ok=ok, result=json_value, error=error, retry=ok, duration_ms=ms,
+        ok, result_json, error = to_json_result(result)
+        outcomes.append(Outcome(i, ok=ok, result_json=result_json, error=error, retry=ok, duration_ms=ms,
                                 finished_at=now))
     return outcomes

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE
@@ -28,10 +28,11 @@ class TaskDefinition:
     # Exponential backoff between attempts: base * 2**(attempt-1), capped, with jitter.
     backoff_base: float | None = None
     backoff_max: float | None = None
+    # Looked up once: the worker asks for every task.
+    is_async: bool = field(init=False, repr=False)
 
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.func)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.func))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Calling the decorated function runs it directly, as before."""

@@ -101,12 +101,11 @@ WITH picked AS MATERIALIZED (
         started_at = now(), finished_at = NULL
     FROM picked
     WHERE t.id = picked.id AND t.status = 'queued'
-    RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier,
-              t.attempts, t.max_attempts, t.timeout_s, t.run_at, t.deadline,
+    RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.attempts, t.max_attempts, t.timeout_s,
               picked.effective_priority
 )
-SELECT c.id, c.queue, c.kind, c.payload, c.priority, c.boost, c.tier,
-       c.attempts, c.max_attempts, c.timeout_s, c.run_at, c.deadline, c.effective_priority,
+SELECT c.id, c.queue, c.kind, c.payload, c.priority, c.attempts, c.max_attempts, c.timeout_s,
+       c.effective_priority,
        (SELECT count(pg_notify('angela_queue_space', q.name))
         FROM angela_queue.queues q
         WHERE q.max_size IS NOT NULL AND q.name IN (SELECT queue FROM claimed)) AS space_notified
@@ -145,13 +144,13 @@ FROM claimed c
 ORDER BY c.priority_key DESC, c.id;
 
 -- name: tasks_complete_many
--- Record the successes of one worker in one statement. Guarded: a task that
--- was reclaimed meanwhile (no longer running here) is left alone and simply
--- missing from the returned ids.
+-- Record the successes of one worker in one statement. %(outcomes)s is one
+-- JSON array of {"id", "result", "finished_at" (epoch seconds)}. Guarded: a
+-- task that was reclaimed meanwhile (no longer running here) is left alone
+-- and simply missing from the returned ids.
 UPDATE angela_queue.tasks t
-SET status = 'succeeded', finished_at = d.finished_at, result = d.result, last_error = NULL
-FROM unnest(%(ids)s::bigint[], %(results)s::jsonb[], %(finished_ats)s::timestamptz[])
-     AS d(id, result, finished_at)
+SET status = 'succeeded', finished_at = to_timestamp(d.finished_at), result = d.result, last_error = NULL
+FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS d(id bigint, result jsonb, finished_at double precision)
 WHERE t.id = d.id AND t.status = 'running' AND t.worker_id = %(worker_id)s
 RETURNING t.id;
 

@@ -82,8 +82,7 @@ def test_completion_is_guarded_against_a_reclaim(conn):
     conn.execute("UPDATE angela_queue.tasks SET status = 'queued', worker_id = NULL WHERE id = %s", (tid,))
     claim(conn, worker=W2)
     stored = db.fetch_all(conn, "tasks_complete_many", {
-        "worker_id": W1, "ids": [tid], "results": [psycopg.types.json.Jsonb("stale")],
-        "finished_ats": [None]})
+        "worker_id": W1, "outcomes": json.dumps([{"id": tid, "result": "stale", "finished_at": 0.0}])})
     assert stored == []
     row = conn.execute("SELECT status, worker_id, result FROM angela_queue.tasks WHERE id = %s", (tid,)).fetchone()
     assert row["status"] == "running" and row["worker_id"] == W2 and row["result"] is None
