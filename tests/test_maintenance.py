@@ -7,9 +7,9 @@ are heartbeat rows registered and claiming through the worker's own queries.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 
-from psycopg.types.json import Jsonb
 
 from angela_queue import db, maintenance
 
@@ -65,7 +65,7 @@ def test_stale_worker_is_marked_dead_and_its_task_requeued_with_the_attempt_coun
     assert worker(conn, w)["status"] == "dead"
     # The worker's late outcome no longer lands: the guard sees the task is not its own.
     done = db.fetch_all(conn, "tasks_complete_many", {
-        "worker_id": w, "ids": [tid], "results": [Jsonb(1)], "finished_ats": [at(conn, 0)]})
+        "worker_id": w, "outcomes": json.dumps([{"id": tid, "result": 1, "finished_at": 0.0}])})
     assert done == [] and task(conn, tid)["status"] == "queued"
 
 
