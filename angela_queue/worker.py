@@ -622,7 +622,8 @@ class Worker:
                 snap = self.stats.snapshot()
                 last_active = _utc(snap.pop("last_active")) if snap["last_active"] else None
                 current = sorted(self.held)
-                status = "stopping" if self.stopping else ("active" if self.executing else "idle")
+                # Active while holding anything, a collecting batch included.
+                status = "stopping" if self.stopping else ("active" if current else "idle")
                 rows = db.fetch_all(conn, "workers_heartbeat", {
                     "id": self.id, "status": status, "current_tasks": current,
                     "last_active": last_active, **snap})

