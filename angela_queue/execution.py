@@ -94,9 +94,13 @@ def to_json_result(value: Any) -> tuple[bool, str, str | None]:
     if value is None:
         return True, "null", None
     try:
-        return True, json.dumps(value, allow_nan=False, separators=(",", ":")), None
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         return False, "null", f"handler returned a value that is not JSON-serialisable ({type(value).__name__}): {exc}"
+    if "\\u0000" in text:
+        # Valid JSON, but Postgres jsonb cannot store a NUL character.
+        return False, "null", "handler returned a value containing a NUL character (\\u0000), which Postgres cannot store"
+    return True, text, None
 
 
 async def run_handler(definition: TaskDefinition, call: Callable[[], Any], timeout_s: float | None,

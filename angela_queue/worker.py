@@ -148,6 +148,7 @@ class Worker:
         self.flushing: list[Outcome] = []
         self.depth = 0
         self.next_scheduled_at: float | None = None      # time.monotonic()
+        self.housekeeping_due = 0.0                       # time.monotonic(); 0: at the first turn
 
         self.stopping = False
         self.stop_deadline: float | None = None
@@ -251,6 +252,15 @@ class Worker:
                 log.warning("database connection lost (%s); reconnecting", db.first_line(exc))
                 await self._recover_connection()
                 continue
+            except psycopg.Error as exc:
+                # Not the connection: the server refused something we sent
+                # (e.g. an outcome it cannot store). The turn's transaction
+                # rolled back whole; store the outcomes one by one so one bad
+                # outcome cannot hold the others (or the worker) hostage.
+                log.error("the database refused this turn (%s); storing outcomes one by one",
+                          db.first_line(exc))
+                await self._flush_one_by_one()
+                continue
             self._start_ready_batches()
             if asked and claimed >= asked:
                 # A full claim: more is probably waiting. Let finished handlers
@@ -260,7 +270,8 @@ class Worker:
             await self._wait()
 
     async def _turn(self) -> tuple[int, int]:
-        """One round trip: flush outcomes, fill batches, claim. Returns (claimed, asked)."""
+        """One round trip: flush outcomes, housekeeping when due, fill batches,
+        claim. Returns (claimed, asked)."""
         assert self.conn is not None and self._wake is not None
         # Clear at the start of the turn, not before waiting: anything that
         # happens from here on (a slot frees, a NOTIFY) must wake the next wait.
@@ -272,6 +283,15 @@ class Worker:
         n_flush = len(statements)
 
         now = time.monotonic()
+        # Promotion of due scheduled tasks runs on its own clock, busy or not:
+        # a worker that never idles must still bring delayed tasks and retries
+        # in on time.
+        housekeeping = now >= self.housekeeping_due or (
+            self.next_scheduled_at is not None and now >= self.next_scheduled_at)
+        if housekeeping:
+            statements.extend(self._housekeeping_statements())
+        n_before_fills = len(statements)
+
         fills: list[Batch] = []
         if not self.stopping and not self.retiring:
             for batch in self.collecting.values():
@@ -281,16 +301,18 @@ class Worker:
                     statements.append(("tasks_claim_kind", {
                         "queue": batch.queue, "kind": batch.kind, "worker_id": self.id,
                         "limit": self.settings.batch_size - len(batch.tasks)}))
-        free = self.free_slots()
-        asked = free if free > 0 and not self.stopping and not self.retiring else 0
+        asked, min_effective = self._claim_size()
         if asked:
-            statements.append(("tasks_claim", {"queues": self.queues, "limit": asked, "worker_id": self.id}))
+            statements.append(("tasks_claim", {"queues": self.queues, "limit": asked, "worker_id": self.id,
+                                               "min_effective": min_effective}))
         if not statements:
             return 0, 0
 
         results = await db.apipeline(self.conn, statements)
         self._outcomes_stored(flush, results[:n_flush])
-        for batch, rows in zip(fills, results[n_flush:n_flush + len(fills)]):
+        if housekeeping:
+            self._housekeeping_done(results[n_flush:n_before_fills])
+        for batch, rows in zip(fills, results[n_before_fills:n_before_fills + len(fills)]):
             for row in rows:
                 self._hold(ClaimedTask.from_row(row))
                 batch.tasks.append(self.held[row["id"]])
@@ -303,11 +325,32 @@ class Worker:
     def free_slots(self) -> int:
         return self.settings.concurrency - len(self.executing)
 
+    def _claim_size(self) -> tuple[int, float | None]:
+        """How many tasks to claim now, and the least effective priority to take.
+
+        Each batch that is collecting or waiting for a slot reserves the slot
+        it will run in, so a worker never holds more than it can run: without
+        this, low-priority tasks of many kinds would each start a batch that
+        takes no slot, and one worker would hoard the whole low backlog.
+        When every free slot is reserved, the worker still takes one task of
+        effective priority >= 5, so batch collection never delays work that
+        outranks it; low tasks wait for a slot.
+        """
+        if self.stopping or self.retiring:
+            return 0, None
+        free = self.free_slots()
+        if free <= 0:
+            return 0, None
+        reserved = len(self.collecting) + len(self.ready)
+        if free > reserved:
+            return free - reserved, None
+        return 1, float(BATCH_BELOW_PRIORITY)
+
     async def _wait(self) -> None:
         """Sleep until a slot frees, a NOTIFY arrives, a batch is due, or the poll timer fires."""
-        assert self._wake is not None and self.conn is not None
-        timeout = poll_interval(self.depth, self.settings)
+        assert self._wake is not None
         now = time.monotonic()
+        timeout = max(0.0, self.housekeeping_due - now)
         for batch in self.collecting.values():
             timeout = min(timeout, max(0.0, batch.started_at + self.settings.batch_wait_s - now),
                           max(0.0, batch.next_fill_at - now))
@@ -315,28 +358,23 @@ class Worker:
             timeout = min(timeout, max(0.0, self.next_scheduled_at - now))
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
-            # Let handlers finishing at the same moment (thread results land
-            # via call_soon_threadsafe) report too, so one trip flushes them all.
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
-            return
         except asyncio.TimeoutError:
-            pass
-        # The poll timer fired: the backstop for lost NOTIFYs and the moment
-        # to promote delayed tasks whose time has come.
-        try:
-            await self._poll_housekeeping()
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            log.warning("database connection lost (%s); reconnecting", db.first_line(exc))
-            await self._recover_connection()
+            return  # the poll timer: the next turn does the housekeeping
+        # Let handlers finishing at the same moment (thread results land in
+        # one hand-back) report too, so one trip flushes them all.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
 
-    async def _poll_housekeeping(self) -> None:
-        assert self.conn is not None
-        results = await db.apipeline(self.conn, [
+    def _housekeeping_statements(self) -> list[tuple[str, dict[str, Any]]]:
+        """The poll: the backstop for lost NOTIFYs, promotion of due delayed
+        tasks, and the depth reading that sets the next poll interval."""
+        return [
             ("tasks_promote_due", {"now": None, "limit": 1000}),
             ("tasks_next_scheduled_at", {"queues": self.queues}),
             ("tasks_queued_depth", {"queues": self.queues, "cap": DEPTH_FAST + 1}),
-        ])
+        ]
+
+    def _housekeeping_done(self, results: list[list[dict[str, Any]]]) -> None:
         promoted = results[0][0]["promoted"] if results[0] else 0
         if promoted:
             log.debug("promoted %d scheduled task(s)", promoted)
@@ -347,6 +385,7 @@ class Worker:
         else:
             self.next_scheduled_at = None
         self.depth = results[2][0]["depth"] if results[2] else 0
+        self.housekeeping_due = time.monotonic() + poll_interval(self.depth, self.settings)
 
     async def _listen(self) -> None:
         """Wake the loop on inserts into our queues. Reconnects on its own."""
@@ -444,6 +483,8 @@ class Worker:
             self._record(task, outcome)
 
     def _record(self, task: ClaimedTask, outcome: Outcome) -> None:
+        if outcome.error is not None:
+            outcome.error = clean_text(outcome.error)
         self.stats.record(outcome.ok, outcome.duration_ms)
         self.outcomes.append(outcome)
         if outcome.ok:
@@ -528,21 +569,35 @@ class Worker:
                 delay = min(delay * 2, 5.0)
 
     async def _recover_connection(self) -> None:
-        if self.conn is not None:
+        """Reconnect, then give back what a lost claim left with us. Retries
+        until it works or the worker is told to stop: the database flapping
+        during recovery must not kill the worker."""
+        delay = 0.1
+        while True:
+            if self.conn is not None:
+                try:
+                    await self.conn.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                self.conn = None
             try:
-                await self.conn.close()
-            except Exception:  # noqa: BLE001
-                pass
-        self.conn = await self._connect_with_retry()
-        # A claim may have committed without its rows reaching us: give back
-        # whatever the database says we hold but we are not running.
-        rows = await db.afetch_all(self.conn, "tasks_running_for_worker", {"worker_id": self.id})
-        orphans = [r["id"] for r in rows if r["id"] not in self.held]
-        if orphans:
-            released = await db.afetch_all(self.conn, "tasks_release_many",
-                                           {"ids": orphans, "worker_id": self.id})
-            log.warning("released %d task(s) claimed during the connection loss", len(released))
-        log.info("reconnected to the database")
+                self.conn = await self._connect_with_retry()
+                # A claim may have committed without its rows reaching us: give
+                # back whatever the database says we hold but we are not running.
+                rows = await db.afetch_all(self.conn, "tasks_running_for_worker", {"worker_id": self.id})
+                orphans = [r["id"] for r in rows if r["id"] not in self.held]
+                if orphans:
+                    released = await db.afetch_all(self.conn, "tasks_release_many",
+                                                   {"ids": orphans, "worker_id": self.id})
+                    log.warning("released %d task(s) claimed during the connection loss", len(released))
+                log.info("reconnected to the database")
+                return
+            except Exception as exc:  # noqa: BLE001 - keep trying; the final flush handles a stop
+                if self.stopping:
+                    return
+                log.warning("reconnecting failed (%s); retrying in %.1fs", db.first_line(exc), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     # --- shutdown -------------------------------------------------------------
 
@@ -568,7 +623,11 @@ class Worker:
         await self._final_flush(to_release)
 
     async def _final_flush(self, release_ids: list[int]) -> None:
-        for attempt in range(5):
+        """Store the last outcomes and release the rest, retrying through a
+        database that is briefly away (about 20 s in all): a success that is
+        not recorded would run again once its task is reclaimed."""
+        delay = 0.2
+        for _ in range(12):
             try:
                 if self.conn is None or self.conn.closed:
                     self.conn = await db.aconnect(self.dsn)
@@ -577,25 +636,75 @@ class Worker:
                 if release_ids:
                     statements.append(("tasks_release_many", {"ids": release_ids, "worker_id": self.id}))
                 if statements:
-                    results = await db.apipeline(self.conn, statements)
+                    try:
+                        results = await db.apipeline(self.conn, statements)
+                    except (psycopg.OperationalError, psycopg.InterfaceError):
+                        raise
+                    except psycopg.Error as exc:
+                        log.error("the database refused the last outcomes (%s); storing them one by one",
+                                  db.first_line(exc))
+                        await self._flush_one_by_one()
+                        continue
                     self._outcomes_stored(flush, results[:len(statements) - (1 if release_ids else 0)])
                     if release_ids:
                         log.info("released %d unfinished task(s) back to the queue", len(results[-1]))
                 return
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                log.warning("final flush failed (%s); retrying", db.first_line(exc))
+            except Exception as exc:  # noqa: BLE001 - connection lost or refused: retry
+                log.warning("final flush failed (%s); retrying in %.1fs", db.first_line(exc), delay)
                 if self.conn is not None:
-                    await self.conn.close()
+                    try:
+                        await self.conn.close()
+                    except Exception:  # noqa: BLE001
+                        pass
                 self.conn = None
-                await asyncio.sleep(min(0.2 * 2 ** attempt, 2.0))
-        log.error("could not record the last outcomes; the leader will reclaim those tasks")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 3.0)
+        log.error("could not record the last outcomes; those tasks will be reclaimed and run again")
+
+    async def _flush_one_by_one(self) -> None:
+        """Store each pending outcome in its own transaction. One the server
+        refuses becomes a final failure that says why; if even that cannot be
+        stored, the task is left to the reclaim (and logged). A lost
+        connection puts the unstored rest back for the next turn."""
+        assert self.conn is not None
+        remaining = self._take_outcomes()
+        self.flushing = []
+        while remaining:
+            try:
+                await self._store_one(remaining[0])
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                self.outcomes = remaining + self.outcomes
+                raise
+            remaining.pop(0)
+
+    async def _store_one(self, outcome: Outcome) -> None:
+        assert self.conn is not None
+        try:
+            self._outcomes_stored([outcome], await db.apipeline(self.conn, self._outcome_statements([outcome])))
+            return
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise
+        except psycopg.Error as exc:
+            reason = db.first_line(exc)
+        log.error("task %d: the database refused its outcome: %s", outcome.task_id, reason)
+        failure = Outcome(outcome.task_id, ok=False, retry=False, duration_ms=outcome.duration_ms,
+                          finished_at=outcome.finished_at,
+                          error=clean_text(f"the outcome could not be stored: {reason}"))
+        try:
+            self._outcomes_stored([failure], await db.apipeline(self.conn, self._outcome_statements([failure])))
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise
+        except psycopg.Error as exc:
+            log.error("task %d: not even its failure could be stored (%s); it will be reclaimed",
+                      outcome.task_id, db.first_line(exc))
+            self.held.pop(outcome.task_id, None)
 
     async def _mark_stopped(self) -> None:
         try:
             if self.conn is None or self.conn.closed:
                 self.conn = await db.aconnect(self.dsn)
             await db.afetch_all(self.conn, "workers_mark_stopped", {"id": self.id, **self._stat_params()})
-        except psycopg.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - the leader marks the row dead later
             log.warning("could not mark worker %s stopped: %s", self.short_id, db.first_line(exc))
 
     def _stat_params(self) -> dict[str, Any]:
@@ -639,6 +748,11 @@ class Worker:
                 conn = None
         if conn is not None:
             conn.close()
+
+
+def clean_text(text: str) -> str:
+    """Postgres text cannot hold NUL; an exception message may."""
+    return text.replace("\x00", "\\x00")
 
 
 def _utc(ts: float):

@@ -17,7 +17,8 @@ CREATE SCHEMA IF NOT EXISTS angela_queue;
 CREATE TABLE angela_queue.queues (
     name        text PRIMARY KEY
                 CONSTRAINT queue_name_not_empty CHECK (name <> ''),
-    -- NULL means unbounded. Counted against tasks in status 'queued'.
+    -- NULL means unbounded. Counted against the tasks waiting in the queue:
+    -- status 'queued' or 'scheduled'.
     max_size    integer
                 CONSTRAINT queue_max_size_not_negative CHECK (max_size IS NULL OR max_size >= 0),
     -- Effective-priority points gained per minute of waiting (the plan: 0.1).
@@ -229,18 +230,25 @@ BEGIN
     NEW.deadline := NEW.run_at + angela_queue.tier_window(NEW.priority);
     NEW.priority_key := angela_queue.priority_key(NEW.priority, NEW.boost, NEW.aging_rate, NEW.run_at);
 
-    -- Bounded queue. The count stops at max_size (LIMIT) and walks the small
-    -- partial index tasks_claim_idx, so it costs O(max_size) only
-    -- for bounded queues and nothing for unbounded ones: no full count, and
-    -- no hot counter row that every insert and claim would serialize on.
+    -- Bounded queue: max_size caps the tasks waiting in it, queued or
+    -- scheduled (a delayed task counts from its insert, or a burst of them
+    -- would overrun the bound the moment they come due). Each count stops at
+    -- max_size (LIMIT) and walks a small partial index (tasks_claim_idx,
+    -- tasks_scheduled_idx), so it costs O(max_size) only for bounded queues and
+    -- nothing for unbounded ones: no full count, and no hot counter row that
+    -- every insert and claim would serialize on.
     -- Concurrent inserts do not see each other's rows, so a queue can exceed
     -- max_size by at most the number of transactions inserting at once.
-    IF q.max_size IS NOT NULL AND NEW.status = 'queued' THEN
-        SELECT count(*) INTO n_queued FROM (
-            SELECT 1 FROM angela_queue.tasks t
-            WHERE t.queue = NEW.queue AND t.status = 'queued'
-            LIMIT q.max_size
-        ) AS waiting;
+    IF q.max_size IS NOT NULL THEN
+        SELECT (SELECT count(*) FROM (
+                    SELECT 1 FROM angela_queue.tasks t
+                    WHERE t.queue = NEW.queue AND t.status = 'queued'
+                    LIMIT q.max_size) AS queued)
+             + (SELECT count(*) FROM (
+                    SELECT 1 FROM angela_queue.tasks t
+                    WHERE t.queue = NEW.queue AND t.status = 'scheduled'
+                    LIMIT q.max_size) AS scheduled)
+          INTO n_queued;
         IF n_queued >= q.max_size THEN
             IF NEW.priority < 5 THEN
                 -- Kept as a row, never silently lost.

@@ -93,6 +93,11 @@ WITH picked AS MATERIALIZED (
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) AS c
+    -- NULL takes any task; 5 takes only work that outranks a low-priority
+    -- batch (see Worker._claim_size). A row passed over here was locked only
+    -- until this statement's transaction ends.
+    WHERE %(min_effective)s::double precision IS NULL
+       OR c.effective_priority >= %(min_effective)s::double precision
     ORDER BY c.effective_priority DESC, c.id
     LIMIT %(limit)s
 ), claimed AS (

@@ -15,7 +15,8 @@ W2 = uuid.uuid4()
 
 
 def claim(conn, limit=1, worker=W1, queues=("default",)):
-    return db.fetch_all(conn, "tasks_claim", {"queues": list(queues), "limit": limit, "worker_id": worker})
+    return db.fetch_all(conn, "tasks_claim",
+                        {"queues": list(queues), "limit": limit, "worker_id": worker, "min_effective": None})
 
 
 def insert(conn, kind="k", priority=5, minutes_ago=0, queue="default", payload=None):
@@ -66,8 +67,8 @@ def test_concurrent_claims_never_take_the_same_row(dsn, conn):
     with psycopg.connect(dsn, row_factory=dict_row) as a, psycopg.connect(dsn, row_factory=dict_row) as b:
         # Two open transactions claim at once: SKIP LOCKED makes the second
         # pass over the rows the first holds instead of waiting or doubling.
-        ra = db.fetch_all(a, "tasks_claim", {"queues": ["default"], "limit": 10, "worker_id": W1})
-        rb = db.fetch_all(b, "tasks_claim", {"queues": ["default"], "limit": 10, "worker_id": W2})
+        ra = db.fetch_all(a, "tasks_claim", {"queues": ["default"], "limit": 10, "worker_id": W1, "min_effective": None})
+        rb = db.fetch_all(b, "tasks_claim", {"queues": ["default"], "limit": 10, "worker_id": W2, "min_effective": None})
         a.commit()
         b.commit()
     ids_a, ids_b = {r["id"] for r in ra}, {r["id"] for r in rb}
@@ -143,7 +144,7 @@ def test_claim_walks_the_index_without_sorting_100k_rows(conn):
     conn.execute("ANALYZE angela_queue.tasks")
     with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
         cur.execute("EXPLAIN (FORMAT JSON) " + queries.query("tasks_claim"),
-                    {"queues": ["default"], "limit": 10, "worker_id": W1})
+                    {"queues": ["default"], "limit": 10, "worker_id": W1, "min_effective": None})
         plan = cur.fetchone()[0][0]["Plan"]
     # The pick (CTE "picked") is where the queue is read: it must walk the
     # index in order and stop at the LIMIT. Its only sort merges the <= limit

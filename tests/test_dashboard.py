@@ -128,7 +128,7 @@ def seed(conn) -> dict:
     conn.execute("""
         INSERT INTO angela_queue.tasks (kind, queue, priority, run_at)
         VALUES ('k', 'sla', 9, now()), ('k', 'sla', 9, now() - interval '2 minutes')""")
-    claimed = db.fetch_all(conn, "tasks_claim", {"queues": ["sla"], "limit": 2, "worker_id": busy})
+    claimed = db.fetch_all(conn, "tasks_claim", {"queues": ["sla"], "limit": 2, "worker_id": busy, "min_effective": None})
     assert len(claimed) == 2
     db.fetch_all(conn, "workers_heartbeat", {
         "id": busy, "status": "active", "current_tasks": sorted(c["id"] for c in claimed), "tasks_completed": 41,

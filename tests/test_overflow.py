@@ -90,19 +90,33 @@ def test_max_size_zero_drops_every_low_priority_task(conn):
     assert caught.value.sqlstate == "AQ001"
 
 
-def test_only_queued_tasks_count_against_max_size(conn):
+def test_waiting_tasks_count_against_max_size_running_ones_do_not(conn):
     ids = fill(conn, "mail", 2)
     # Running and finished tasks free their place.
     conn.execute("UPDATE angela_queue.tasks SET status = 'running' WHERE id = %s", (ids[0],))
     assert conn.execute("INSERT INTO angela_queue.tasks (kind, queue, priority) VALUES ('k', 'mail', 5) "
                         "RETURNING status").fetchone()["status"] == "queued"
-    # A delayed task is not waiting in the queue yet, so it is accepted.
-    assert conn.execute("INSERT INTO angela_queue.tasks (kind, queue, priority, run_at) "
-                        "VALUES ('k', 'mail', 5, now() + interval '1 hour') RETURNING status"
-                        ).fetchone()["status"] == "scheduled"
+    # Full again (2 queued). A delayed task waits in the queue too: refused.
+    with pytest.raises(psycopg.Error) as caught:
+        with conn.transaction():
+            conn.execute("INSERT INTO angela_queue.tasks (kind, queue, priority, run_at) "
+                         "VALUES ('k', 'mail', 5, now() + interval '1 hour')")
+    assert caught.value.sqlstate == "AQ001"
     # Other queues are not affected by this one's bound.
     assert conn.execute("INSERT INTO angela_queue.tasks (kind, priority) VALUES ('k', 1) "
                         "RETURNING status").fetchone()["status"] == "queued"
+
+
+def test_delayed_tasks_cannot_overrun_the_bound_when_they_come_due(conn):
+    conn.execute("UPDATE angela_queue.queues SET max_size = 3 WHERE name = 'default'")
+    rows = conn.execute("INSERT INTO angela_queue.tasks (kind, priority, run_at) "
+                        "SELECT 'k', 2, now() + interval '1 second' FROM generate_series(1, 50) "
+                        "RETURNING status").fetchall()
+    assert [r["status"] for r in rows].count("scheduled") == 3
+    assert [r["status"] for r in rows].count("dropped") == 47
+    conn.execute("UPDATE angela_queue.tasks SET status = 'queued' WHERE status = 'scheduled'")  # they come due
+    depth = conn.execute("SELECT sum(queued) AS n FROM angela_queue.queue_depth WHERE queue = 'default'").fetchone()
+    assert depth["n"] == 3
 
 
 def test_bulk_insert_fills_up_to_the_bound_then_drops(conn):
@@ -166,7 +180,7 @@ def _space_freers():
         assert db.fetch_all(conn, "tasks_cancel", {"id": ids[0]})[0]["status"] == "cancelled"
 
     def claim(conn, ids):
-        claimed = db.fetch_all(conn, "tasks_claim", {"queues": ["mail"], "limit": 1, "worker_id": uuid.uuid4()})
+        claimed = db.fetch_all(conn, "tasks_claim", {"queues": ["mail"], "limit": 1, "worker_id": uuid.uuid4(), "min_effective": None})
         assert len(claimed) == 1
 
     return [pytest.param(cancel, id="cancel"), pytest.param(claim, id="claim")]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import signal
 
+import psycopg
+
 from fix_procs import APP_PRELUDE, RUNS_TABLE_SQL, query, scalar, wait_until
 
 FAST = ["--poll-interval", "0.2", "--heartbeat-interval", "0.5"]
@@ -289,3 +291,113 @@ def test_bad_app_module_is_a_clear_error(dsn, app_dir):
     assert result.returncode != 0
     assert "nope_missing" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+REVIEW_APP = APP_PRELUDE + """
+import time
+from angela_queue import task
+
+@task("nul_result")
+def nul_result():
+    return {"text": "a\\x00b"}
+
+@task("nul_error", max_attempts=1)
+def nul_error():
+    raise ValueError("bad\\x00byte")
+
+@task("slow")
+def slow(n, seconds=0.05):
+    record(n)
+    time.sleep(seconds)
+"""
+
+
+def test_low_priority_tasks_of_many_kinds_are_not_hoarded(dsn, client, write_app, start_worker):
+    setup_runs(dsn)
+    app = write_app(APP_PRELUDE + """
+from angela_queue import task
+def make(kind):
+    @task(kind)
+    def handler(n):
+        record(n)
+for i in range(12):
+    make(f"kind{i}")
+""")
+    client.enqueue_many([{"kind": f"kind{i}", "payload": {"n": i}, "priority": 2} for i in range(12)])
+    start_worker(app, "--concurrency", "1", "--batch-wait", "0.5", *FAST)
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM public.runs"), message="a first batch ran")
+    # Each collecting batch reserves the slot it will run in: one slot, so at
+    # most one batch (<= 5 tasks) is held, never the whole low backlog.
+    assert scalar(dsn, "SELECT count(*) FROM angela_queue.tasks WHERE status = 'running'") <= 5
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM angela_queue.tasks WHERE status = 'succeeded'") == 12,
+               timeout=60, message="all 12 kinds ran")
+
+
+def test_nul_characters_in_results_and_errors_fail_clearly(dsn, client, write_app, start_worker):
+    app = write_app(REVIEW_APP)
+    bad_result = client.enqueue("nul_result", max_attempts=1)
+    bad_error = client.enqueue("nul_error", max_attempts=1)
+    fine = client.enqueue_many([{"kind": "slow", "payload": {"n": i, "seconds": 0}} for i in range(5)])
+    setup_runs(dsn)
+    worker = start_worker(app, "--concurrency", "4", *FAST)
+    row = wait_status(dsn, bad_result.id, "failed")
+    assert "NUL character" in row["last_error"]
+    row = wait_status(dsn, bad_error.id, "failed")
+    assert row["last_error"].startswith("ValueError: bad\\x00byte")
+    for t in fine:
+        wait_status(dsn, t.id, "succeeded")
+    assert worker.proc.poll() is None  # still running
+
+
+def test_delayed_task_is_promoted_while_the_worker_is_busy(dsn, client, write_app, start_worker):
+    setup_runs(dsn)
+    app = write_app(REVIEW_APP)
+    # 3 s of back-to-back work for one slot: the worker never idles.
+    client.enqueue_many([{"kind": "slow", "payload": {"n": i}} for i in range(60)])
+    start_worker(app, "--concurrency", "1", *FAST)
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM public.runs"), message="backlog started")
+    late = client.enqueue("slow", {"n": 1000, "seconds": 0}, priority=10, delay=0.3)
+    row = wait_status(dsn, late.id, "succeeded")
+    backlog_left = scalar(dsn, "SELECT count(*) FROM angela_queue.tasks WHERE status = 'queued' "
+                               "AND started_at IS NULL AND kind = 'slow'")
+    # It started while the backlog was still draining, not after it.
+    assert backlog_left > 0, row
+
+
+def test_cancel_racing_a_claim_reports_the_true_status(dsn, client):
+    import threading
+    t = client.enqueue("k")
+    claimer = psycopg.connect(dsn)
+    try:
+        claimer.execute("UPDATE angela_queue.tasks SET status = 'running' WHERE id = %s", (t.id,))
+        result = {}
+        thread = threading.Thread(target=lambda: result.update(r=client.cancel(t.id)))
+        thread.start()
+        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                       "AND datname = current_database()"), message="cancel waiting on the lock")
+        claimer.commit()
+        thread.join(10)
+    finally:
+        claimer.close()
+    assert result["r"].cancelled is False and result["r"].status == "running"
+
+
+def test_final_flush_survives_the_database_refusing_connections(dsn, client, write_app, start_worker, pg_server):
+    from psycopg.conninfo import conninfo_to_dict
+    setup_runs(dsn)
+    app = write_app(BASIC_APP)
+    dbname = conninfo_to_dict(dsn)["dbname"]
+    t = client.enqueue("sleep", {"seconds": 1.5, "n": 5})
+    worker = start_worker(app, "--shutdown-grace", "30", *FAST)
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM public.runs WHERE n = 5"), message="handler started")
+    worker.signal(signal.SIGTERM)
+    with pg_server.admin() as admin:
+        admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                      "AND application_name ~ '^angela-queue-(worker|heartbeat|listen)'", (dbname,))
+        try:
+            wait_until(lambda: "final flush failed" in worker.log(), message="the flush to fail once")
+        finally:
+            admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+    assert worker.wait(60) == 0, worker.log()
+    assert task_row(dsn, t.id)["status"] == "succeeded"
