@@ -16,6 +16,14 @@ Hazard: a leader can be paused (GC, SIGSTOP, a slow query) past its expiry
 while a peer takes over, so two may briefly both believe they lead. Every
 maintenance step is a guarded, idempotent statement, so an overlap costs at
 most duplicate work, never a double reclaim.
+
+Hazard: the lease says who may judge workers lost, not across which time.
+After a database outage, heartbeats look stale because they could not be
+written; a leader, freshly elected or not, judges silence only over the time
+it has itself seen the database answer (``healthy_for_s``, kept by the
+supervisor). That bound covers a new leader too: one connected long enough
+may reclaim a dead leader's lost workers at once, one that just reconnected
+waits dead_after_s. The lease's age (``elected_at``) must not stand in for it.
 """
 
 from __future__ import annotations

@@ -14,6 +14,14 @@ Two kinds of caller:
 Every function is one guarded statement (see sql/maintenance.sql), safe to
 run twice or from two hosts at once. Time-dependent ones take ``now`` so
 tests move time instead of sleeping.
+
+Hazard (outages): a heartbeat that could not be written is not a missed
+heartbeat. After a database outage longer than a worker's dead_after_s,
+every healthy worker's row looks dead until its next beat, and reclaiming
+its tasks would run them twice. So the judgements on silence take
+``healthy_for_s``: how long the caller has seen the database answer without
+a gap (the supervisor tracks it; see ``Supervisor._db_healthy_for``). Silence
+counts only within that window.
 """
 
 from __future__ import annotations
@@ -96,15 +104,24 @@ def reclaim_stuck_worker(conn: psycopg.Connection, worker_id: uuid.UUID, progres
     return _reclaimed(row)
 
 
-def reclaim_lost_workers(conn: psycopg.Connection, *, now: dt.datetime | None = None,
-                         limit: int = RECLAIM_LIMIT) -> Reclaimed:
-    """Leader: mark stale-heartbeat workers dead; reclaim tasks no live worker holds."""
-    return _reclaimed(db.fetch_one(conn, "maintenance_reclaim_lost_workers", {"now": now, "limit": limit}))
+def reclaim_lost_workers(conn: psycopg.Connection, *, healthy_for_s: float | None = None,
+                         now: dt.datetime | None = None, limit: int = RECLAIM_LIMIT) -> Reclaimed:
+    """Leader: mark stale-heartbeat workers dead; reclaim tasks no live worker holds.
+
+    A worker counts as silent only for the part of its silence that falls
+    within the last ``healthy_for_s`` seconds before ``now``, while the caller
+    saw the database answer (see the module's outage hazard). None: the
+    caller vouches for the whole window.
+    """
+    return _reclaimed(db.fetch_one(conn, "maintenance_reclaim_lost_workers",
+                                   {"now": now, "limit": limit, "healthy_for_s": healthy_for_s}))
 
 
-def mark_lost_supervisors(conn: psycopg.Connection, dead_after_s: float, *,
+def mark_lost_supervisors(conn: psycopg.Connection, dead_after_s: float, *, healthy_for_s: float | None = None,
                           now: dt.datetime | None = None) -> list[dict]:
-    return db.fetch_all(conn, "maintenance_mark_lost_supervisors", {"now": now, "dead_after_s": dead_after_s})
+    """Leader: mark supervisors silent for ``dead_after_s`` dead (silence judged as for workers)."""
+    return db.fetch_all(conn, "maintenance_mark_lost_supervisors",
+                        {"now": now, "dead_after_s": dead_after_s, "healthy_for_s": healthy_for_s})
 
 
 def promote_due(conn: psycopg.Connection, *, now: dt.datetime | None = None,
@@ -141,14 +158,22 @@ class Maintenance:
         self.prune_every_s = prune_every_s
         self._next_prune = 0.0
 
-    def run(self, conn: psycopg.Connection, *, now: dt.datetime | None = None) -> None:
-        lost = reclaim_lost_workers(conn, now=now)
+    def run(self, conn: psycopg.Connection, *, healthy_for_s: float | None,
+            now: dt.datetime | None = None) -> None:
+        """One round. ``healthy_for_s``: how long the caller has seen the database answer
+        without a gap; silence before that is not held against workers or supervisors.
+
+        Hazard: it must be measured just before the call, after the caller's
+        last round trip (the lease attempt), or a stall in that round trip
+        would go unnoticed.
+        """
+        lost = reclaim_lost_workers(conn, healthy_for_s=healthy_for_s, now=now)
         if lost.dead_workers:
             log.warning("leader: %d worker(s) stopped heartbeating and are marked dead: %s",
                         len(lost.dead_workers), ", ".join(str(w)[:8] for w in lost.dead_workers))
         if lost.count:
             log.warning("leader: reclaimed tasks no live worker held: %s", lost.describe())
-        for sup in mark_lost_supervisors(conn, self.dead_after_s, now=now):
+        for sup in mark_lost_supervisors(conn, self.dead_after_s, healthy_for_s=healthy_for_s, now=now):
             log.warning("leader: supervisor %s (pid %s on %s) stopped heartbeating; marked dead",
                         str(sup["id"])[:8], sup["pid"], sup["host"])
         promoted = promote_due(conn, now=now)

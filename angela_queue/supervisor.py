@@ -29,10 +29,17 @@ Hazards this module is built around:
   let a task that hangs every time loop forever.
 - The database may go away (restart, network): the supervisor keeps its
   workers running, remembers the reclaims it owes, and retries.
+- A heartbeat that could not be written is not a missed heartbeat: after an
+  outage longer than dead_after_s every worker's row looks dead until its
+  next beat. Judgements on silence (the leader's lost-worker reclaim, our
+  own stuck check) count only the time since this supervisor last saw the
+  database come back (``_db_healthy_for``); otherwise they would reclaim,
+  and here also kill, workers whose tasks are running fine: duplicate runs.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import signal
@@ -69,6 +76,24 @@ SHUTDOWN_KILL_MARGIN_S = 5.0
 DEPTH_COUNT_CAP = 1000
 # Reconnect backoff while the database is unreachable.
 DB_RETRY_FIRST_S, DB_RETRY_MAX_S = 0.5, 10.0
+# A round trip slower than a heartbeat interval (and at least this) counts as
+# a database stall: workers may have missed beats because of it.
+DB_STALL_MIN_S = 1.0
+
+
+def _timed_cursor(on_round_trip: Callable[[float, float], None]) -> type[psycopg.Cursor]:
+    """A cursor class (for ``Connection.cursor_factory``) that reports every round trip's
+    start and end (time.monotonic()), so that no statement can stall unnoticed."""
+
+    class TimedCursor(psycopg.Cursor):
+        def execute(self, query, params=None, **kwargs):  # type: ignore[override]
+            started = time.monotonic()
+            try:
+                return super().execute(query, params, **kwargs)
+            finally:
+                on_round_trip(started, time.monotonic())   # a slow failure is a stall too
+
+    return TimedCursor
 
 
 @dataclass
@@ -186,6 +211,10 @@ class Supervisor:
         self._db_retry_at = 0.0
         self._db_backoff = DB_RETRY_FIRST_S
         self._db_quiet_until = 0.0
+        # Start of the current stretch in which the database answered us
+        # without a gap (time.monotonic()); see _db_healthy_for.
+        self._db_healthy_since = time.monotonic()
+        self._db_stall_s = max(settings.heartbeat_interval_s, DB_STALL_MIN_S)
 
     @property
     def short_id(self) -> str:
@@ -197,7 +226,8 @@ class Supervisor:
         """Supervise until SIGTERM/SIGINT; returns the exit status (0 after a clean stop)."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            self.conn = db.connect(self.dsn, application_name=f"angela-queue-supervisor-{self.short_id}")
+            self.conn = self._connected(db.connect(self.dsn,
+                                                   application_name=f"angela-queue-supervisor-{self.short_id}"))
             self._register()
             self._apply_max_queue_size()
             s = self.settings
@@ -381,16 +411,31 @@ class Supervisor:
             self._register()
 
     def _lead(self) -> None:
+        """Take or renew the maintenance lease; if held, run a maintenance round.
+
+        A freshly elected leader gets no grace period of its own, and needs
+        none: what it may judge is bounded by how long *it* has seen the
+        database answer (healthy_for_s), not by its tenure. One that has been
+        connected for dead_after_s saw every heartbeat that could have been
+        written, and may reclaim a dead leader's lost workers at once; one
+        that just (re)connected, typically because the outage that killed the
+        previous leader's connection killed its own too, waits the full
+        dead_after_s like any leader after an outage. Judging from the
+        lease's age or elected_at instead would bring the hazard back.
+        """
         assert self.conn is not None
         was = self.lease.held
         held = self.lease.attempt(self.conn)
+        # Read after the last round trip before the reclaim: a stall in the
+        # attempt itself counts.
+        healthy_for_s = self._db_healthy_for()
         if held and not was:
             log.info("supervisor %s is now the maintenance leader (lease %gs)", self.short_id,
                      self.lease.lease_s)
         elif was and not held:
             log.warning("supervisor %s lost the maintenance lease to another supervisor", self.short_id)
         if held:
-            self.maintenance.run(self.conn)
+            self.maintenance.run(self.conn, healthy_for_s=healthy_for_s)
 
     def _read_workers(self) -> list[dict]:
         assert self.conn is not None
@@ -399,11 +444,25 @@ class Supervisor:
         return rows
 
     def _watch_health(self) -> None:
-        """Find stuck workers among ours: reclaim their tasks first, then kill and replace them."""
+        """Find stuck workers among ours: reclaim their tasks first, then kill and replace them.
+
+        Hazard (outages): a worker's row shows its last heartbeat and its last
+        progress as of its last write. One not heard from since the database
+        came back (for us) may be fine and merely unable to write: it is left
+        alone until it beats, or until dead_after_s of reachable database has
+        passed without a beat.
+        """
         assert self.conn is not None
-        for row in self._read_workers():
+        rows = self._read_workers()
+        healthy_for_s = self._db_healthy_for()
+        for row in rows:
             child = self.children.get(row["id"])
             if child is None or child.stuck is not None or child.proc.poll() is not None:
+                continue
+            healthy_since = row["db_now"] - dt.timedelta(seconds=healthy_for_s)
+            if row["last_heartbeat"] < healthy_since and healthy_for_s < self.limits.dead_after_s:
+                log.debug("worker %s not heard from since the database came back %.1fs ago; not judged yet",
+                          child.short_id, healthy_for_s)
                 continue
             health = WorkerHealth(last_heartbeat=row["last_heartbeat"], last_active=row["last_active"],
                                   task_kinds=row["task_kinds"], task_timeouts_s=row["task_timeouts_s"],
@@ -461,14 +520,43 @@ class Supervisor:
 
     # --- connection -----------------------------------------------------------
 
+    def _db_healthy_for(self, now: float | None = None) -> float:
+        """How long (s) the database has answered us without a gap: what may be judged.
+
+        The stretch starts at each (re)connect (_connected), and again after
+        any round trip slower than a heartbeat interval (_db_round_trip).
+        """
+        return (time.monotonic() if now is None else now) - self._db_healthy_since
+
+    def _db_round_trip(self, started: float, ended: float) -> None:
+        """Every statement on our connection reports here (see _timed_cursor).
+
+        A stall on a connection that survives it (a network partition without
+        a reset, a frozen server) shows up as one slow round trip, which may
+        be any statement, maintenance's included: workers may have missed
+        beats in it, so the stretch starts again. Gaps between our own round
+        trips do not count: they are our loop being busy or paused, not the
+        database being away.
+        """
+        if ended - started > self._db_stall_s:
+            log.warning("a database round trip took %.1fs; heartbeats are judged again once workers have "
+                        "had %gs to beat", ended - started, self.settings.dead_after_s)
+            self._db_healthy_since = max(self._db_healthy_since, ended)
+
+    def _connected(self, conn: psycopg.Connection) -> psycopg.Connection:
+        """A (re)connect starts a stretch of database health; every round trip on it is timed."""
+        conn.cursor_factory = _timed_cursor(self._db_round_trip)
+        self._db_healthy_since = time.monotonic()
+        return conn
+
     def _db_ready(self, now: float) -> bool:
         if self.conn is not None and not self.conn.closed:
             return True
         if now < self._db_retry_at:
             return False
         try:
-            self.conn = db.connect(self.dsn, application_name=f"angela-queue-supervisor-{self.short_id}",
-                                   connect_timeout=5)
+            self.conn = self._connected(db.connect(
+                self.dsn, application_name=f"angela-queue-supervisor-{self.short_id}", connect_timeout=5))
         except Exception as exc:  # noqa: BLE001 - keep supervising whatever the database does
             self._db_retry_at = now + self._db_backoff
             log.warning("database still unreachable (%s); workers keep running; retrying in %.1fs",
@@ -476,7 +564,8 @@ class Supervisor:
             self._db_backoff = min(self._db_backoff * 2, DB_RETRY_MAX_S)
             return False
         self._db_backoff = DB_RETRY_FIRST_S
-        log.info("reconnected to the database")
+        log.info("reconnected to the database; heartbeats are judged again once workers have had %gs to beat",
+                 self.settings.dead_after_s)
         return True
 
     def _db_lost(self, exc: BaseException) -> None:

@@ -80,11 +80,21 @@ SELECT (SELECT count(*) FROM marked) AS marked,
        (SELECT count(*) FROM woken) AS notified;
 
 -- name: maintenance_reclaim_lost_workers
--- Leader only. Mark 'dead' every live worker row whose heartbeat is older
--- than its own dead_after_s (its host or its whole process tree died), and
--- reclaim up to %(limit)s running tasks that no live worker holds: those of
--- the workers just marked, of rows already stopped or dead (a worker whose
+-- Leader only. Mark 'dead' every live worker row that has been silent for
+-- longer than its own dead_after_s (its host or its whole process tree died),
+-- and reclaim up to %(limit)s running tasks that no live worker holds: those
+-- of the workers just marked, of rows already stopped or dead (a worker whose
 -- last flush failed), or of no row at all.
+-- Hazard (outages): a worker cannot heartbeat while the database is away, so
+-- right after an outage longer than dead_after_s every healthy worker looks
+-- dead, and marking it would requeue tasks it is still running: duplicate
+-- runs. Silence is therefore counted only from the later of the last
+-- heartbeat and the moment the caller (the leader) last saw the database
+-- come back, %(healthy_for_s)s seconds before %(now)s: a worker is judged only
+-- after it has had a full dead_after_s of reachable database to beat in.
+-- NULL means the caller vouches for the whole window (tests, one-off tools).
+-- Tasks of rows already stopped or dead, or of no row, are not judged by a
+-- heartbeat and are reclaimed regardless.
 -- Hazard: the NOT EXISTS reads the statement's snapshot, in which the rows
 -- marked by `lost` still look live; hence the explicit IN (lost). A claim is
 -- only ever made after its worker's row is committed, so a task in the
@@ -95,7 +105,10 @@ WITH lost AS (
     SET status = 'dead', stopped_at = coalesce(w.stopped_at, coalesce(%(now)s::timestamptz, now())),
         current_tasks = '{}'
     WHERE w.status IN ('active', 'idle', 'stopping', 'stuck')
-      AND w.last_heartbeat < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => w.dead_after_s)
+      AND greatest(w.last_heartbeat,
+                   coalesce(%(now)s::timestamptz, now())
+                   - make_interval(secs => %(healthy_for_s)s::double precision))
+          < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => w.dead_after_s)
     RETURNING w.id
 ), orphaned AS MATERIALIZED (
     SELECT t.id
@@ -130,14 +143,20 @@ SELECT coalesce((SELECT array_agg(id) FROM lost), '{}') AS dead_workers,
        (SELECT count(*) FROM woken) AS notified;
 
 -- name: maintenance_mark_lost_supervisors
--- Leader only. A supervisor whose heartbeat is older than %(dead_after_s)s is
--- marked 'dead', so it no longer counts as a peer sharing the queue depth.
--- Its workers are judged by their own heartbeats (above). A supervisor that
--- was only paused sets itself 'running' again at its next heartbeat.
+-- Leader only. A supervisor silent for longer than %(dead_after_s)s is marked
+-- 'dead', so it no longer counts as a peer sharing the queue depth (after an
+-- outage, every survivor would otherwise take the whole depth as its own and
+-- scale up). Silence is counted as for workers (above): not across the
+-- caller's own outage, %(healthy_for_s)s. Its workers are judged by their own
+-- heartbeats. A supervisor that was only paused sets itself 'running' again
+-- at its next heartbeat.
 UPDATE angela_queue.supervisors s
 SET status = 'dead', stopped_at = coalesce(%(now)s::timestamptz, now())
 WHERE s.status = 'running'
-  AND s.last_heartbeat < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(dead_after_s)s::double precision)
+  AND greatest(s.last_heartbeat,
+               coalesce(%(now)s::timestamptz, now())
+               - make_interval(secs => %(healthy_for_s)s::double precision))
+      < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(dead_after_s)s::double precision)
 RETURNING s.id, s.host, s.pid;
 
 -- name: maintenance_prune_tasks

@@ -10,7 +10,6 @@ import datetime as dt
 import json
 import uuid
 
-
 from angela_queue import db, maintenance
 
 DAY = 86400.0
@@ -36,7 +35,8 @@ def enqueue(conn, n: int = 1, *, max_attempts: int = 5, kind: str = "k") -> list
 
 
 def claim(conn, worker_id: uuid.UUID, limit: int = 1) -> list[int]:
-    rows = db.fetch_all(conn, "tasks_claim", {"queues": ["default"], "limit": limit, "worker_id": worker_id})
+    rows = db.fetch_all(conn, "tasks_claim", {"queues": ["default"], "limit": limit, "worker_id": worker_id,
+                                              "min_effective": None})
     return [r["id"] for r in rows]
 
 
@@ -46,6 +46,12 @@ def task(conn, task_id: int) -> dict:
 
 def worker(conn, worker_id: uuid.UUID) -> dict:
     return conn.execute("SELECT * FROM angela_queue.workers WHERE id = %s", (worker_id,)).fetchone()
+
+
+def heartbeat(conn, worker_id: uuid.UUID, current_tasks: list[int]) -> None:
+    assert db.fetch_all(conn, "workers_heartbeat", {
+        "id": worker_id, "status": "active" if current_tasks else "idle", "current_tasks": current_tasks,
+        "tasks_completed": 0, "tasks_failed": 0, "avg_processing_time_ms": 0, "last_active": None})
 
 
 # --- the leader: workers whose heartbeat went stale -------------------------------------
@@ -109,6 +115,53 @@ def test_reclaim_works_in_bounded_chunks(conn):
     second = maintenance.reclaim_lost_workers(conn, now=at(conn, 60), limit=3)
     assert len(first.requeued) == 3 and len(second.requeued) == 2
     assert sorted(first.requeued + second.requeued) == sorted(claimed)
+
+
+def test_no_worker_is_judged_lost_across_a_database_outage(conn):
+    healthy, dead = register_worker(conn, dead_after_s=30), register_worker(conn, dead_after_s=30)
+    patient = register_worker(conn, dead_after_s=120)
+    enqueue(conn, 3)
+    [a], [b], [c] = claim(conn, healthy), claim(conn, dead), claim(conn, patient)
+    # A 100 s outage: nobody could write a heartbeat, so every row looks long dead.
+    conn.execute("UPDATE angela_queue.workers SET last_heartbeat = now() - interval '100 seconds'")
+
+    # The leader has seen the database answer for 10 s: too short for anyone to be judged.
+    result = maintenance.reclaim_lost_workers(conn, healthy_for_s=10, now=at(conn, 0))
+    assert result.dead_workers == [] and result.count == 0
+    assert [task(conn, t)["status"] for t in (a, b, c)] == ["running"] * 3
+    # One second short of dead_after_s of reachable database: still nothing.
+    assert maintenance.reclaim_lost_workers(conn, healthy_for_s=29, now=at(conn, 19)).count == 0
+
+    # The healthy worker beats again (the dead one never will); 35 s after the database came back,
+    # the dead one has been silent through a full dead_after_s of it and is reclaimed, alone.
+    heartbeat(conn, healthy, [a])
+    result = maintenance.reclaim_lost_workers(conn, healthy_for_s=35, now=at(conn, 25))
+    assert result.dead_workers == [dead] and result.requeued == [b]
+    assert task(conn, a)["status"] == "running" and worker(conn, healthy)["status"] == "active"
+    # A worker's own, longer dead_after_s is honoured the same way.
+    assert task(conn, c)["status"] == "running" and worker(conn, patient)["status"] == "idle"
+    result = maintenance.reclaim_lost_workers(conn, healthy_for_s=130, now=at(conn, 120))
+    assert set(result.dead_workers) == {patient, healthy} and sorted(result.requeued) == sorted([a, c])
+
+
+def test_the_maintenance_round_judges_silence_only_while_the_database_answered(conn):
+    w = register_worker(conn, dead_after_s=30)
+    enqueue(conn)
+    [tid] = claim(conn, w)
+    sid = uuid.uuid4()
+    db.fetch_all(conn, "supervisors_register", {"id": sid, "host": "h", "pid": 1, "queues": ["default"],
+                                               "workers_target": 1, "last_decision": "x"})
+    conn.execute("UPDATE angela_queue.workers SET last_heartbeat = now() - interval '100 seconds'")
+    conn.execute("UPDATE angela_queue.supervisors SET last_heartbeat = now() - interval '100 seconds'")
+    job = maintenance.Maintenance(retention_s=DAY, dead_after_s=30)
+
+    job.run(conn, healthy_for_s=5, now=at(conn, 0))           # just reconnected after the outage
+    assert task(conn, tid)["status"] == "running" and worker(conn, w)["status"] == "idle"
+    assert conn.execute("SELECT status FROM angela_queue.supervisors").fetchone()["status"] == "running"
+
+    job.run(conn, healthy_for_s=31, now=at(conn, 26))         # nobody beat since: now they are lost
+    assert task(conn, tid)["status"] == "queued" and worker(conn, w)["status"] == "dead"
+    assert conn.execute("SELECT status FROM angela_queue.supervisors").fetchone()["status"] == "dead"
 
 
 def test_lost_supervisors_are_marked_dead(conn):
@@ -214,7 +267,8 @@ def test_maintenance_run_does_everything_and_is_idempotent(conn):
     enqueue(conn)
     [tid] = claim(conn, w)
     job = maintenance.Maintenance(retention_s=DAY, dead_after_s=30)
-    job.run(conn, now=at(conn, 5))
-    job.run(conn, now=at(conn, 5))
+    job.run(conn, healthy_for_s=3600, now=at(conn, 5))
+    job.run(conn, healthy_for_s=3600, now=at(conn, 5))
     assert task(conn, tid)["status"] == "queued" and task(conn, tid)["attempts"] == 1
     assert worker(conn, w)["status"] == "dead"
+

@@ -4,6 +4,9 @@ Each test starts ``python -m angela_queue run`` on a test app written to
 tmp_path, and waits on conditions with deadlines (never a fixed sleep as
 synchronisation). Handlers append one line per execution to a file opened
 with O_APPEND, so tests count executions without trusting the queue.
+
+The outage tests drive one Supervisor object in-process instead: its clock of
+database health is set directly and the rows backdated, so nothing sleeps.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from angela_queue import db
+from angela_queue import supervisor as supervisor_mod
+from angela_queue.config import Settings
 from fix_procs import wait_until
 
 APP = '''
@@ -346,6 +352,91 @@ def test_the_supervisor_rides_out_a_lost_database_connection(conn, start):
     assert "database connection lost" in sup.log() and "reconnected to the database" in sup.log()
     assert sup.workers() == [worker["pid"]]          # the worker kept running meanwhile
     assert sup.stop() == 0
+
+
+# --- database outages --------------------------------------------------------------------------
+
+def test_the_healthy_stretch_restarts_at_a_reconnect_and_at_a_stalled_round_trip_only(dsn):
+    sup = supervisor_mod.Supervisor(Settings(min_workers=1, base_workers=1, max_workers=1,
+                                             heartbeat_interval_s=2.0), dsn, app=None)
+    sup._db_healthy_since = 100.0
+    sup._db_round_trip(140.0, 140.5)                                   # a quick round trip
+    assert sup._db_healthy_for(now=140.5) == pytest.approx(40.5)
+    # Our own loop being slow (a gap between round trips) is not the database being away.
+    sup._db_round_trip(150.0, 150.2)
+    assert sup._db_healthy_for(now=150.2) == pytest.approx(50.2)
+    # One round trip that hung 30 s (a partition the connection survived): start again.
+    sup._db_round_trip(151.0, 181.0)
+    assert sup._db_healthy_for(now=181.0) == 0.0
+    assert sup._db_healthy_for(now=185.1) == pytest.approx(4.1)
+
+    # A reconnect starts a stretch, and every statement on the connection is timed.
+    before = time.monotonic()
+    assert sup._db_ready(time.monotonic())
+    try:
+        assert before <= sup._db_healthy_since <= time.monotonic()
+        sup._db_stall_s = 0.15                       # rather than waiting out a real heartbeat interval
+        since = sup._db_healthy_since
+        sup.conn.execute("SELECT 1")
+        assert sup._db_healthy_since == since        # a quick statement: the stretch goes on
+        sup.conn.execute("SELECT pg_sleep(0.3)")     # a stall, as the supervisor sees it
+        assert sup._db_healthy_since >= since + 0.3
+    finally:
+        sup.conn.close()
+
+
+def test_own_workers_are_not_judged_stuck_across_a_database_outage(dsn, conn):
+    settings = Settings(min_workers=1, base_workers=1, max_workers=1, heartbeat_interval_s=2.0,
+                        stuck_after_s=60.0, dead_after_s=30.0)
+    sup = supervisor_mod.Supervisor(settings, dsn, app=None, handler_timeout=lambda kind: None)
+    sup.conn = sup._connected(db.connect(dsn))
+    silent, beating = uuid.uuid4(), uuid.uuid4()
+    try:
+        for wid in (silent, beating):
+            db.fetch_all(conn, "workers_register", {
+                "id": wid, "supervisor_id": sup.id, "host": "test", "pid": 1, "queues": ["default"],
+                "concurrency": 1, "stuck_after_s": 60, "dead_after_s": 30})
+            proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+            sup.children[wid] = supervisor_mod.Child(wid, proc, time.monotonic())
+        tasks = {}
+        for wid in (silent, beating):
+            enqueue(conn, "nap", [{"n": 1}])
+            [row] = db.fetch_all(conn, "tasks_claim", {"queues": ["default"], "limit": 1, "worker_id": wid,
+                                                       "min_effective": None})
+            tasks[wid] = row["id"]
+        # A 100 s outage: no heartbeat and no progress could be written; every row looks dead and stuck.
+        conn.execute("UPDATE angela_queue.workers SET last_heartbeat = now() - interval '100 seconds', "
+                     "last_active = now() - interval '100 seconds'")
+        conn.execute("UPDATE angela_queue.tasks SET started_at = now() - interval '100 seconds'")
+
+        def status(wid):
+            return conn.execute("SELECT status FROM angela_queue.tasks WHERE id = %s",
+                                (tasks[wid],)).fetchone()["status"]
+
+        sup._db_healthy_since = time.monotonic() - 5          # we reconnected 5 s ago
+        sup._watch_health()
+        assert all(c.stuck is None and c.proc.poll() is None for c in sup.children.values())
+        assert status(silent) == status(beating) == "running"
+
+        # One worker beats again, and its row still shows no progress for 100 s: that is real, judge it.
+        assert db.fetch_all(conn, "workers_heartbeat", {
+            "id": beating, "status": "active", "current_tasks": [tasks[beating]], "tasks_completed": 0,
+            "tasks_failed": 0, "avg_processing_time_ms": 0, "last_active": None})
+        sup._watch_health()
+        assert sup.children[beating].stuck.startswith("no progress")
+        assert status(beating) == "queued"
+        assert sup.children[silent].stuck is None and status(silent) == "running"
+
+        # The other never beats: after dead_after_s of reachable database it is judged too.
+        sup._db_healthy_since = time.monotonic() - 31
+        sup._watch_health()
+        assert sup.children[silent].stuck.startswith("no heartbeat")
+        assert status(silent) == "queued"
+    finally:
+        for child in sup.children.values():
+            child.proc.kill()
+            child.proc.wait(10)
+        sup.conn.close()
 
 
 # --- configuration -----------------------------------------------------------------------------
