@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import uuid
 
-from angela_queue import db, maintenance
+import psycopg
+from psycopg.rows import tuple_row
+
+from angela_queue import db, maintenance, queries
 
 DAY = 86400.0
 
@@ -272,3 +276,135 @@ def test_maintenance_run_does_everything_and_is_idempotent(conn):
     assert task(conn, tid)["status"] == "queued" and task(conn, tid)["attempts"] == 1
     assert worker(conn, w)["status"] == "dead"
 
+
+# --- the pruner's walk along the primary key ----------------------------------------------------
+
+def backdate(conn, task_id: int, *, status: str | None = None, created_days: float,
+             finished_days: float | None = None) -> None:
+    """Make a task look created (and finished) that many days ago."""
+    conn.execute(
+        "UPDATE angela_queue.tasks SET status = coalesce(%s, status), "
+        "created_at = now() - make_interval(secs => %s), "
+        "finished_at = CASE WHEN %s::float8 IS NULL THEN finished_at ELSE now() - make_interval(secs => %s) END "
+        "WHERE id = %s",
+        (status, created_days * DAY, finished_days, (finished_days or 0) * DAY, task_id))
+
+
+def test_prune_steps_over_rows_not_yet_due_stops_at_the_frontier_and_never_deletes_early(conn):
+    w = register_worker(conn)
+    scheduled = conn.execute("INSERT INTO angela_queue.tasks (kind, run_at) VALUES ('k', now() + interval '1 year') "
+                             "RETURNING id").fetchone()["id"]
+    running, young, old_failed, queued, old_cancelled, frontier, behind = enqueue(conn, 7)
+    for tid in (scheduled, running, queued):
+        backdate(conn, tid, created_days=3)
+    assert claim(conn, w) == [running]
+    backdate(conn, young, status="succeeded", created_days=3, finished_days=1 / 24)   # finished an hour ago
+    backdate(conn, old_failed, status="failed", created_days=3, finished_days=2)
+    backdate(conn, old_cancelled, status="cancelled", created_days=2, finished_days=2)
+    conn.execute("UPDATE angela_queue.tasks SET status = 'dropped', finished_at = now() WHERE id = %s", (frontier,))
+    # Inserted out of id order (a long transaction): due, but past the frontier.
+    backdate(conn, behind, status="succeeded", created_days=2, finished_days=2)
+
+    walk = maintenance.PruneWalk()
+    assert maintenance.prune_tasks(conn, DAY, walk=walk, now=at(conn, 0), chunk=2, max_chunks=10) == 2
+    assert walk.after_id == 0                       # frontier reached: the next run starts a new pass
+    left = {r["id"]: r["status"] for r in conn.execute("SELECT id, status FROM angela_queue.tasks")}
+    assert set(left) == {scheduled, running, young, queued, frontier, behind}
+    # Nothing is due a second time round; the rows stepped over are all still there.
+    assert maintenance.prune_tasks(conn, DAY, walk=walk, now=at(conn, 0), chunk=2, max_chunks=10) == 0
+
+    # Two days on, the young row, the frontier and the one behind it are due; unfinished rows never are.
+    assert maintenance.prune_tasks(conn, DAY, walk=walk, now=at(conn, 2 * DAY), chunk=2, max_chunks=10) == 3
+    left = {r["id"]: r["status"] for r in conn.execute("SELECT id, status FROM angela_queue.tasks")}
+    assert left == {scheduled: "scheduled", running: "running", queued: "queued"}
+
+
+def test_the_prune_walk_is_bounded_per_run_and_resumes_where_it_stopped(conn):
+    [live] = enqueue(conn)
+    done = enqueue(conn, 5)
+    conn.execute("UPDATE angela_queue.tasks SET status = 'succeeded', finished_at = now() WHERE id = ANY(%s)",
+                 (done,))
+    later = at(conn, DAY + 60)
+    walk = maintenance.PruneWalk()
+    steps = []
+    for _ in range(5):          # one step of 2 rows per run
+        pruned = maintenance.prune_tasks(conn, DAY, walk=walk, now=later, chunk=2, max_chunks=1)
+        steps.append((pruned, walk.after_id))
+    assert steps == [(1, done[0]), (2, done[2]), (2, done[4]),   # [live, d0], [d1, d2], [d3, d4]
+                     (0, 0),                                     # the end: start a new pass
+                     (0, 0)]                                     # [live]: still not due, never deleted
+    assert [r["id"] for r in conn.execute("SELECT id FROM angela_queue.tasks")] == [live]
+
+
+def _plan_nodes(plan: dict) -> list[dict]:
+    nodes = [plan]
+    for child in plan.get("Plans", []):
+        nodes.extend(_plan_nodes(child))
+    return nodes
+
+
+def _task_scans(plan: dict) -> list[dict]:
+    return [n for n in _plan_nodes(plan) if n.get("Relation Name") == "tasks" and "Scan" in n["Node Type"]]
+
+
+def _rows_read(node: dict) -> float:
+    return (node["Actual Rows"] + node.get("Rows Removed by Filter", 0)) * node["Actual Loops"]
+
+
+def _as_prepared(query: str) -> tuple[str, list[str]]:
+    """The query with $n placeholders, as a prepared statement has it, and the parameter names in order."""
+    names: list[str] = []
+
+    def number(match: re.Match) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    return re.sub(r"%\((\w+)\)s", number, query).replace("%%", "%"), names
+
+
+def test_the_prune_step_reads_a_bounded_stretch_of_the_primary_key_on_a_big_table(conn):
+    # 50k rows, all finished just now (nothing old enough), a few live ones among them.
+    conn.execute("INSERT INTO angela_queue.tasks (kind) SELECT 'k' FROM generate_series(1, 50000)")
+    conn.execute("UPDATE angela_queue.tasks SET status = 'succeeded', finished_at = now() WHERE mod(id, 100) <> 0")
+    conn.execute("ANALYZE angela_queue.tasks")
+    limit = 1000
+    query = queries.query("maintenance_prune_tasks")
+    nothing_due = {"now": at(conn, 0), "retention_s": 7 * DAY, "after_id": 0, "limit": limit}
+    all_due = {**nothing_due, "now": at(conn, 8 * DAY)}
+
+    def explain(params: dict, generic: bool = False) -> dict:
+        with conn.transaction():              # EXPLAIN ANALYZE runs the DELETE: roll it back
+            if generic:
+                # Statements are prepared (db.PREPARE_THRESHOLD): after a few runs the server may
+                # switch to a plan made without the values. It must read the index just the same.
+                text, names = _as_prepared(query)
+                conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+                conn.execute("PREPARE prune_step AS " + text)
+                with psycopg.ClientCursor(conn, row_factory=tuple_row) as cur:
+                    cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE prune_step("
+                                + ", ".join(["%s"] * len(names)) + ")", [params[n] for n in names])
+                    plan = cur.fetchone()[0][0]["Plan"]
+                conn.execute("DEALLOCATE prune_step")
+            else:
+                with conn.cursor(row_factory=tuple_row) as cur:
+                    cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + query, params)
+                    plan = cur.fetchone()[0][0]["Plan"]
+            raise psycopg.Rollback()
+        return plan
+
+    for params, generic in ((nothing_due, False), (all_due, False), (all_due, True)):
+        plan = explain(params, generic)
+        kinds = [n["Node Type"] for n in _plan_nodes(plan)]
+        assert "Seq Scan" not in kinds and "Bitmap Heap Scan" not in kinds, kinds
+        scans = _task_scans(plan)
+        assert scans and {n["Node Type"] for n in scans} <= {"Index Scan", "Index Only Scan"}, kinds
+        assert {n["Index Name"] for n in scans} == {"tasks_pkey"}, scans
+        for scan in scans:      # each read of tasks stays within the step, however big the table
+            assert _rows_read(scan) <= limit, scan
+
+    # The step itself: nothing due, a bounded walk that reports the frontier at once.
+    row = db.fetch_one(conn, "maintenance_prune_tasks", nothing_due)
+    first = conn.execute("SELECT min(id) AS id FROM angela_queue.tasks").fetchone()["id"]
+    assert row == {"pruned": 0, "walked": limit, "last_id": first + limit - 1, "frontier_id": first}
+    assert conn.execute("SELECT count(*) AS n FROM angela_queue.tasks").fetchone()["n"] == 50000
