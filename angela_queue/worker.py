@@ -248,18 +248,8 @@ class Worker:
         while not self.stopping:
             try:
                 claimed, asked = await self._turn()
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                log.warning("database connection lost (%s); reconnecting", db.first_line(exc))
-                await self._recover_connection()
-                continue
             except psycopg.Error as exc:
-                # Not the connection: the server refused something we sent
-                # (e.g. an outcome it cannot store). The turn's transaction
-                # rolled back whole; store the outcomes one by one so one bad
-                # outcome cannot hold the others (or the worker) hostage.
-                log.error("the database refused this turn (%s); storing outcomes one by one",
-                          db.first_line(exc))
-                await self._flush_one_by_one()
+                await self._after_failed_turn(exc)
                 continue
             self._start_ready_batches()
             if asked and claimed >= asked:
@@ -268,6 +258,22 @@ class Worker:
                 await asyncio.sleep(0)
                 continue
             await self._wait()
+
+    async def _after_failed_turn(self, exc: psycopg.Error) -> None:
+        """A turn failed and its transaction rolled back whole (nothing of it
+        happened). A lost connection: reconnect. Anything else means the
+        server refused something we sent (e.g. an outcome it cannot store):
+        store the outcomes one by one, so one bad outcome cannot hold the
+        others, or the worker, hostage."""
+        if not isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+            log.error("the database refused this turn (%s); storing outcomes one by one", db.first_line(exc))
+            try:
+                await self._flush_one_by_one()
+                return
+            except (psycopg.OperationalError, psycopg.InterfaceError) as lost:
+                exc = lost
+        log.warning("database connection lost (%s); reconnecting", db.first_line(exc))
+        await self._recover_connection()
 
     async def _turn(self) -> tuple[int, int]:
         """One round trip: flush outcomes, housekeeping when due, fill batches,
