@@ -9,6 +9,7 @@ error mapping; only the awaiting differs.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -81,10 +82,16 @@ def translate_errors() -> Iterator[None]:
 
 
 def _queue_from_message(message: str) -> str:
-    # "angela_queue: queue 'x' is full (max_size 3)"
-    start = message.find("'")
-    end = message.find("'", start + 1)
-    return message[start + 1:end] if 0 <= start < end else ""
+    """The queue named in "angela_queue: queue 'x' is full (max_size 3)".
+
+    The trigger quotes the name with quote_literal, which doubles any quote
+    inside it (and may prefix E for backslashes): undo that.
+    """
+    match = re.search(r"queue E?'((?:[^']|'')*)' is full \(max_size", message)
+    if match is None:
+        return ""
+    name = match.group(1).replace("''", "'")
+    return name.replace("\\\\", "\\") if message[match.start() + 6] == "E" else name
 
 
 def fetch_all(conn: psycopg.Connection, name: str, params: Mapping[str, Any] | None = None) -> list[Row]:

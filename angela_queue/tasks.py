@@ -86,8 +86,12 @@ class TaskSpec:
         # look-ups (by this spec's queue) never find the row stored under the
         # trimmed name and the enqueue fails with "could not settle dedup key".
         object.__setattr__(self, "queue", self.queue.strip())
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1 (got {self.max_attempts})")
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, as an integer (got {self.max_attempts!r})")
+        for name, value in (("timeout", self.timeout_s), ("delay", self.delay_s)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or value != value or value in (float("inf"), float("-inf"))):
+                raise ValueError(f"{name} must be a finite number of seconds (got {value!r})")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ValueError(f"timeout must be positive seconds (got {self.timeout_s})")
         if self.run_at is not None and self.delay_s is not None:

@@ -469,3 +469,15 @@ def test_async_registered_defaults(dsn, conn, clean_registry):
     t = asyncio.run(main())
     stored = row(conn, t.id)
     assert (stored["priority"], stored["queue"], stored["max_attempts"]) == (9, "reports", 3)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"max_attempts": "5"}, "max_attempts must be at least 1, as an integer"),
+    ({"delay": "5"}, "delay must be a finite number"),
+    ({"timeout": float("nan")}, "timeout must be a finite number"),
+    ({"delay": float("inf")}, "delay must be a finite number"),
+])
+def test_wrongly_typed_options_are_value_errors_and_store_nothing(client, conn, options, message):
+    with pytest.raises(ValueError, match=message):
+        client.enqueue("k", **options)
+    assert conn.execute("SELECT count(*) AS n FROM angela_queue.tasks").fetchone()["n"] == 0

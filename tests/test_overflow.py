@@ -240,3 +240,12 @@ def test_async_client_waits_then_raises_or_succeeds(dsn, conn):
     task = asyncio.run(main())
     assert task.status == "queued" and task.queue == "mail"
     assert counts(conn, "mail") == {"queued": 1, "cancelled": 1}
+
+
+@pytest.mark.parametrize("queue", ["it's", "back\\slash"])
+def test_queue_full_names_a_queue_with_quotes_or_backslashes(dsn, conn, queue):
+    fill(conn, queue, 1)
+    with Client(dsn, full_queue_wait_s=0) as client:
+        with pytest.raises(QueueFull) as caught:
+            client.enqueue("k", queue=queue, priority=5)
+    assert caught.value.queue == queue
