@@ -77,7 +77,6 @@ class Settings:
     shutdown_grace_s: float = 30.0
     backoff_base_s: float = 1.0
     backoff_max_s: float = 3600.0
-    completion_flush_s: float = 0.005
 
     # Supervisor
     profile: str | None = None

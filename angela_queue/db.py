@@ -113,17 +113,6 @@ async def afetch_all(conn: psycopg.AsyncConnection, name: str,
             return await cur.fetchall() if cur.description else []
 
 
-async def afetch_one(conn: psycopg.AsyncConnection, name: str,
-                     params: Mapping[str, Any] | None = None) -> Row | None:
-    rows = await afetch_all(conn, name, params)
-    return rows[0] if rows else None
-
-
-def execute_script(conn: psycopg.Connection, sql_text: str) -> None:
-    """Run DDL text (several statements, no parameters): schema and migrations."""
-    conn.execute(sql_text)  # type: ignore[arg-type]  # trusted text from our own sql/ files
-
-
 def listen(conn: psycopg.Connection, channel: str) -> None:
     conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
 

@@ -566,7 +566,7 @@ def _ensure_binaries_copy(wheel_root: Path) -> Path:
 def _make_world_readable(root: Path) -> None:
     """Only on our own copy: directories searchable, files readable, and
     executables kept executable, by everyone."""
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         os.chmod(dirpath, 0o755)
         for name in filenames:
             path = os.path.join(dirpath, name)

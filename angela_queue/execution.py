@@ -195,7 +195,7 @@ async def execute_batch(definition: TaskDefinition, tasks: list[ClaimedTask], de
     else:
         results = [value] * len(tasks)
     outcomes = []
-    for i, result in zip(ids, results):
+    for i, result in zip(ids, results, strict=True):
         ok, result_json, error = to_json_result(result)
         outcomes.append(Outcome(i, ok=ok, result_json=result_json, error=error, retry=ok, duration_ms=ms,
                                 finished_at=now))

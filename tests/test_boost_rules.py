@@ -7,7 +7,6 @@ import json
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 
 # Every test here only runs SQL on one connection: they share one database,

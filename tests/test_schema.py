@@ -9,7 +9,6 @@ import datetime as dt
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 SPEC_COLUMNS = {
     "id", "queue", "kind", "payload", "priority", "boost", "tier", "status", "created_at",
