@@ -231,7 +231,7 @@ class EmbeddedServer:
 
         from . import db
         with db.connect(self.dsn(), application_name="angela-queue embedded") as conn:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            if db.fetch_one(conn, "admin_database_exists", {"name": name})["present"]:
                 return False
             try:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

@@ -64,12 +64,12 @@ def head_revision() -> str | None:
 
 
 def current_revision(dsn: str) -> str | None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        exists = conn.execute("SELECT to_regclass('angela_queue.alembic_version') IS NOT NULL").fetchone()[0]
-        if not exists:
+    from . import db
+    with db.connect(dsn, application_name="angela-queue-migrate") as conn:
+        if not db.fetch_one(conn, "admin_has_version_table")["present"]:
             return None
-        row = conn.execute("SELECT version_num FROM angela_queue.alembic_version").fetchone()
-        return row[0] if row else None
+        row = db.fetch_one(conn, "admin_current_revision")
+        return row["revision"] if row else None
 
 
 def _check_reachable(dsn: str) -> None:
