@@ -33,8 +33,9 @@ def collect(conn: psycopg.Connection, *, include_stopped: bool = False, dead_aft
     with conn.transaction():
         return Snapshot(
             queues=db.fetch_all(conn, "status_queues"),
-            supervisors=db.fetch_all(conn, "status_supervisors", {
-                "all": include_stopped, "dead_after_s": dead_after_s, "lease_name": MAINTENANCE_LEASE}),
+            supervisors=db.fetch_all(conn, "supervisors_health", {
+                "all": include_stopped, "recent_s": 0, "running_first": False,
+                "dead_after_s": dead_after_s, "lease_name": MAINTENANCE_LEASE}),
             workers=db.fetch_all(conn, "status_workers", {"all": include_stopped}),
         )
 

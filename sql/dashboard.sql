@@ -118,22 +118,4 @@ WHERE h.status NOT IN ('stopped', 'dead')
    OR coalesce(h.stopped_at, h.last_heartbeat) > now() - make_interval(secs => %(recent_s)s::double precision)
 ORDER BY h.status IN ('stopped', 'dead'), h.host, h.pid, h.id;
 
--- name: dashboard_supervisors
--- Supervisors: the running ones and those that stopped in the last
--- %(recent_s)s seconds, whether each holds the maintenance lease, and its
--- status as of now ('lost': running, but no heartbeat for %(dead_after_s)s).
-SELECT s.id, s.host, s.pid, s.queues,
-       CASE WHEN s.status = 'running'
-                 AND s.last_heartbeat < now() - make_interval(secs => %(dead_after_s)s::double precision)
-            THEN 'lost' ELSE s.status END AS status,
-       s.workers_target,
-       (SELECT count(*) FROM angela_queue.workers w
-        WHERE w.supervisor_id = s.id AND w.status IN ('active', 'idle', 'stopping', 'stuck')) AS workers_live,
-       coalesce(l.holder = s.id AND l.expires_at > now(), false) AS leader,
-       s.last_decision, s.started_at,
-       extract(epoch FROM now() - s.last_heartbeat)::double precision AS heartbeat_age_s
-FROM angela_queue.supervisors s
-LEFT JOIN angela_queue.leader l ON l.name = %(lease_name)s
-WHERE s.status = 'running'
-   OR coalesce(s.stopped_at, s.last_heartbeat) > now() - make_interval(secs => %(recent_s)s::double precision)
-ORDER BY s.status <> 'running', s.started_at, s.id;
+

@@ -86,10 +86,13 @@ JOIN angela_queue.queues q ON q.name = d.queue
 LEFT JOIN angela_queue.sla_attainment s ON s.queue = d.queue AND s.tier = d.tier
 ORDER BY d.queue, CASE d.tier WHEN 'critical' THEN 1 WHEN 'high' THEN 2 WHEN 'medium' THEN 3 ELSE 4 END;
 
--- name: status_supervisors
--- `angela-queue status`: supervisors (live ones only unless %(all)s), whether
--- each holds the maintenance lease, and the status as of now: a 'running'
--- row whose heartbeat stopped shows as 'lost' until the leader marks it dead.
+-- name: supervisors_health
+-- Supervisors for `angela-queue status` and the dashboard: whether each holds
+-- the maintenance lease, and the status as of now (a 'running' row whose
+-- heartbeat stopped shows as 'lost' until the leader marks it dead).
+-- Rows: the running ones; every other one too if %(all)s; and those that
+-- stopped in the last %(recent_s)s seconds (0: none). Oldest first, the
+-- running ones ahead of the rest if %(running_first)s.
 SELECT s.id, s.host, s.pid, s.queues,
        CASE WHEN s.status = 'running'
                  AND s.last_heartbeat < now() - make_interval(secs => %(dead_after_s)s::double precision)
@@ -102,8 +105,9 @@ SELECT s.id, s.host, s.pid, s.queues,
        extract(epoch FROM now() - s.last_heartbeat)::double precision AS heartbeat_age_s
 FROM angela_queue.supervisors s
 LEFT JOIN angela_queue.leader l ON l.name = %(lease_name)s
-WHERE %(all)s OR s.status = 'running'
-ORDER BY s.started_at, s.id;
+WHERE s.status = 'running' OR %(all)s
+   OR coalesce(s.stopped_at, s.last_heartbeat) > now() - make_interval(secs => %(recent_s)s::double precision)
+ORDER BY CASE WHEN %(running_first)s THEN s.status <> 'running' END, s.started_at, s.id;
 
 -- name: status_workers
 -- `angela-queue status`: workers as worker_health judges them now (live ones

@@ -245,7 +245,7 @@ class Collector:
         self._conn: psycopg.Connection | None = None
         self._clock = _Section("dashboard_clock", 0.0)
         self._workers = _Section("dashboard_workers", 0.0)
-        self._supervisors = _Section("dashboard_supervisors", refresh_s)
+        self._supervisors = _Section("supervisors_health", refresh_s)
         self._depth = _Section("dashboard_depth", refresh_s)
         self._recent = _Section("dashboard_recent_starts", RECENT_EVERY_S)
         self._cond = threading.Condition()
@@ -337,7 +337,8 @@ class Collector:
                 if watched:
                     now = time.monotonic()
                     if now >= self._supervisors.due:
-                        self._supervisors.run(conn, {"recent_s": RECENT_ROWS_S, "dead_after_s": self.dead_after_s,
+                        self._supervisors.run(conn, {"all": False, "recent_s": RECENT_ROWS_S, "running_first": True,
+                                                     "dead_after_s": self.dead_after_s,
                                                      "lease_name": MAINTENANCE_LEASE})
                     if now >= self._depth.due:
                         self._depth.run(conn, {})
