@@ -14,6 +14,7 @@ name carries this run's unique prefix and is dropped afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -58,6 +59,16 @@ class PgServer:
 
     def new_name(self, label: str) -> str:
         return f"aq_test_{self.run_id}_{label}_{uuid.uuid4().hex[:6]}"
+
+    @contextlib.contextmanager
+    def temporary_database(self, label: str, template: str | None = None) -> Iterator[str]:
+        """A new database (a copy of ``template``, if given), dropped afterwards; yields its DSN."""
+        name = self.new_name(label)
+        url = self.create_database(name, template=template)
+        try:
+            yield url
+        finally:
+            self.drop_database(name)
 
 
 def _answers(dsn: str) -> bool:
@@ -115,23 +126,15 @@ def template_db(pg_server: PgServer) -> Iterator[str]:
 @pytest.fixture
 def dsn(pg_server: PgServer, template_db: str) -> Iterator[str]:
     """A fresh, migrated database for this test."""
-    name = pg_server.new_name("t")
-    url = pg_server.create_database(name, template=template_db)
-    try:
+    with pg_server.temporary_database("t", template=template_db) as url:
         yield url
-    finally:
-        pg_server.drop_database(name)
 
 
 @pytest.fixture
 def empty_dsn(pg_server: PgServer) -> Iterator[str]:
     """A fresh database with no schema at all."""
-    name = pg_server.new_name("e")
-    url = pg_server.create_database(name)
-    try:
+    with pg_server.temporary_database("e") as url:
         yield url
-    finally:
-        pg_server.drop_database(name)
 
 
 @pytest.fixture
@@ -144,12 +147,8 @@ def conn(dsn: str) -> Iterator[psycopg.Connection]:
 @pytest.fixture(scope="module")
 def module_dsn(pg_server: PgServer, template_db: str) -> Iterator[str]:
     """One migrated database shared by a module's tests (see rollback_conn)."""
-    name = pg_server.new_name("m")
-    url = pg_server.create_database(name, template=template_db)
-    try:
+    with pg_server.temporary_database("m", template=template_db) as url:
         yield url
-    finally:
-        pg_server.drop_database(name)
 
 
 @pytest.fixture
