@@ -51,7 +51,6 @@ class Outcome:
     result_json: str = "null"    # the result, JSON-encoded once, when ok
     error: str | None = None     # when not ok
     retry: bool = True           # False: fail for good whatever attempts remain
-    timed_out: bool = False
     duration_ms: float = 0.0
     finished_at: float = 0.0     # time.time()
 
@@ -152,7 +151,7 @@ async def execute_one(definition: TaskDefinition | None, task: ClaimedTask, defa
     try:
         value = await run_handler(definition, single_call(definition, task), timeout_s, threads, on_abandoned)
     except HandlerTimeout as exc:
-        return Outcome(task.id, ok=False, error=f"HandlerTimeout: {exc}", timed_out=True,
+        return Outcome(task.id, ok=False, error=f"HandlerTimeout: {exc}",
                        duration_ms=(time.perf_counter() - started) * 1000, finished_at=time.time())
     except asyncio.CancelledError:
         raise
@@ -179,7 +178,7 @@ async def execute_batch(definition: TaskDefinition, tasks: list[ClaimedTask], de
     except HandlerTimeout as exc:
         now = time.time()
         ms = (time.perf_counter() - started) * 1000
-        return [Outcome(i, ok=False, error=f"HandlerTimeout: {exc}", timed_out=True, duration_ms=ms,
+        return [Outcome(i, ok=False, error=f"HandlerTimeout: {exc}", duration_ms=ms,
                         finished_at=now) for i in ids]
     except asyncio.CancelledError:
         raise

@@ -234,8 +234,7 @@ class Worker:
             self._heartbeat_stop.set()
             heartbeat.join(timeout=5)
             await self._mark_stopped()
-            if self.conn is not None:
-                await self.conn.close()
+            await self._drop_connection()
             self._threads.shutdown()
         log.info("worker %s stopped: %d succeeded, %d failed", self.short_id, self.stats.completed,
                  self.stats.failed)
@@ -574,18 +573,22 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    async def _drop_connection(self) -> None:
+        """Close the main connection, whatever state it is in, and forget it."""
+        if self.conn is not None:
+            try:
+                await self.conn.close()
+            except Exception:  # noqa: BLE001 - it is being thrown away
+                pass
+            self.conn = None
+
     async def _recover_connection(self) -> None:
         """Reconnect, then give back what a lost claim left with us. Retries
         until it works or the worker is told to stop: the database flapping
         during recovery must not kill the worker."""
         delay = 0.1
         while True:
-            if self.conn is not None:
-                try:
-                    await self.conn.close()
-                except Exception:  # noqa: BLE001
-                    pass
-                self.conn = None
+            await self._drop_connection()
             try:
                 self.conn = await self._connect_with_retry()
                 # A claim may have committed without its rows reaching us: give
@@ -657,12 +660,7 @@ class Worker:
                 return
             except Exception as exc:  # noqa: BLE001 - connection lost or refused: retry
                 log.warning("final flush failed (%s); retrying in %.1fs", db.first_line(exc), delay)
-                if self.conn is not None:
-                    try:
-                        await self.conn.close()
-                    except Exception:  # noqa: BLE001
-                        pass
-                self.conn = None
+                await self._drop_connection()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 3.0)
         log.error("could not record the last outcomes; those tasks will be reclaimed and run again")
