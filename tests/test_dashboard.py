@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from angela_queue import db, leader
-from angela_queue.dashboard import Throughput
+from angela_queue import db
+from angela_queue.maintenance import lease as leader
+from angela_queue.inspect.dashboard import Throughput
 from fix_procs import wait_until
 
 CHROMIUM = "/usr/bin/chromium"

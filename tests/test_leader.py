@@ -12,7 +12,7 @@ import uuid
 import psycopg
 from psycopg.rows import dict_row
 
-from angela_queue import leader
+from angela_queue.maintenance import lease as leader
 
 LEASE_S = 15.0
 

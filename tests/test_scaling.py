@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from angela_queue.config import PROFILES, load_settings
-from angela_queue.scaling import (HealthLimits, Policy, Room, WorkerHealth, WorkerLoad, decide, depth_share,
+from angela_queue.supervisor.scaling import (HealthLimits, Policy, Room, WorkerHealth, WorkerLoad, decide, depth_share,
                                   pick_retirees, progress_at, restart_delay, room, stuck_limit_s, stuck_reason)
 from angela_queue.supervisor import describe_exit, worker_command
 

@@ -7,9 +7,10 @@ import uuid
 
 from click.testing import CliRunner
 
-from angela_queue import db, leader
+from angela_queue import db
+from angela_queue.maintenance import lease as leader
 from angela_queue.cli import main
-from angela_queue.status import age, format_table
+from angela_queue.inspect.status import age, format_table
 
 
 def status(dsn: str, *args: str) -> str:

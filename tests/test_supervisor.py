@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from angela_queue import db
-from angela_queue import supervisor as supervisor_mod
+from angela_queue.supervisor import run as supervisor_mod
 from angela_queue.config import Settings
 from fix_procs import wait_until
 

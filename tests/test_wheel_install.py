@@ -57,7 +57,7 @@ def test_wheel_contains_the_sql_and_the_migrations(wheel):
     assert revisions and {f"angela_queue/alembic/versions/{name}" for name in revisions} <= names
     assert "angela_queue/alembic/env.py" in names
     assert "angela_queue/alembic/script.py.mako" in names
-    assert "angela_queue/dashboard/static/index.html" in names  # the dashboard page, served via importlib.resources
+    assert "angela_queue/inspect/dashboard/static/index.html" in names  # the dashboard page, served via importlib.resources
     # alembic/ has no __init__.py on purpose: in a checkout it would shadow the alembic library.
     assert "angela_queue/alembic/__init__.py" not in names
     assert not any(name.startswith(("tests/", "sql/", "alembic/")) for name in names)

@@ -7,7 +7,7 @@ import uuid
 
 import click
 
-from .cli import env, resolve_dsn
+from . import env, resolve_dsn
 
 
 def worker_options(func):
@@ -43,7 +43,7 @@ def worker_options(func):
 
 
 def settings_from_flags(flags: dict):
-    from .config import load_settings
+    from ..config import load_settings
     given = dict(flags)
     queues = given.pop("queues", None)
     if queues:
@@ -62,7 +62,7 @@ def register(main: click.Group) -> None:
     def worker(ctx: click.Context, app: str | None, supervisor_id: uuid.UUID | None,
                supervisor_pid: int | None, worker_id: uuid.UUID | None, **flags) -> None:
         """Run one worker process in the foreground (Ctrl-C stops it gracefully)."""
-        from .worker import Worker, load_app
+        from ..worker import Worker, load_app
         settings = settings_from_flags(flags)
         load_app(app)
         dsn = resolve_dsn(ctx)

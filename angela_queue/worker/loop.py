@@ -38,12 +38,12 @@ from typing import Any
 
 import psycopg
 
-from . import db
-from .config import CHANNEL_INSERT, Settings
-from .errors import ConfigError
+from .. import db
+from ..config import CHANNEL_INSERT, Settings
+from ..errors import ConfigError
 from .execution import ClaimedTask, Outcome, backoff_seconds, execute_batch, execute_one
 from .handler_threads import HandlerThreads
-from .registry import lookup
+from ..registry import lookup
 
 log = logging.getLogger("angela_queue.worker")
 

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .cli import env, resolve_dsn
+from . import env, resolve_dsn
 
 
 def register(main: click.Group) -> None:
@@ -25,7 +25,7 @@ def dashboard(ctx: click.Context, host: str, port: int) -> None:
 
     Prints the URL once it listens. SIGTERM or Ctrl-C stops it.
     """
-    from .config import load_settings
-    from .dashboard import serve
+    from ..config import load_settings
+    from ..inspect.dashboard import serve
     settings = load_settings()
     sys.exit(serve(resolve_dsn(ctx), host, port, dead_after_s=settings.dead_after_s))

@@ -35,9 +35,9 @@ from typing import Any
 
 import psycopg
 
-from .. import db
-from ..errors import DatabaseUnavailable
-from ..leader import MAINTENANCE_LEASE
+from ... import db
+from ...errors import DatabaseUnavailable
+from ...maintenance.lease import MAINTENANCE_LEASE
 
 log = logging.getLogger("angela_queue.dashboard")
 

@@ -16,8 +16,8 @@ from typing import Any
 import click
 import psycopg
 
-from . import __version__
-from .errors import AngelaQueueError
+from .. import __version__
+from ..errors import AngelaQueueError
 
 ENV_PREFIX = "ANGELA_QUEUE"
 
@@ -46,7 +46,7 @@ def resolve_dsn(ctx: click.Context) -> str:
     dsn = ctx.obj.get("dsn")
     if dsn:
         return dsn
-    from . import embedded
+    from .. import embedded
     return embedded.ensure_running()
 
 
@@ -74,7 +74,7 @@ def main(ctx: click.Context, dsn: str | None, verbose: bool, log_level: str) -> 
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
     """Bring the database schema up to date (safe to run at any time, from several hosts)."""
-    from . import migrations
+    from .. import migrations
     dsn = resolve_dsn(ctx)
     revision = migrations.upgrade(dsn)
     click.echo(f"schema angela_queue is at revision {revision}")
@@ -115,7 +115,7 @@ def enqueue(ctx: click.Context, kind: str, payload: dict, priority: int | None, 
     """Enqueue one task of KIND and print its id and status."""
     import datetime as dt
 
-    from .client import Client
+    from ..client import Client
     if run_at is not None and run_at.tzinfo is None:
         run_at = run_at.replace(tzinfo=dt.timezone.utc)
     with Client(resolve_dsn(ctx)) as client:
@@ -133,7 +133,7 @@ def enqueue(ctx: click.Context, kind: str, payload: dict, priority: int | None, 
 @click.pass_context
 def cancel(ctx: click.Context, task_id: int) -> None:
     """Cancel a task that has not started yet."""
-    from .client import Client
+    from ..client import Client
     with Client(resolve_dsn(ctx)) as client:
         result = client.cancel(task_id)
     if result.cancelled:
@@ -145,8 +145,8 @@ def cancel(ctx: click.Context, task_id: int) -> None:
 def _register_commands() -> None:
     """Commands that live in their own modules. Imported here, at the end,
     because each module imports ``main``/``env``/``resolve_dsn`` from this one."""
-    from . import cli_dashboard, cli_db, cli_supervisor, cli_worker
-    for module in (cli_db, cli_worker, cli_supervisor, cli_dashboard):
+    from . import dashboard, db, supervisor, worker
+    for module in (db, worker, supervisor, dashboard):
         module.register(main)
 
 

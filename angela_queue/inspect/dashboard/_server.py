@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from .. import db
-from ..errors import ConfigError, DatabaseUnavailable
+from ... import db
+from ...errors import ConfigError, DatabaseUnavailable
 from ._collector import APPLICATION_NAME, CONNECT_TIMEOUT_S, Collector, describe_error
 
 log = logging.getLogger("angela_queue.dashboard")
@@ -38,7 +38,7 @@ CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; styl
 
 
 def page() -> bytes:
-    return resources.files("angela_queue.dashboard").joinpath("static/index.html").read_bytes()
+    return resources.files("angela_queue.inspect.dashboard").joinpath("static/index.html").read_bytes()
 
 
 class HealthCheck:

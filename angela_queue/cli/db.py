@@ -22,7 +22,7 @@ def db() -> None:
 @click.pass_context
 def url(ctx: click.Context) -> None:
     """Print the DSN commands use; with no DSN given, start the embedded server if needed."""
-    from .cli import resolve_dsn
+    from . import resolve_dsn
     click.echo(resolve_dsn(ctx))
 
 
@@ -30,7 +30,7 @@ def url(ctx: click.Context) -> None:
 @click.pass_context
 def status(ctx: click.Context) -> None:
     """Show whether the embedded server runs, and where."""
-    from . import embedded
+    from .. import embedded
     info = embedded.EmbeddedServer(embedded.configured_data_dir()).status()
     state = f"running (pid {info['pid']})" if info["running"] else (
         "stopped" if info["initialized"] else "not created yet")
@@ -50,7 +50,7 @@ def status(ctx: click.Context) -> None:
 @db.command()
 def stop() -> None:
     """Stop the embedded server (commands start it again when they need it)."""
-    from . import embedded
+    from .. import embedded
     server = embedded.EmbeddedServer(embedded.configured_data_dir())
     if server.stop():
         click.echo(f"embedded server in {server.data_dir} stopped")

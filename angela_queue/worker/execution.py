@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .handler_threads import HandlerThreads
-from .registry import TaskDefinition, registered_kinds
+from ..registry import TaskDefinition, registered_kinds
 
 # Keep last_error readable: the message plus the innermost frames.
 TRACEBACK_LIMIT_CHARS = 4000

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from . import db
+from .. import db
 
 MAINTENANCE_LEASE = "maintenance"
 

@@ -54,12 +54,12 @@ from dataclasses import dataclass
 import psutil
 import psycopg
 
-from . import db, maintenance
-from .config import Settings
-from .leader import Lease
+from .. import db, maintenance
+from ..config import Settings
+from ..maintenance.lease import Lease
 from .scaling import (QUICK_CRASH_S, HealthLimits, Policy, Room, WorkerHealth, WorkerLoad, decide, depth_share,
                       pick_retirees, progress_at, restart_delay, room, stuck_reason)
-from .worker import EXIT_RETIRE
+from ..worker import EXIT_RETIRE
 
 log = logging.getLogger("angela_queue.supervisor")
 
@@ -162,7 +162,7 @@ def worker_command(settings: Settings, app: str | None, *, supervisor_id: uuid.U
 
 
 def _handler_timeout_from_registry(kind: str) -> float | None:
-    from .registry import lookup
+    from ..registry import lookup
     definition = lookup(kind)
     return definition.timeout if definition is not None else None
 

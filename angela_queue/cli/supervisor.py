@@ -8,9 +8,9 @@ import sys
 
 import click
 
-from .cli import env, resolve_dsn
-from .cli_worker import settings_from_flags, worker_options
-from .config import PROFILES
+from . import env, resolve_dsn
+from .worker import settings_from_flags, worker_options
+from ..config import PROFILES
 
 
 def supervisor_options(func):
@@ -50,9 +50,9 @@ def register(main: click.Group) -> None:
 
         SIGTERM or Ctrl-C stops it gracefully (a second one hurries the workers).
         """
-        from .errors import ConfigError
-        from .supervisor import Supervisor
-        from .worker import load_app
+        from ..errors import ConfigError
+        from ..supervisor import Supervisor
+        from ..worker import load_app
         if not app:
             raise click.UsageError("--app MODULE is required: the module whose @task handlers the workers run")
         settings = settings_from_flags(flags)
@@ -84,9 +84,9 @@ def register(main: click.Group) -> None:
     @click.pass_context
     def status(ctx: click.Context, include_stopped: bool, as_json: bool) -> None:
         """Queues (depth per tier, oldest wait, SLA), supervisors and workers."""
-        from . import db
-        from . import status as status_mod
-        from .config import load_settings
+        from .. import db
+        from ..inspect import status as status_mod
+        from ..config import load_settings
         settings = load_settings()
         with db.connect(resolve_dsn(ctx), application_name="angela-queue-status") as conn:
             snap = status_mod.collect(conn, include_stopped=include_stopped, dead_after_s=settings.dead_after_s)

@@ -14,8 +14,8 @@ from typing import Any
 
 import psycopg
 
-from . import db
-from .leader import MAINTENANCE_LEASE
+from .. import db
+from ..maintenance.lease import MAINTENANCE_LEASE
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Seeing the queue: ``status`` (terminal tables) and the web dashboard."""

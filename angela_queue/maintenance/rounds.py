@@ -1,0 +1,73 @@
+"""The leader's maintenance round: reclaim lost work, mark lost supervisors,
+promote due tasks, prune."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+
+import psycopg
+
+from .. import db
+from .prune import PRUNE_EVERY_S, PruneWalk, prune
+from .reclaim import mark_lost_supervisors, reclaim_lost_workers
+
+log = logging.getLogger("angela_queue.maintenance")
+
+# Scheduled tasks promoted per statement.
+PROMOTE_LIMIT = 1000
+
+
+def promote_due(conn: psycopg.Connection, *, now: dt.datetime | None = None,
+                limit: int = PROMOTE_LIMIT) -> int:
+    """Scheduled tasks whose run_at has come become queued (workers do this too while they poll)."""
+    row = db.fetch_one(conn, "tasks_promote_due", {"now": now, "limit": limit})
+    return row["promoted"] if row else 0
+
+
+class Maintenance:
+    """What the leader runs at each of its heartbeats (pruning only every ``prune_every_s``)."""
+
+    def __init__(self, *, retention_s: float, dead_after_s: float, prune_every_s: float = PRUNE_EVERY_S):
+        self.retention_s = retention_s
+        self.dead_after_s = dead_after_s
+        self.prune_every_s = prune_every_s
+        self._next_prune = 0.0
+        self._walk = PruneWalk()
+
+    def run(self, conn: psycopg.Connection, *, healthy_for_s: float | None,
+            now: dt.datetime | None = None) -> None:
+        """One round. ``healthy_for_s``: how long the caller has seen the database answer
+        without a gap; silence before that is not held against workers or supervisors.
+
+        Hazard: it must be measured just before the call, after the caller's
+        last round trip (the lease attempt), or a stall in that round trip
+        would go unnoticed.
+        """
+        lost = reclaim_lost_workers(conn, healthy_for_s=healthy_for_s, now=now)
+        if lost.dead_workers:
+            log.warning("leader: %d worker(s) stopped heartbeating and are marked dead: %s",
+                        len(lost.dead_workers), ", ".join(str(w)[:8] for w in lost.dead_workers))
+        if lost.count:
+            log.warning("leader: reclaimed tasks no live worker held: %s", lost.describe())
+        for sup in mark_lost_supervisors(conn, self.dead_after_s, healthy_for_s=healthy_for_s, now=now):
+            log.warning("leader: supervisor %s (pid %s on %s) stopped heartbeating; marked dead",
+                        str(sup["id"])[:8], sup["pid"], sup["host"])
+        promoted = promote_due(conn, now=now)
+        if promoted:
+            log.debug("leader: promoted %d scheduled task(s)", promoted)
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + self.prune_every_s
+            counts = prune(conn, self.retention_s, walk=self._walk, now=now)
+            if any(counts.values()):
+                log.info("leader: pruned rows older than %s: %s", _duration(self.retention_s),
+                         ", ".join(f"{n} {table}" for table, n in counts.items() if n))
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 86400 and seconds % 86400 == 0:
+        return f"{seconds / 86400:g} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h"
+    return f"{seconds:g} s"
