@@ -10,7 +10,8 @@
 
 from .client import AsyncClient, Client, cancel, enqueue, enqueue_many
 from .config import PROFILES, Settings, load_settings
-from .errors import AngelaQueueError, ConfigError, DatabaseUnavailable, QueueFull, TaskNotFound
+from .errors import (AngelaQueueError, ConfigError, DatabaseUnavailable, QueueFull, SchemaMismatch, SchemaMissing,
+                     TaskNotFound)
 from .registry import TaskDefinition, task
 from .tasks import CancelResult, EnqueuedTask, TaskSpec
 
@@ -18,6 +19,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AngelaQueueError", "AsyncClient", "CancelResult", "Client", "ConfigError", "DatabaseUnavailable",
-    "EnqueuedTask", "PROFILES", "QueueFull", "Settings", "TaskDefinition", "TaskNotFound", "TaskSpec",
+    "EnqueuedTask", "PROFILES", "QueueFull", "SchemaMismatch", "SchemaMissing", "Settings", "TaskDefinition", "TaskNotFound", "TaskSpec",
     "cancel", "enqueue", "enqueue_many", "load_settings", "task",
 ]

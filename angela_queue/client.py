@@ -14,10 +14,11 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from psycopg.rows import dict_row
 
-from . import db
+from . import db, schema
 from .config import ENQUEUE_FULL_WAIT_S
 from .registry import TaskDefinition
 from .tasks import (CancelResult, EnqueuedTask, Flow, Listen, Query, TaskSpec, WaitForSpace, cancel_flow,
+                    check_task_id,
                     enqueue_flow, enqueue_many_flow, get_flow)
 
 PendingTask = TaskSpec | Mapping[str, Any]
@@ -86,7 +87,8 @@ class Client:
             # and open(wait=True) only reports "pool initialization
             # incomplete" after its timeout. One direct connection first
             # fails at once with the server's reason (DatabaseUnavailable).
-            db.connect(self.dsn, application_name="angela-queue-client").close()
+            with db.connect(self.dsn, application_name="angela-queue-client") as probe:
+                schema.check(probe)   # SchemaMissing / SchemaMismatch: one clear line
             self._pool.open(wait=True, timeout=10)
         with self._pool.connection() as conn:
             return _drive_sync(conn, flow)
@@ -102,10 +104,10 @@ class Client:
 
     def cancel(self, task_id: int) -> CancelResult:
         """Cancel a task that has not started; ``cancelled`` is False if it already ran or runs."""
-        return self._run(cancel_flow(task_id))
+        return self._run(cancel_flow(check_task_id(task_id)))
 
     def get(self, task_id: int) -> dict[str, Any]:
-        return self._run(get_flow(task_id))
+        return self._run(get_flow(check_task_id(task_id)))
 
 
 class AsyncClient:
@@ -130,7 +132,11 @@ class AsyncClient:
     async def _run(self, flow: Flow) -> Any:
         if self._pool.closed:
             # See Client._run: fail fast, with the reason, on a bad DSN.
-            await (await db.aconnect(self.dsn, application_name="angela-queue-client")).close()
+            probe = await db.aconnect(self.dsn, application_name="angela-queue-client")
+            try:
+                await schema.acheck(probe)
+            finally:
+                await probe.close()
             await self._pool.open(wait=True, timeout=10)
         async with self._pool.connection() as conn:
             return await _drive_async(conn, flow)
@@ -143,10 +149,10 @@ class AsyncClient:
         return await self._run(enqueue_many_flow(_specs(tasks), self.full_queue_wait_s))
 
     async def cancel(self, task_id: int) -> CancelResult:
-        return await self._run(cancel_flow(task_id))
+        return await self._run(cancel_flow(check_task_id(task_id)))
 
     async def get(self, task_id: int) -> dict[str, Any]:
-        return await self._run(get_flow(task_id))
+        return await self._run(get_flow(check_task_id(task_id)))
 
 
 # --- Drivers ------------------------------------------------------------------

@@ -1,14 +1,26 @@
-"""Settings: one frozen object that flows from flags to the environment to
-defaults, then into constructors. Nothing else in the package reads
-``os.environ``.
+"""Settings: one frozen object, resolved once, then handed to constructors.
 
 Precedence, highest first: explicit flag > ``ANGELA_QUEUE_*`` environment >
-profile > default.
+profile > default. This module is the only reader of ``os.environ``: the CLI
+builds its flags from ``OPTIONS`` below and passes what was typed; the
+environment is parsed here, once, by one parser.
+
+Every flag has an environment variable named after it (``--scale-interval``
+-> ``ANGELA_QUEUE_SCALE_INTERVAL``). The names of earlier releases, built from
+the field (``ANGELA_QUEUE_SCALE_INTERVAL_S``), still work as aliases; when
+both are set, the flag's name wins.
+
+A supervisor hands its resolved Settings to the workers it spawns in
+``ANGELA_QUEUE_SETTINGS`` (JSON), so a worker runs with exactly what its
+supervisor resolved, whether that came from flags, the environment or a
+``Settings`` built in Python.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +30,8 @@ import psutil
 from .errors import ConfigError
 
 ENV_PREFIX = "ANGELA_QUEUE_"
+# The resolved Settings a supervisor hands to its workers (JSON).
+HANDOFF_ENV = ENV_PREFIX + "SETTINGS"
 
 # Task defaults (the SQL column defaults agree with these).
 DEFAULT_PRIORITY = 5
@@ -30,6 +44,10 @@ ENQUEUE_FULL_WAIT_S = 5.0
 # NOTIFY channels (payload: the queue name).
 CHANNEL_INSERT = "angela_queue_insert"
 CHANNEL_SPACE = "angela_queue_space"
+
+# A heartbeat must fit this many times into the limits that judge it, or a
+# healthy worker can look dead or stuck between two beats.
+HEARTBEATS_PER_LIMIT = 3
 
 
 def default_max_workers() -> int:
@@ -57,10 +75,15 @@ PROFILES: dict[str, Profile] = {
     "high": Profile("high", base_workers=6, min_workers=4, max_workers=8, max_queue_size=100, scale_interval_s=30),
 }
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
 
 @dataclass(frozen=True)
 class Settings:
     dsn: str | None = None
+    # The module whose @task handlers workers run.
+    app: str | None = None
+    log_level: str = "INFO"
     queues: tuple[str, ...] = (DEFAULT_QUEUE,)
 
     # Worker
@@ -87,92 +110,255 @@ class Settings:
     scale_down_depth: int = 2
     scale_interval_s: float = 30.0
     max_queue_size: int | None = None
-    retention_s: float = 7 * 24 * 3600.0
-    # Seconds a maintenance leader's lease lasts unless renewed (it renews every heartbeat).
-    leader_lease_s: float = 15.0
     # Room check before adding a worker: below this much available memory, or
     # with the CPU this busy over the last scale interval, no worker is added.
     room_min_free_memory_mb: float = 256.0
     room_max_cpu_percent: float = 95.0
 
+    # Maintenance (the leader: a supervisor, or a standalone worker)
+    retention_s: float = 7 * 24 * 3600.0
+    # Failed rows are the dead-letter record: kept longer than the rest.
+    retention_failed_s: float = 30 * 24 * 3600.0
+    # Seconds a maintenance leader's lease lasts unless renewed (it renews
+    # every heartbeat). None: 15 s, or three heartbeats if that is longer.
+    leader_lease_s: float | None = None
+
+    # Dashboard
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8080
+
     def __post_init__(self) -> None:
-        problems = []
-        if self.concurrency < 1:
-            problems.append(f"concurrency must be at least 1 (got {self.concurrency})")
-        if self.batch_size < 1:
-            problems.append(f"batch_size must be at least 1 (got {self.batch_size})")
-        if not self.queues or any(not q for q in self.queues):
-            problems.append(f"queues must be non-empty names (got {list(self.queues)})")
-        if self.min_workers < 0:
-            problems.append(f"min_workers must be >= 0 (got {self.min_workers})")
-        if self.max_workers < 1:
-            problems.append(f"max_workers must be >= 1 (got {self.max_workers})")
-        if self.min_workers > self.max_workers:
-            problems.append(f"min_workers ({self.min_workers}) exceeds max_workers ({self.max_workers})")
-        for name in ("batch_wait_s", "heartbeat_interval_s", "stuck_after_s", "dead_after_s",
-                     "shutdown_grace_s", "scale_interval_s", "retention_s", "leader_lease_s"):
-            if getattr(self, name) <= 0 and name not in ("batch_wait_s", "shutdown_grace_s"):
-                problems.append(f"{name} must be positive (got {getattr(self, name)})")
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must not be negative (got {getattr(self, name)})")
-        if self.default_timeout_s is not None and self.default_timeout_s <= 0:
-            problems.append(f"default_timeout_s must be positive (got {self.default_timeout_s})")
-        if self.profile is not None and self.profile not in PROFILES:
-            problems.append(f"unknown profile {self.profile!r}; choose one of {', '.join(PROFILES)}")
+        problems = _problems(self)
         if problems:
             raise ConfigError("; ".join(problems))
+
+    @property
+    def lease_s(self) -> float:
+        if self.leader_lease_s is not None:
+            return self.leader_lease_s
+        return max(15.0, HEARTBEATS_PER_LIMIT * self.heartbeat_interval_s)
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
 
+    def to_json(self) -> str:
+        """The resolved settings, for a worker process (see HANDOFF_ENV)."""
+        return json.dumps(dataclasses.asdict(self))
 
+    @classmethod
+    def from_json(cls, text: str) -> "Settings":
+        try:
+            values = json.loads(text)
+            values["queues"] = tuple(values["queues"])
+            return cls(**values)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"{HANDOFF_ENV} does not hold valid settings: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting as the CLI shows it: its flag, where it applies, its help."""
+
+    field: str
+    flag: str
+    help: str
+    # worker: `worker` and `run`; supervisor: `run`; maintenance: `worker` and
+    # `run` (the leader may be either); dashboard: `dashboard`.
+    scope: str
+    # A click.Choice for this option, if any.
+    choices: tuple[str, ...] | None = None
+    # The variable's name when the flag's own would be ambiguous (--host).
+    env_name: str | None = None
+
+    @property
+    def env(self) -> str:
+        """The environment variable named after the flag: --scale-interval -> ANGELA_QUEUE_SCALE_INTERVAL."""
+        return self.env_name or ENV_PREFIX + self.flag.lstrip("-").upper().replace("-", "_")
+
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        """The flag's variable first, then the field's (the name of earlier releases)."""
+        legacy = ENV_PREFIX + self.field.upper()
+        return (self.env,) if legacy == self.env else (self.env, legacy)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("app", "--app", "Module to import; its @task decorators register the handlers.", "worker"),
+    Option("queues", "--queue", "Queue to serve (repeat, or comma-separate, for several). Default: 'default'.",
+           "worker"),
+    Option("concurrency", "--concurrency", "Tasks at once per worker process (default 1).", "worker"),
+    Option("batch_size", "--batch-size", "Low-priority (< 5) tasks of one kind claimed together (default 5).",
+           "worker"),
+    Option("batch_wait_s", "--batch-wait", "Seconds a low-priority batch waits to fill (default 2).", "worker"),
+    Option("default_timeout_s", "--default-timeout",
+           "Seconds a task may run when neither it nor its handler sets a timeout.", "worker"),
+    Option("shutdown_grace_s", "--shutdown-grace",
+           "Seconds running tasks get to finish on SIGTERM before they are released (default 30).", "worker"),
+    Option("heartbeat_interval_s", "--heartbeat-interval",
+           "Seconds between heartbeats (default 2; at most a third of --dead-after and --stuck-after).", "worker"),
+    Option("poll_slow_s", "--poll-interval",
+           "Idle poll backstop in seconds (default 1.0; NOTIFY wakes workers sooner).", "worker"),
+    Option("stuck_after_s", "--stuck-after", "Seconds without progress before a worker is stuck (default 60).",
+           "worker"),
+    Option("dead_after_s", "--dead-after",
+           "Seconds without a heartbeat before a worker or supervisor counts as dead (default 30).", "worker"),
+    Option("backoff_base_s", "--backoff-base", "First retry delay in seconds, doubling per attempt (default 1).",
+           "worker"),
+    Option("backoff_max_s", "--backoff-max", "Longest retry delay in seconds (default 3600).", "worker"),
+    Option("retention_s", "--retention",
+           "Seconds finished tasks are kept before the leader prunes them (default 7 days).", "maintenance"),
+    Option("retention_failed_s", "--retention-failed",
+           "Seconds failed tasks (the dead letters) are kept (default 30 days).", "maintenance"),
+    Option("profile", "--profile",
+           "The plan's profiles: low (2/2/4 workers, queue 20, every 300s), current (4/2/6, 50, 60s), "
+           "high (6/4/8, 100, 30s). Explicit flags override it.", "supervisor", choices=tuple(PROFILES)),
+    Option("min_workers", "--min-workers", "Never fewer worker processes (default 2).", "supervisor"),
+    Option("max_workers", "--max-workers", "Never more worker processes (default 8, or 80% of the cores).",
+           "supervisor"),
+    Option("base_workers", "--base-workers", "Workers to start with (default 4, kept within min and max).",
+           "supervisor"),
+    Option("scale_interval_s", "--scale-interval", "Seconds between scaling checks (default 30).", "supervisor"),
+    Option("scale_up_depth", "--scale-up-depth", "Add a worker when this supervisor's share of the depth is "
+           "above this (default 10).", "supervisor"),
+    Option("scale_down_depth", "--scale-down-depth", "Retire a worker when the share is below this (default 2).",
+           "supervisor"),
+    Option("max_queue_size", "--max-queue-size",
+           "Bound the served queues to this many waiting tasks (the profile's by default). Written into "
+           "angela_queue.queues: it stays after the supervisor exits.", "supervisor"),
+    Option("dashboard_host", "--host", "Address the dashboard listens on.", "dashboard",
+           env_name=ENV_PREFIX + "DASHBOARD_HOST"),
+    Option("dashboard_port", "--port", "Port the dashboard listens on; 0 picks a free one.", "dashboard",
+           env_name=ENV_PREFIX + "DASHBOARD_PORT"),
+)
+
+OPTIONS_BY_FIELD = {o.field: o for o in OPTIONS}
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
 
 
-def _parse(name: str, raw: str):
+def describe_setting(name: str) -> str:
+    """How users know a setting: its flag (``--dead-after``), or its variable if it has no flag."""
+    option = OPTIONS_BY_FIELD.get(name)
+    return option.flag if option else ENV_PREFIX + name.upper()
+
+
+def _problems(s: Settings) -> list[str]:
+    problems = []
+
+    def bad(name: str, why: str) -> None:
+        problems.append(f"{describe_setting(name)} {why} (got {getattr(s, name)!r})")
+
+    for name in ("concurrency", "batch_size", "max_workers"):
+        if getattr(s, name) < 1:
+            bad(name, "must be at least 1")
+    for name in ("min_workers", "base_workers", "scale_down_depth", "scale_up_depth"):
+        if getattr(s, name) < 0:
+            bad(name, "must not be negative")
+    if not s.queues or any(not isinstance(q, str) or not q.strip() for q in s.queues):
+        problems.append(f"--queue must name non-empty queues (got {list(s.queues)})")
+    if s.min_workers > s.max_workers:
+        problems.append(f"--min-workers ({s.min_workers}) exceeds --max-workers ({s.max_workers})")
+    for name in ("poll_fast_s", "poll_medium_s", "poll_slow_s", "heartbeat_interval_s", "stuck_after_s",
+                 "dead_after_s", "scale_interval_s", "retention_s", "retention_failed_s",
+                 "backoff_base_s", "backoff_max_s"):
+        value = getattr(s, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            bad(name, "must be a positive, finite number of seconds")
+    for name in ("batch_wait_s", "shutdown_grace_s"):
+        value = getattr(s, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            bad(name, "must be a finite number of seconds, 0 or more")
+    if s.leader_lease_s is not None and not (math.isfinite(s.leader_lease_s) and s.leader_lease_s > 0):
+        bad("leader_lease_s", "must be a positive, finite number of seconds")
+    if s.default_timeout_s is not None and not (math.isfinite(s.default_timeout_s) and s.default_timeout_s > 0):
+        bad("default_timeout_s", "must be a positive, finite number of seconds")
+    if s.max_queue_size is not None and s.max_queue_size < 0:
+        bad("max_queue_size", "must not be negative")
+    if s.profile is not None and s.profile not in PROFILES:
+        problems.append(f"unknown --profile {s.profile!r}; choose one of {', '.join(PROFILES)}")
+    if s.log_level.upper() not in LOG_LEVELS:
+        problems.append(f"--log-level must be one of {', '.join(LOG_LEVELS)} (got {s.log_level!r})")
+    if not 0 <= s.dashboard_port <= 65535:
+        bad("dashboard_port", "must be between 0 and 65535")
+    if not problems:
+        # Contradictions: a heartbeat judged by a limit it barely fits in
+        # makes healthy workers look dead (their tasks run twice) or stuck.
+        beat = s.heartbeat_interval_s
+        for name in ("dead_after_s", "stuck_after_s", "leader_lease_s"):
+            limit = getattr(s, name)
+            if limit is None:
+                continue
+            if beat * HEARTBEATS_PER_LIMIT > limit:
+                problems.append(
+                    f"--heartbeat-interval {beat:g} is too long for {describe_setting(name)} {limit:g}: a "
+                    f"heartbeat must fit at least {HEARTBEATS_PER_LIMIT} times into it (raise "
+                    f"{describe_setting(name)} to {beat * HEARTBEATS_PER_LIMIT:g} or more, or beat more often)")
+    return problems
+
+
+def _parse(name: str, raw: str, source: str):
     kind = _FIELD_TYPES[name]
+    optional = "None" in kind
+    text = raw.strip()
     try:
         if name == "queues":
             return tuple(q.strip() for q in raw.split(",") if q.strip())
-        if kind in ("int", "int | None"):
-            return None if raw.strip().lower() in ("", "none") and "None" in kind else int(raw)
-        if kind in ("float", "float | None"):
-            return None if raw.strip().lower() in ("", "none") and "None" in kind else float(raw)
+        if optional and text.lower() in ("", "none"):
+            return None
+        if kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float"):
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
         return raw
     except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
+        expected = "an integer" if kind.startswith("int") else "a finite number"
+        raise ConfigError(f"{source}={raw!r} is not {expected}") from None
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> dict:
-    """Settings fields given by ANGELA_QUEUE_* variables (DSN also from DATABASE_URL)."""
+    """Settings fields given by ANGELA_QUEUE_* variables (the DSN also from DATABASE_URL)."""
     environ = os.environ if environ is None else environ
     found: dict = {}
     for name in _FIELD_TYPES:
-        raw = environ.get(ENV_PREFIX + name.upper())
-        if raw is not None:
-            found[name] = _parse(name, raw)
+        option = OPTIONS_BY_FIELD.get(name)
+        names = option.env_names if option else (ENV_PREFIX + name.upper(),)
+        for env_name in names:
+            raw = environ.get(env_name)
+            if raw is not None:
+                found[name] = _parse(name, raw, env_name)
+                break
     if "dsn" not in found and environ.get("DATABASE_URL"):
         found["dsn"] = environ["DATABASE_URL"]
     return found
 
 
 def load_settings(flags: Mapping | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings: flags (None = not given) > environment > profile > defaults."""
+    """Build Settings: flags (None = not given) > environment > profile > defaults.
+
+    A worker spawned by a supervisor finds the supervisor's resolved Settings
+    in ANGELA_QUEUE_SETTINGS and takes them whole (its flags still win).
+    """
+    environ = os.environ if environ is None else environ
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    unknown = set(given) - set(_FIELD_TYPES)
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+    handoff = environ.get(HANDOFF_ENV)
+    if handoff:
+        return Settings.from_json(handoff).replace(**given)
     values: dict = {}
     env = from_env(environ)
-    given = {k: v for k, v in (flags or {}).items() if v is not None}
     profile_name = given.get("profile", env.get("profile"))
     if profile_name is not None:
         if profile_name not in PROFILES:
-            raise ConfigError(f"unknown profile {profile_name!r}; choose one of {', '.join(PROFILES)}")
+            raise ConfigError(f"unknown --profile {profile_name!r}; choose one of {', '.join(PROFILES)}")
         p = PROFILES[profile_name]
         values.update(base_workers=p.base_workers, min_workers=p.min_workers, max_workers=p.max_workers,
                       max_queue_size=p.max_queue_size, scale_interval_s=p.scale_interval_s)
     values.update(env)
     values.update(given)
-    unknown = set(values) - set(_FIELD_TYPES)
-    if unknown:
-        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
     return Settings(**values)
 
 

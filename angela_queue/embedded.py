@@ -136,9 +136,11 @@ def ensure_running(data_dir: str | Path | None = None) -> str:
         server.create_database(DATABASE)
         dsn = server.dsn(DATABASE)
         from . import migrations
-        # Only the very first start migrates. After an upgrade of the package,
-        # `angela-queue migrate` moves the schema on, as with any DSN.
-        if migrations.current_revision(dsn) is None:
+        from .schema import SCHEMA_REVISION
+        # The embedded server is this installation's own: its schema follows
+        # the code (first start, or after an upgrade of the package). A schema
+        # newer than the code is refused by upgrade() with a clear error.
+        if migrations.current_revision(dsn) != SCHEMA_REVISION:
             migrations.upgrade(dsn)
     return dsn
 

@@ -32,3 +32,11 @@ class TaskNotFound(AngelaQueueError):
 
 class DatabaseUnavailable(AngelaQueueError):
     """The database could not be reached."""
+
+
+class SchemaMismatch(AngelaQueueError):
+    """The database's schema revision is not the one this code is written for."""
+
+
+class SchemaMissing(SchemaMismatch):
+    """The database has no angela_queue schema yet: run ``angela-queue migrate``."""

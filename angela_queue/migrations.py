@@ -18,7 +18,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from .db import describe_dsn, first_line
-from .errors import DatabaseUnavailable
+from .errors import DatabaseUnavailable, SchemaMismatch
 
 
 def script_location() -> Path:
@@ -36,6 +36,21 @@ def script_location() -> Path:
         raise
 
 
+def revision_sql(filename: str) -> str:
+    """The text of a frozen SQL file beside the revisions (alembic/versions/)."""
+    return (script_location() / "versions" / filename).read_text(encoding="utf-8")
+
+
+def apply_revision_sql(filename: str) -> None:
+    """Run one of those files inside the running migration's transaction.
+
+    Straight to psycopg with no parameters, so the text goes to Postgres as
+    is: no bind-parameter or %-placeholder parsing of the PL/pgSQL bodies.
+    """
+    from alembic import op
+    op.get_bind().connection.driver_connection.execute(revision_sql(filename))
+
+
 def alembic_config(dsn: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(script_location()))
@@ -44,8 +59,18 @@ def alembic_config(dsn: str) -> Config:
 
 
 def upgrade(dsn: str, revision: str = "head") -> str | None:
-    """Bring the schema up to ``revision``; safe to run from several processes at once."""
+    """Bring the schema up to ``revision``; safe to run from several processes at once.
+
+    A database at a revision this code does not know (a newer angela-queue
+    migrated it) is refused with SchemaMismatch, not Alembic's traceback.
+    """
     _check_reachable(dsn)
+    found = current_revision(dsn)
+    if found is not None and found not in known_revisions():
+        from .schema import SCHEMA_REVISION
+        raise SchemaMismatch(
+            f"{describe_dsn(dsn)} has schema revision {found}, newer than this angela-queue knows "
+            f"(its newest is {SCHEMA_REVISION}): upgrade angela-queue to migrate it")
     try:
         with _quiet_alembic_logs():
             command.upgrade(alembic_config(dsn), revision)
@@ -63,13 +88,17 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("")).get_current_head()
 
 
+def known_revisions() -> list[str]:
+    """Every revision shipped with this code, oldest first."""
+    script = ScriptDirectory.from_config(alembic_config(""))
+    return [r.revision for r in reversed(list(script.walk_revisions()))]
+
+
 def current_revision(dsn: str) -> str | None:
-    from . import db
+    """The revision the database's schema is at; None if it has none yet."""
+    from . import db, schema
     with db.connect(dsn, application_name="angela-queue-migrate") as conn:
-        if not db.fetch_one(conn, "admin_has_version_table")["present"]:
-            return None
-        row = db.fetch_one(conn, "admin_current_revision")
-        return row["revision"] if row else None
+        return schema.current(conn)
 
 
 def _check_reachable(dsn: str) -> None:

@@ -6,12 +6,17 @@ which fill the process-wide registry that the worker looks kinds up in.
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import os
+import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -88,3 +93,54 @@ def registered_kinds() -> list[str]:
 def clear() -> None:
     """Forget every handler (tests)."""
     _REGISTRY.clear()
+
+
+def load_app(app: str) -> None:
+    """Import the user's module so its @task decorators register handlers.
+
+    Every failure is one ConfigError line that says what went wrong and
+    where (the traceback stays on the exception's cause, for ``-v``).
+    """
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        importlib.import_module(app)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (app == exc.name or app.startswith(exc.name + ".")):
+            raise ConfigError(f"--app {app}: no such module (looked in {os.getcwd()} and on "
+                              f"PYTHONPATH)") from exc
+        raise ConfigError(f"--app {app} failed to import: {_where(exc)}") from exc
+    except BaseException as exc:  # noqa: BLE001 - whatever the module raises, SystemExit included
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise ConfigError(f"--app {app} failed to import: {_where(exc)}") from exc
+
+
+def _where(exc: BaseException) -> str:
+    """``Type: message (file.py, line 3)``: the innermost frame, where it was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{text} ({os.path.basename(exc.filename)}, line {exc.lineno})"
+    # The innermost frame in a real file that is not the import machinery:
+    # the user's line, not "<frozen os>".
+    user = [f for f in frames if "importlib" not in f.filename and not f.filename.startswith("<")]
+    if user:
+        return f"{text} ({os.path.basename(user[-1].filename)}, line {user[-1].lineno})"
+    return text
+
+
+def require_handlers(app: str | None) -> list[str]:
+    """Load ``app`` and return the kinds it registered; refuse a worker with none.
+
+    A worker with no handlers would claim every task in its queues and fail
+    each one as an unknown kind.
+    """
+    if not app:
+        raise ConfigError("no --app given: a worker with no handlers would fail every task it claims; "
+                          "pass --app MODULE (or set ANGELA_QUEUE_APP)")
+    load_app(app)
+    if not _REGISTRY:
+        raise ConfigError(f"--app {app} registered no @task handlers: nothing for a worker to run")
+    return registered_kinds()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import time
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,8 +19,17 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from .config import CHANNEL_SPACE, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE, ENQUEUE_FULL_WAIT_S
-from .errors import QueueFull
+from .errors import QueueFull, TaskNotFound
 from .registry import TaskDefinition, lookup
+
+log = logging.getLogger("angela_queue.client")
+
+# The times the schema accepts for run_at (angela_queue.check_task_time):
+# finite, readable by Python, and not so far back that aging means nothing.
+EARLIEST_RUN_AT = dt.datetime(1900, 1, 1, tzinfo=dt.timezone.utc)
+LATEST_RUN_AT = dt.datetime(9999, 1, 1, tzinfo=dt.timezone.utc)
+# Retries of a bulk insert that lost a deadlock or serialization race.
+BULK_RETRIES = 3
 
 STATUSES = ("scheduled", "queued", "running", "succeeded", "failed", "cancelled", "dropped")
 WAITING_STATUSES = ("scheduled", "queued")
@@ -71,13 +81,18 @@ class TaskSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or not self.kind.strip():
             raise ValueError(f"a task needs a kind: a non-empty string (got {self.kind!r})")
+        for name, value in (("kind", self.kind), ("queue", self.queue), ("dedup_key", self.dedup_key)):
+            if isinstance(value, str) and "\x00" in value:
+                raise ValueError(f"{name} must not contain a NUL character (Postgres text cannot hold one)")
         if not isinstance(self.payload, Mapping):
             raise ValueError(f"payload must be a JSON object (a dict), got {type(self.payload).__name__}")
         try:
             # allow_nan=False: Python writes NaN/Infinity, which jsonb rejects.
-            json.dumps(self.payload, allow_nan=False)
-        except (TypeError, ValueError) as exc:
+            text = json.dumps(self.payload, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
             raise ValueError(f"payload is not JSON-serialisable: {exc}") from None
+        if "\\u0000" in text:
+            raise ValueError("payload must not contain a NUL character (\\u0000): Postgres jsonb cannot store it")
         if isinstance(self.priority, bool) or not isinstance(self.priority, int) or not 1 <= self.priority <= 10:
             raise ValueError(f"priority must be an integer between 1 and 10 (got {self.priority!r})")
         if not isinstance(self.queue, str) or not self.queue.strip():
@@ -92,6 +107,11 @@ class TaskSpec:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or value != value or value in (float("inf"), float("-inf"))):
                 raise ValueError(f"{name} must be a finite number of seconds (got {value!r})")
+        # One type per column: a bulk insert sends each as one typed array
+        # (psycopg cannot dump [0.2, 5]: a list mixing float and int).
+        for name in ("timeout_s", "delay_s"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, float(getattr(self, name)))
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ValueError(f"timeout must be positive seconds (got {self.timeout_s})")
         if self.run_at is not None and self.delay_s is not None:
@@ -102,6 +122,15 @@ class TaskSpec:
             raise ValueError("run_at must be timezone-aware (e.g. datetime.now(timezone.utc))")
         if self.delay_s is not None and self.delay_s < 0:
             raise ValueError(f"delay must not be negative (got {self.delay_s})")
+        if self.dedup_key is not None and (not isinstance(self.dedup_key, str) or not self.dedup_key):
+            raise ValueError(f"dedup_key must be a non-empty string (got {self.dedup_key!r})")
+        if self.run_at is not None and not EARLIEST_RUN_AT <= self.run_at < LATEST_RUN_AT:
+            raise ValueError(f"run_at must be between 1900-01-01 and 9999-01-01 (got {self.run_at.isoformat()})")
+        if self.delay_s is not None:
+            latest_delay_s = (LATEST_RUN_AT - dt.datetime.now(dt.timezone.utc)).total_seconds() - 86400
+            if self.delay_s > latest_delay_s:
+                raise ValueError(f"delay of {self.delay_s:g}s would start the task after 9999-01-01; "
+                                 f"the longest delay is about {latest_delay_s:.3g}s")
 
     @classmethod
     def build(cls, kind: str | TaskDefinition, payload: Mapping[str, Any] | None = None, *,
@@ -221,22 +250,61 @@ def enqueue_flow(spec: TaskSpec, wait_s: float = ENQUEUE_FULL_WAIT_S) -> Flow:
                 return EnqueuedTask.from_row(rows[0], duplicate=True)
         raise RuntimeError(f"could not settle dedup key {spec.dedup_key!r}: its task kept changing")
 
-    return (yield from _with_overflow_wait(attempt, spec.queue, wait_s))
+    task = yield from _with_overflow_wait(attempt, spec.queue, wait_s)
+    _warn_dropped([task])
+    return task
+
+
+def canonical_order(specs: list[TaskSpec]) -> list[int]:
+    """The order a bulk insert takes its rows in: keyed rows by (queue, dedup_key).
+
+    Hazard: two bulk inserts whose dedup keys overlap each wait on the
+    other's uncommitted row in the unique index; inserted in different orders
+    they deadlock. Every insert taking keys in one global order cannot.
+    """
+    return sorted(range(len(specs)), key=lambda i: (specs[i].dedup_key is None, specs[i].queue,
+                                                    specs[i].dedup_key or "", i))
 
 
 def enqueue_many_flow(specs: Iterable[TaskSpec], wait_s: float = ENQUEUE_FULL_WAIT_S) -> Flow:
     """Insert all specs in one statement. All or nothing: if one task meets a
-    full queue with priority >= 5, the statement fails, waits and retries whole."""
+    full queue with priority >= 5, the statement fails, waits and retries whole.
+    Results come back in input order."""
     specs = list(specs)
     if not specs:
         return []
+    order = canonical_order(specs)
+    ordered = [specs[i] for i in order]
 
     def attempt() -> Flow:
-        rows = yield Query("tasks_enqueue_many", many_params(specs))
-        return (yield from _match_bulk_rows(specs, rows))
+        for tries in range(BULK_RETRIES + 1):
+            try:
+                rows = yield Query("tasks_enqueue_many", many_params(ordered))
+                break
+            except Exception as exc:  # noqa: BLE001 - only the retryable races are retried
+                if getattr(exc, "sqlstate", None) not in ("40P01", "40001") or tries == BULK_RETRIES:
+                    raise
+                log.info("bulk enqueue lost a %s; retrying (%d of %d)",
+                         "deadlock" if exc.sqlstate == "40P01" else "serialization race", tries + 1, BULK_RETRIES)
+        matched = yield from _match_bulk_rows(ordered, rows)
+        out: list = [None] * len(specs)
+        for position, task in zip(order, matched, strict=True):
+            out[position] = task
+        return out
 
     queue_of = specs[0].queue
-    return (yield from _with_overflow_wait(attempt, queue_of, wait_s))
+    result = yield from _with_overflow_wait(attempt, queue_of, wait_s)
+    _warn_dropped(result)
+    return result
+
+
+def _warn_dropped(tasks: list[EnqueuedTask]) -> None:
+    """A dropped task is kept as a row, and said aloud here: never silently lost."""
+    dropped = [t for t in tasks if t.dropped and not t.duplicate]
+    if dropped:
+        log.warning("%d of %d task(s) dropped (ids %s): %s", len(dropped), len(tasks),
+                    ", ".join(str(t.id) for t in dropped[:10]) + (" ..." if len(dropped) > 10 else ""),
+                    dropped[0].last_error)
 
 
 def _match_bulk_rows(specs: list[TaskSpec], rows: list[Mapping[str, Any]]) -> Flow:
@@ -275,10 +343,17 @@ class CancelResult:
     status: str
 
 
+def check_task_id(task_id: object) -> int:
+    """A task id as the API takes it: a positive integer (bool and '12' are not)."""
+    if isinstance(task_id, bool) or not isinstance(task_id, int) or not 1 <= task_id < 2 ** 63:
+        raise ValueError(f"a task id must be a positive integer (got {task_id!r})")
+    return task_id
+
+
 def cancel_flow(task_id: int) -> Flow:
+    check_task_id(task_id)
     rows = yield Query("tasks_cancel", {"id": task_id})
     if not rows:
-        from .errors import TaskNotFound
         raise TaskNotFound(f"no task with id {task_id}")
     row = rows[0]
     if row["status"] == "cancelled":
@@ -292,8 +367,8 @@ def cancel_flow(task_id: int) -> Flow:
 
 
 def get_flow(task_id: int) -> Flow:
+    check_task_id(task_id)
     rows = yield Query("tasks_get", {"id": task_id})
     if not rows:
-        from .errors import TaskNotFound
         raise TaskNotFound(f"no task with id {task_id}")
     return rows[0]

@@ -76,7 +76,7 @@ WITH RECURSIVE search(lo, hi) AS (
 ), measured AS (
     SELECT s.tier,
            s.started_at > now() - make_interval(secs => %(latency_window_s)s::double precision) AS recent,
-           1000 * extract(epoch FROM s.started_at - s.run_at)::double precision AS wait_ms,
+           1000 * extract(epoch FROM s.started_at - greatest(s.run_at, s.created_at))::double precision AS wait_ms,
            s.started_at <= s.deadline + coalesce(q.sla_grace, interval '1 second') AS on_time
     FROM sample s
     LEFT JOIN angela_queue.queues q ON q.name = s.queue

@@ -159,61 +159,38 @@ WHERE s.status = 'running'
       < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(dead_after_s)s::double precision)
 RETURNING s.id, s.host, s.pid;
 
--- name: maintenance_prune_tasks
--- Leader only. One step of the pruner's walk along the primary key: look at
--- the next %(limit)s tasks after id %(after_id)s, in id order, and delete
--- those that are final and finished longer ago than the retention. Returns
--- how many it deleted, how many it walked, the last id walked, and the
--- frontier, if it reached one; maintenance.py decides where to resume.
--- Hazard: "finished before the cutoff" has no index to use, deliberately:
--- one on finished_at would cost every completion an extra index write on the
--- hot path, for a job that runs once a minute. Searched for directly, it is
--- a scan of the whole table on every run, even when nothing is due; on tens
--- of millions of rows that stalls the supervisor's loop past its lease. The
--- walk reads tasks_pkey instead: ids grow with time, so the oldest rows come
--- first, and each step reads at most %(limit)s index entries and rows,
--- whatever the table size.
--- * Rows it may not delete yet (unfinished, e.g. scheduled far ahead, or
---   finished too recently) are stepped over, not stopped at, so they cannot
---   pin the pruner; the next pass over the table comes back to them.
--- * It stops at the frontier, the first row created after the cutoff: every
---   later id was created later still (give or take inserts racing for ids),
---   so finished later still, and cannot be due. A row inserted out of order
---   is only pruned late, never early.
--- Deletion re-checks status and age on the locked row: a final task is
--- never deleted before its retention has passed, an unfinished one never.
--- SKIP LOCKED: a row someone is changing right now waits for the next pass.
-WITH cutoff AS (
-    SELECT coalesce(%(now)s::timestamptz, now())
-           - make_interval(secs => %(retention_s)s::double precision) AS at
-), walked AS MATERIALIZED (
-    SELECT t.id, t.created_at
-    FROM angela_queue.tasks t
-    WHERE t.id > %(after_id)s
-    ORDER BY t.id
-    LIMIT %(limit)s
-), step AS (
-    SELECT count(*) AS walked, max(w.id) AS last_id,
-           min(w.id) FILTER (WHERE w.created_at >= (SELECT at FROM cutoff)) AS frontier_id
-    FROM walked w
-), doomed AS MATERIALIZED (
+-- name: maintenance_prune_finished
+-- Leader only. Delete up to %(limit)s tasks in the final status %(status)s
+-- that finished before the retention cutoff, oldest first, walking
+-- tasks_finished_idx; returns how many. Each final status has its own
+-- retention (failed rows, the dead letters, are kept longer), so the caller
+-- runs this once per status.
+-- Why finished_at and this index: a task is prunable by when it finished,
+-- whatever its id or created_at say (one row created "in the future" by hand
+-- once pinned an id-order walk forever). Only final rows are in the index, so
+-- enqueues and claims never pay for it.
+-- Hazard (prepared statements): the explicit IN list is what lets the
+-- planner prove the partial index's predicate for a generic plan; with only
+-- `status = $1` it could not, and would scan the table.
+-- SKIP LOCKED: a row someone is changing right now waits for the next run.
+WITH doomed AS MATERIALIZED (
     SELECT t.id
     FROM angela_queue.tasks t
-    WHERE t.id > %(after_id)s
-      AND t.id < (SELECT coalesce(frontier_id, last_id + 1) FROM step)
-      AND t.status IN ('succeeded', 'failed', 'cancelled', 'dropped')
-      AND coalesce(t.finished_at, t.created_at) < (SELECT at FROM cutoff)
+    WHERE t.status IN ('succeeded', 'failed', 'cancelled', 'dropped')
+      AND t.status = %(status)s
+      AND t.finished_at < coalesce(%(now)s::timestamptz, now())
+                          - make_interval(secs => %(retention_s)s::double precision)
+    ORDER BY t.finished_at
+    LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), deleted AS (
+    -- = ANY(ARRAY(...)): the deletion probes the primary key per row; a join
+    -- with the CTE may be planned as a hash join over a scan of the table.
     DELETE FROM angela_queue.tasks t
-    USING doomed
-    WHERE t.id = doomed.id
-      AND t.status IN ('succeeded', 'failed', 'cancelled', 'dropped')
-      AND coalesce(t.finished_at, t.created_at) < (SELECT at FROM cutoff)
+    WHERE t.id = ANY (ARRAY(SELECT id FROM doomed)) AND t.status = %(status)s
     RETURNING t.id
 )
-SELECT (SELECT count(*) FROM deleted) AS pruned, s.walked, s.last_id, s.frontier_id
-FROM step s;
+SELECT count(*) AS pruned FROM deleted;
 
 -- name: maintenance_prune_workers
 -- Leader only. Delete up to %(limit)s worker rows that stopped or died

@@ -23,10 +23,14 @@ CREATE TABLE angela_queue.queues (
                 CONSTRAINT queue_max_size_not_negative CHECK (max_size IS NULL OR max_size >= 0),
     -- Effective-priority points gained per minute of waiting (the plan: 0.1).
     -- Copied onto each task at insert, so a change applies to new tasks.
+    -- Bounded, and NaN is out (NaN > 1000 in Postgres): the rate multiplies
+    -- into every task's claim key.
     aging_rate  double precision NOT NULL DEFAULT 0.1
-                CONSTRAINT queue_aging_rate_not_negative CHECK (aging_rate >= 0),
-    -- A start within deadline + sla_grace counts as on time.
-    sla_grace   interval NOT NULL DEFAULT interval '1 second',
+                CONSTRAINT queue_aging_rate_in_range CHECK (aging_rate >= 0 AND aging_rate <= 1000),
+    -- A start within deadline + sla_grace counts as on time. Bounded, so that
+    -- deadline + sla_grace can never leave the timestamp range in a view.
+    sla_grace   interval NOT NULL DEFAULT interval '1 second'
+                CONSTRAINT queue_sla_grace_in_range CHECK (sla_grace >= interval '0' AND sla_grace <= interval '7 days'),
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 
@@ -47,7 +51,10 @@ CREATE TABLE angela_queue.boost_rules (
                 -- reject it when the rule is stored. Variables print as $"name".
                 CONSTRAINT boost_rule_condition_has_no_variables
                 CHECK (condition::text !~ '\$"[A-Za-z_][A-Za-z0-9_]*"'),
-    boost       integer NOT NULL,
+    -- Bounded: boosts add up in an integer, and one rule of two billion
+    -- points would make every insert that matches it fail with an overflow.
+    boost       integer NOT NULL
+                CONSTRAINT boost_rule_boost_in_range CHECK (boost BETWEEN -100 AND 100),
     enabled     boolean NOT NULL DEFAULT true,
     description text NOT NULL DEFAULT '',
     created_at  timestamptz NOT NULL DEFAULT now()
@@ -83,32 +90,53 @@ CREATE TABLE angela_queue.tasks (
                     CONSTRAINT task_status_known CHECK (status IN (
                         'scheduled', 'queued', 'running',
                         'succeeded', 'failed', 'cancelled', 'dropped')),
-    created_at      timestamptz NOT NULL DEFAULT now(),
-    -- Not startable before run_at; aging counts from it.
-    run_at          timestamptz NOT NULL DEFAULT now(),
-    -- run_at + the tier's start window; set by trigger.
-    deadline        timestamptz NOT NULL,
+    -- Set by the insert trigger (the caller's value is ignored) and never
+    -- changed: a created_at in the future would pin retention and aging.
+    created_at      timestamptz NOT NULL DEFAULT now()
+                    CONSTRAINT task_created_at_in_range
+                    CHECK (created_at >= '1900-01-01 00:00:00+00' AND created_at < '9999-01-01 00:00:00+00'),
+    -- Not startable before run_at. Aging counts from greatest(run_at,
+    -- created_at): a run_at in 1900 means "now", not "ahead of everything".
+    -- Finite and between 1900 and 9999 (angela_queue.check_task_time).
+    run_at          timestamptz NOT NULL DEFAULT now()
+                    CONSTRAINT task_run_at_in_range
+                    CHECK (run_at >= '1900-01-01 00:00:00+00' AND run_at < '9999-01-01 00:00:00+00'),
+    -- greatest(run_at, created_at) + the tier's start window; set by trigger.
+    deadline        timestamptz NOT NULL
+                    CONSTRAINT task_deadline_in_range
+                    CHECK (deadline >= '1900-01-01 00:00:00+00' AND deadline < '9999-01-02 00:00:00+00'),
     -- The queue's aging rate when the task was inserted; set by trigger.
-    aging_rate      double precision NOT NULL DEFAULT 0.1,
+    aging_rate      double precision NOT NULL DEFAULT 0.1
+                    CONSTRAINT task_aging_rate_in_range CHECK (aging_rate >= 0 AND aging_rate <= 1000),
     -- The claim order, stored so it can be indexed:
-    --   priority + boost + aging_rate * minutes_since(run_at)
+    --   priority + boost + aging_rate * minutes_since(start)
     -- orders rows exactly like
-    --   priority + boost - aging_rate * epoch(run_at) / 60
-    -- because the now() term is the same for every row. Set by trigger.
+    --   priority + boost - aging_rate * epoch(start) / 60
+    -- because the now() term is the same for every row; start is
+    -- greatest(run_at, created_at). Set by trigger.
     priority_key    double precision NOT NULL DEFAULT 0,
     attempts        integer NOT NULL DEFAULT 0
                     CONSTRAINT task_attempts_not_negative CHECK (attempts >= 0),
     max_attempts    integer NOT NULL DEFAULT 5
                     CONSTRAINT task_max_attempts_positive CHECK (max_attempts >= 1),
-    -- Seconds a single attempt may run; NULL means the handler's or worker's default.
+    -- Seconds a single attempt may run; NULL means the handler's or worker's
+    -- default. NaN passes "> 0" in Postgres (NaN sorts above every number),
+    -- hence the upper bound.
     timeout_s       double precision
-                    CONSTRAINT task_timeout_positive CHECK (timeout_s IS NULL OR timeout_s > 0),
+                    CONSTRAINT task_timeout_positive_and_finite
+                    CHECK (timeout_s IS NULL OR (timeout_s > 0 AND timeout_s < 'Infinity')),
     -- While a task with this key is waiting or running, another enqueue with
     -- the same (queue, dedup_key) returns the existing task.
     dedup_key       text,
     worker_id       uuid,
-    started_at      timestamptz,
-    finished_at     timestamptz,
+    -- Set by the claim and by the outcome; the range checks (cheap, unlike a
+    -- trigger on the hot path) keep a hand-edited row readable.
+    started_at      timestamptz
+                    CONSTRAINT task_started_at_in_range
+                    CHECK (started_at IS NULL OR (started_at >= '1900-01-01 00:00:00+00' AND started_at < '9999-01-01 00:00:00+00')),
+    finished_at     timestamptz
+                    CONSTRAINT task_finished_at_in_range
+                    CHECK (finished_at IS NULL OR (finished_at >= '1900-01-01 00:00:00+00' AND finished_at < '9999-01-01 00:00:00+00')),
     result          jsonb,
     last_error      text
 )
@@ -141,6 +169,11 @@ CREATE INDEX tasks_scheduled_idx ON angela_queue.tasks (run_at)
 -- Reclaim of the tasks a dead or stuck worker held.
 CREATE INDEX tasks_running_idx ON angela_queue.tasks (worker_id)
     WHERE status = 'running';
+-- Retention: the pruner deletes each final status by age, oldest first,
+-- through this index (and the views count recent outcomes with it). Only
+-- final rows are in it, so enqueue and claim never write to it.
+CREATE INDEX tasks_finished_idx ON angela_queue.tasks (status, finished_at)
+    WHERE status IN ('succeeded', 'failed', 'cancelled', 'dropped');
 -- Deduplication: one unfinished task per (queue, dedup_key).
 CREATE UNIQUE INDEX tasks_dedup_idx ON angela_queue.tasks (queue, dedup_key)
     WHERE dedup_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running');
@@ -167,6 +200,35 @@ CREATE FUNCTION angela_queue.priority_key(
 ) RETURNS double precision
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT p_priority + p_boost - p_aging_rate * (extract(epoch FROM p_run_at)::double precision / 60.0)
+$$;
+
+-- Timestamps a worker must be able to read, and aging to count from: finite
+-- and between 1900 and 9999. Python's datetime ends at year 9999 (a later one
+-- fails to decode after the claim has committed, orphaning the claim), and
+-- now() - '-infinity' is out of the interval range (every claim on the queue
+-- would fail).
+CREATE FUNCTION angela_queue.check_task_time(p_column text, p_value timestamptz) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF p_value IS NOT NULL AND (NOT isfinite(p_value)
+                                OR p_value < timestamptz '1900-01-01 00:00:00+00'
+                                OR p_value >= timestamptz '9999-01-01 00:00:00+00') THEN
+        RAISE EXCEPTION 'angela_queue: % must be a finite time between 1900-01-01 and 9999-01-01 (got %)',
+                        p_column, p_value
+            USING ERRCODE = 'datetime_field_overflow', COLUMN = p_column;
+    END IF;
+END
+$$;
+
+-- A timeout the worker can wait for: positive and finite (NaN is neither).
+CREATE FUNCTION angela_queue.check_task_timeout(p_value double precision) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_value IS NOT NULL AND (p_value = 'NaN' OR p_value <= 0 OR p_value = 'Infinity') THEN
+        RAISE EXCEPTION 'angela_queue: timeout_s must be a positive, finite number of seconds (got %)', p_value
+            USING ERRCODE = 'check_violation', COLUMN = 'timeout_s';
+    END IF;
+END
 $$;
 
 CREATE FUNCTION angela_queue.tasks_before_insert() RETURNS trigger
@@ -199,9 +261,12 @@ BEGIN
             USING ERRCODE = 'check_violation', COLUMN = 'max_attempts';
     END IF;
 
+    PERFORM angela_queue.check_task_time('run_at', NEW.run_at);
+    PERFORM angela_queue.check_task_timeout(NEW.timeout_s);
+
     NEW.queue := coalesce(nullif(btrim(NEW.queue), ''), 'default');
     NEW.run_at := coalesce(NEW.run_at, now());
-    NEW.created_at := coalesce(NEW.created_at, now());
+    NEW.created_at := now();
     NEW.boost := coalesce(NEW.boost, 0);
     NEW.boost_rules := coalesce(NEW.boost_rules, '{}');
     NEW.attempts := 0;
@@ -227,8 +292,9 @@ BEGIN
 
     NEW.status := CASE WHEN NEW.run_at > now() THEN 'scheduled' ELSE 'queued' END;
     NEW.aging_rate := q.aging_rate;
-    NEW.deadline := NEW.run_at + angela_queue.tier_window(NEW.priority);
-    NEW.priority_key := angela_queue.priority_key(NEW.priority, NEW.boost, NEW.aging_rate, NEW.run_at);
+    NEW.deadline := greatest(NEW.run_at, NEW.created_at) + angela_queue.tier_window(NEW.priority);
+    NEW.priority_key := angela_queue.priority_key(NEW.priority, NEW.boost, NEW.aging_rate,
+                                                  greatest(NEW.run_at, NEW.created_at));
 
     -- Bounded queue: max_size caps the tasks waiting in it, queued or
     -- scheduled (a delayed task counts from its insert, or a burst of them
@@ -273,9 +339,11 @@ CREATE TRIGGER tasks_before_insert
     BEFORE INSERT ON angela_queue.tasks
     FOR EACH ROW EXECUTE FUNCTION angela_queue.tasks_before_insert();
 
--- Keep deadline and claim key true when a retry, a reschedule or an edit
--- changes run_at, priority or boost. Fires only for those columns, so claim
--- and completion updates never pay for it.
+-- Keep deadline and claim key true, and the times readable, when a retry, a
+-- reschedule or an edit changes run_at, priority or boost, and refuse edits
+-- that would break them (deadline and priority_key are derived: a direct
+-- edit is recomputed away; created_at is fixed). Fires only for those
+-- columns, so claim and completion updates never pay for it.
 CREATE FUNCTION angela_queue.tasks_before_update_order() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -283,14 +351,22 @@ BEGIN
         RAISE EXCEPTION 'angela_queue: priority must be between 1 and 10 (got %)', NEW.priority
             USING ERRCODE = 'check_violation', COLUMN = 'priority';
     END IF;
-    NEW.deadline := NEW.run_at + angela_queue.tier_window(NEW.priority);
-    NEW.priority_key := angela_queue.priority_key(NEW.priority, NEW.boost, NEW.aging_rate, NEW.run_at);
+    IF NEW.created_at IS DISTINCT FROM OLD.created_at THEN
+        RAISE EXCEPTION 'angela_queue: created_at is set when a task is inserted and cannot be changed'
+            USING ERRCODE = 'check_violation', COLUMN = 'created_at';
+    END IF;
+    PERFORM angela_queue.check_task_time('run_at', NEW.run_at);
+    PERFORM angela_queue.check_task_timeout(NEW.timeout_s);
+    NEW.deadline := greatest(NEW.run_at, NEW.created_at) + angela_queue.tier_window(NEW.priority);
+    NEW.priority_key := angela_queue.priority_key(NEW.priority, NEW.boost, NEW.aging_rate,
+                                                  greatest(NEW.run_at, NEW.created_at));
     RETURN NEW;
 END
 $$;
 
 CREATE TRIGGER tasks_before_update_order
-    BEFORE UPDATE OF run_at, priority, boost, aging_rate ON angela_queue.tasks
+    BEFORE UPDATE OF run_at, priority, boost, aging_rate, deadline, priority_key, created_at, timeout_s
+    ON angela_queue.tasks
     FOR EACH ROW EXECUTE FUNCTION angela_queue.tasks_before_update_order();
 
 -- A new queues.aging_rate also applies to the queue's unfinished tasks.
@@ -375,7 +451,10 @@ CREATE TABLE angela_queue.workers (
     stuck_after_s           double precision NOT NULL DEFAULT 60,
     -- Seconds without a heartbeat before the row counts as dead.
     dead_after_s            double precision NOT NULL DEFAULT 30,
-    stopped_at              timestamptz
+    stopped_at              timestamptz,
+    -- The task kinds this worker has handlers for: what status shows as
+    -- served, and what no live worker serves.
+    kinds                   text[] NOT NULL DEFAULT '{}'
 );
 
 CREATE INDEX workers_supervisor_idx ON angela_queue.workers (supervisor_id);

@@ -119,3 +119,35 @@ SELECT h.id, h.supervisor_id, h.host, h.pid, h.status, h.concurrency, h.tasks_co
 FROM angela_queue.worker_health h
 WHERE %(all)s OR h.status NOT IN ('stopped', 'dead')
 ORDER BY h.supervisor_id NULLS LAST, h.started_at DESC, h.id;
+
+-- name: status_unserved_kinds
+-- Kinds waiting (queued or scheduled) in a queue that no live worker serves:
+-- no active or idle worker on that queue has a handler for the kind. A
+-- rolling deploy or a typo in a producer shows up here before anyone wonders
+-- why the queue is not draining. The waiting rows are counted once per
+-- (queue, kind), through the partial indexes; the workers table is small.
+WITH waiting AS (
+    SELECT t.queue, t.kind, count(*) AS waiting
+    FROM angela_queue.tasks t
+    WHERE t.status = 'queued' OR t.status = 'scheduled'
+    GROUP BY t.queue, t.kind
+), serving AS (
+    SELECT h.queues, h.kinds FROM angela_queue.worker_health h WHERE h.status IN ('active', 'idle')
+)
+SELECT w.queue, w.kind, w.waiting,
+       EXISTS (SELECT 1 FROM serving s WHERE w.queue = ANY(s.queues)) AS queue_served
+FROM waiting w
+WHERE NOT EXISTS (SELECT 1 FROM serving s WHERE w.queue = ANY(s.queues) AND w.kind = ANY(s.kinds))
+ORDER BY w.waiting DESC, w.queue, w.kind
+LIMIT %(limit)s;
+
+-- name: status_dropped
+-- Tasks dropped by a full queue in the last %(window_s)s seconds, per queue,
+-- with the latest reason (through tasks_finished_idx).
+SELECT t.queue, count(*) AS dropped, max(t.finished_at) AS last_at,
+       (array_agg(t.last_error ORDER BY t.finished_at DESC))[1] AS last_reason
+FROM angela_queue.tasks t
+WHERE t.status = 'dropped'
+  AND t.finished_at > now() - make_interval(secs => %(window_s)s::double precision)
+GROUP BY t.queue
+ORDER BY dropped DESC, t.queue;

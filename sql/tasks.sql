@@ -79,13 +79,21 @@ WHERE t.id = %(id)s AND NOT EXISTS (SELECT 1 FROM cancelled);
 -- only until this statement's transaction ends.
 -- Claiming from a bounded queue frees space: enqueuers waiting on a full
 -- queue are woken (only bounded queues pay for the NOTIFY).
+-- The payload comes back as text, decoded per task by the worker: a payload
+-- Python cannot decode then fails its own task, not the whole claim after
+-- it committed.
+-- Tasks below priority %(batch_below)s go to a collecting batch, where they
+-- may wait before their handler starts: they are claimed without counting
+-- an attempt and with no started_at; tasks_start_many counts it when their
+-- batch starts. A worker that dies holding them has not cost them an
+-- attempt. 0 claims every task started.
 WITH picked AS MATERIALIZED (
     SELECT c.id, c.effective_priority
     FROM unnest(%(queues)s::text[]) AS q(name)
     CROSS JOIN LATERAL (
         SELECT t.id,
                t.priority + t.boost + t.aging_rate
-                   * greatest(extract(epoch FROM now() - t.run_at)::double precision, 0) / 60.0
+                   * greatest(extract(epoch FROM now() - greatest(t.run_at, t.created_at))::double precision, 0) / 60.0
                    AS effective_priority
         FROM angela_queue.tasks t
         WHERE t.status = 'queued' AND t.queue = q.name AND t.run_at <= now()
@@ -102,14 +110,16 @@ WITH picked AS MATERIALIZED (
     LIMIT %(limit)s
 ), claimed AS (
     UPDATE angela_queue.tasks t
-    SET status = 'running', attempts = t.attempts + 1, worker_id = %(worker_id)s,
-        started_at = now(), finished_at = NULL
+    SET status = 'running',
+        attempts = t.attempts + CASE WHEN t.priority < %(batch_below)s THEN 0 ELSE 1 END,
+        worker_id = %(worker_id)s,
+        started_at = CASE WHEN t.priority < %(batch_below)s THEN NULL ELSE now() END, finished_at = NULL
     FROM picked
     WHERE t.id = picked.id AND t.status = 'queued'
     RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.attempts, t.max_attempts, t.timeout_s,
               picked.effective_priority
 )
-SELECT c.id, c.queue, c.kind, c.payload, c.priority, c.attempts, c.max_attempts, c.timeout_s,
+SELECT c.id, c.queue, c.kind, c.payload::text AS payload, c.priority, c.attempts, c.max_attempts, c.timeout_s,
        c.effective_priority,
        (SELECT count(pg_notify('angela_queue_space', q.name))
         FROM angela_queue.queues q
@@ -120,6 +130,7 @@ ORDER BY c.effective_priority DESC, c.id;
 -- name: tasks_claim_kind
 -- Claim up to %(limit)s low-priority (< 5) tasks of one kind and queue, to
 -- fill a batch. Same fence as tasks_claim; walks tasks_batch_fill_idx.
+-- Claimed unstarted, with no attempt counted (see tasks_claim).
 WITH picked AS MATERIALIZED (
     SELECT t.id
     FROM angela_queue.tasks t
@@ -130,23 +141,33 @@ WITH picked AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE angela_queue.tasks t
-    SET status = 'running', attempts = t.attempts + 1, worker_id = %(worker_id)s,
-        started_at = now(), finished_at = NULL
+    SET status = 'running', worker_id = %(worker_id)s, started_at = NULL, finished_at = NULL
     FROM picked
     WHERE t.id = picked.id AND t.status = 'queued'
     RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier,
               t.attempts, t.max_attempts, t.timeout_s, t.run_at, t.deadline, t.priority_key,
               t.priority + t.boost + t.aging_rate
-                  * greatest(extract(epoch FROM now() - t.run_at)::double precision, 0) / 60.0
+                  * greatest(extract(epoch FROM now() - greatest(t.run_at, t.created_at))::double precision, 0) / 60.0
                   AS effective_priority
 )
-SELECT c.id, c.queue, c.kind, c.payload, c.priority, c.boost, c.tier,
+SELECT c.id, c.queue, c.kind, c.payload::text AS payload, c.priority, c.boost, c.tier,
        c.attempts, c.max_attempts, c.timeout_s, c.run_at, c.deadline, c.effective_priority,
        (SELECT count(pg_notify('angela_queue_space', q.name))
         FROM angela_queue.queues q
         WHERE q.max_size IS NOT NULL AND q.name IN (SELECT queue FROM claimed)) AS space_notified
 FROM claimed c
 ORDER BY c.priority_key DESC, c.id;
+
+-- name: tasks_start_many
+-- A collected batch is about to run: count the attempt and stamp the start
+-- of its tasks, which were claimed unstarted (see tasks_claim). Guarded like
+-- every state change: a task reclaimed meanwhile is not returned, and is not
+-- run.
+UPDATE angela_queue.tasks t
+SET attempts = t.attempts + 1, started_at = now()
+WHERE t.id = ANY(%(ids)s::bigint[]) AND t.status = 'running' AND t.worker_id = %(worker_id)s
+  AND t.started_at IS NULL
+RETURNING t.id, t.attempts;
 
 -- name: tasks_complete_many
 -- Record the successes of one worker in one statement. %(outcomes)s is one
@@ -182,9 +203,12 @@ RETURNING t.id, t.status, t.attempts, t.max_attempts, t.run_at;
 
 -- name: tasks_release_many
 -- Give tasks back untouched (graceful stop): back to 'queued' with the attempt
--- not counted against them. Guarded like tasks_complete_many.
+-- not counted against them (a task claimed unstarted never counted one).
+-- Guarded like tasks_complete_many.
 UPDATE angela_queue.tasks t
-SET status = 'queued', attempts = greatest(t.attempts - 1, 0), worker_id = NULL, started_at = NULL
+SET status = 'queued',
+    attempts = CASE WHEN t.started_at IS NULL THEN t.attempts ELSE greatest(t.attempts - 1, 0) END,
+    worker_id = NULL, started_at = NULL
 WHERE t.id = ANY(%(ids)s::bigint[]) AND t.status = 'running' AND t.worker_id = %(worker_id)s
 RETURNING t.id;
 

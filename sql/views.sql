@@ -4,14 +4,15 @@
 
 -- Every queued task with its live effective priority, best first: the order
 -- the claim takes (per queue it walks tasks_claim_idx; across queues it merges
--- by this same live value).
+-- by this same live value). Aging counts from greatest(run_at, created_at).
 CREATE VIEW angela_queue.queued_tasks AS
 SELECT
     t.id, t.queue, t.kind, t.priority, t.boost, t.boost_rules, t.tier,
     t.run_at, t.deadline, t.attempts, t.created_at,
-    round(extract(epoch FROM now() - t.run_at)::numeric / 60, 3) AS minutes_waiting,
+    round(extract(epoch FROM now() - greatest(t.run_at, t.created_at))::numeric / 60, 3) AS minutes_waiting,
     (t.priority + t.boost
-        + t.aging_rate * greatest(extract(epoch FROM now() - t.run_at)::double precision, 0) / 60.0
+        + t.aging_rate * greatest(extract(epoch FROM now() - greatest(t.run_at, t.created_at))::double precision, 0)
+          / 60.0
     ) AS effective_priority,
     t.payload
 FROM angela_queue.tasks t
@@ -34,7 +35,7 @@ WITH tiers(tier, rank) AS (
            count(*) FILTER (WHERE t.status = 'queued')    AS queued,
            count(*) FILTER (WHERE t.status = 'scheduled') AS scheduled,
            count(*) FILTER (WHERE t.status = 'running')   AS running,
-           min(t.run_at) FILTER (WHERE t.status = 'queued') AS oldest_run_at,
+           min(greatest(t.run_at, t.created_at)) FILTER (WHERE t.status = 'queued') AS oldest_run_at,
            count(*) FILTER (WHERE t.status = 'queued'
                               AND t.deadline + coalesce(g.sla_grace, interval '1 second') < now()) AS overdue
     FROM angela_queue.tasks t
@@ -72,7 +73,7 @@ SELECT
     w.tasks_completed, w.tasks_failed,
     round(w.avg_processing_time_ms::numeric, 3) AS avg_processing_time_ms,
     w.last_active, w.last_heartbeat, w.started_at, w.stopped_at,
-    w.current_tasks
+    w.current_tasks, w.kinds
 FROM angela_queue.workers w;
 
 -- How often each queue and tier started its tasks by their deadline (plus the
@@ -84,9 +85,9 @@ SELECT t.queue, t.tier,
        round(100.0 * count(*) FILTER (WHERE t.started_at <= t.deadline + q.sla_grace)
              / nullif(count(*), 0), 2) AS attainment_pct,
        round((percentile_cont(0.5) WITHIN GROUP (
-             ORDER BY extract(epoch FROM t.started_at - t.run_at)))::numeric * 1000, 3) AS p50_start_ms,
+             ORDER BY extract(epoch FROM t.started_at - greatest(t.run_at, t.created_at))))::numeric * 1000, 3) AS p50_start_ms,
        round((percentile_cont(0.99) WITHIN GROUP (
-             ORDER BY extract(epoch FROM t.started_at - t.run_at)))::numeric * 1000, 3) AS p99_start_ms
+             ORDER BY extract(epoch FROM t.started_at - greatest(t.run_at, t.created_at))))::numeric * 1000, 3) AS p99_start_ms
 FROM angela_queue.tasks t
 JOIN angela_queue.queues q ON q.name = t.queue
 WHERE t.started_at IS NOT NULL AND t.started_at > now() - interval '24 hours'

@@ -2,11 +2,12 @@
 -- on the tasks a worker holds.
 
 -- name: workers_register
--- A worker process announces itself before it claims anything.
+-- A worker process announces itself, and the kinds it has handlers for,
+-- before it claims anything.
 INSERT INTO angela_queue.workers
-    (id, supervisor_id, host, pid, queues, concurrency, status, stuck_after_s, dead_after_s, last_active)
+    (id, supervisor_id, host, pid, queues, concurrency, status, stuck_after_s, dead_after_s, last_active, kinds)
 VALUES (%(id)s, %(supervisor_id)s, %(host)s, %(pid)s, %(queues)s, %(concurrency)s, 'idle',
-        %(stuck_after_s)s, %(dead_after_s)s, now())
+        %(stuck_after_s)s, %(dead_after_s)s, now(), %(kinds)s::text[])
 RETURNING id, started_at;
 
 -- name: workers_heartbeat

@@ -166,6 +166,34 @@ def rollback_conn(module_dsn: str) -> Iterator[psycopg.Connection]:
             c.rollback()
 
 
+# Aging counts from greatest(run_at, created_at), and created_at is the
+# insert's own clock (the trigger sets it and forbids changing it), so a
+# test that needs a task which "waited" must move both back, with the
+# derived columns, past the triggers (superuser only: tests own their
+# database).
+_BACKDATE_SQL = """
+UPDATE angela_queue.tasks t
+SET created_at = t.created_at - make_interval(mins => %(minutes)s),
+    run_at = t.run_at - make_interval(mins => %(minutes)s),
+    deadline = greatest(t.run_at, t.created_at) - make_interval(mins => %(minutes)s)
+               + angela_queue.tier_window(t.priority),
+    priority_key = angela_queue.priority_key(t.priority, t.boost, t.aging_rate,
+                                             greatest(t.run_at, t.created_at) - make_interval(mins => %(minutes)s))
+WHERE t.id = ANY(%(ids)s)
+"""
+
+
+def backdate(conn: psycopg.Connection, ids, minutes: float) -> None:
+    """Make tasks look as if they were enqueued ``minutes`` earlier than they were."""
+    ids = [ids] if isinstance(ids, int) else list(ids)
+    with conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute(_BACKDATE_SQL, {"ids": ids, "minutes": minutes})
+        # Inside a caller's transaction this is a savepoint, and SET LOCAL
+        # would outlive it: put the triggers back explicitly.
+        conn.execute("SET LOCAL session_replication_role = origin")
+
+
 @pytest.fixture
 def client(dsn: str):
     from angela_queue import Client
@@ -173,5 +201,5 @@ def client(dsn: str):
         yield c
 
 
-__all__ = ["PgServer", "pg_server", "template_db", "dsn", "empty_dsn", "conn", "client", "module_dsn",
+__all__ = ["PgServer", "backdate", "pg_server", "template_db", "dsn", "empty_dsn", "conn", "client", "module_dsn",
            "rollback_conn"]

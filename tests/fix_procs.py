@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import pytest
 from psycopg.rows import dict_row
@@ -96,6 +97,66 @@ class WorkerProcess:
         self._log.close()
 
 
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class SupervisorProcess:
+    """One `angela-queue run` process under test."""
+
+    def __init__(self, dsn: str, cwd: Path, app: str, args: list[str], env: dict[str, str] | None = None,
+                 name: str = "supervisor"):
+        self.log_path = cwd / f"{name}-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "wb")
+        full_env = {**os.environ, "PYTHONPATH": str(cwd), "AQ_TEST_DSN": dsn, **(env or {})}
+        full_env.pop("ANGELA_QUEUE_DSN", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "angela_queue", "--dsn", dsn, "run", "--app", app, *args],
+            cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
+        self.seen_workers: set[int] = set()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def workers(self) -> list[int]:
+        """Pids of its live worker processes (and remember them for clean-up)."""
+        try:
+            pids = [p.pid for p in psutil.Process(self.pid).children() if alive(p.pid)]
+        except psutil.NoSuchProcess:
+            pids = []
+        self.seen_workers.update(pids)
+        return pids
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 20) -> int:
+        self.workers()
+        self.signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def cleanup(self) -> None:
+        self.workers()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        deadline = time.monotonic() + 10
+        for pid in self.seen_workers:
+            while alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        self._log.close()
+
+
+
 @pytest.fixture
 def app_dir(tmp_path: Path) -> Path:
     return tmp_path
@@ -124,6 +185,21 @@ def start_worker(dsn: str, app_dir: Path) -> Iterator[Callable[..., WorkerProces
         worker.close()
 
 
+@pytest.fixture
+def start_supervisor(dsn: str, app_dir: Path) -> Iterator[Callable[..., SupervisorProcess]]:
+    """Start `angela-queue run --app APP ARGS...` on this test's database; all are killed afterwards."""
+    started: list[SupervisorProcess] = []
+
+    def start(app: str, *args: str, env: dict[str, str] | None = None) -> SupervisorProcess:
+        sup = SupervisorProcess(dsn, app_dir, app, list(args), env, name=f"supervisor-{len(started)}")
+        started.append(sup)
+        return sup
+
+    yield start
+    for sup in started:
+        sup.cleanup()
+
+
 # A side table the test handlers write to, to count real executions.
 RUNS_TABLE_SQL = """
 CREATE TABLE IF NOT EXISTS public.runs (
@@ -146,5 +222,6 @@ def record(n):
 """
 
 
-__all__ = ["wait_until", "query", "scalar", "WorkerProcess", "app_dir", "write_app", "start_worker",
+__all__ = ["wait_until", "query", "scalar", "WorkerProcess", "SupervisorProcess", "alive", "app_dir", "write_app",
+           "start_worker", "start_supervisor",
            "RUNS_TABLE_SQL", "APP_PRELUDE"]

@@ -9,6 +9,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from angela_queue import db, queries
+from fix_db import backdate
 
 W1 = uuid.uuid4()
 W2 = uuid.uuid4()
@@ -16,14 +17,16 @@ W2 = uuid.uuid4()
 
 def claim(conn, limit=1, worker=W1, queues=("default",)):
     return db.fetch_all(conn, "tasks_claim",
-                        {"queues": list(queues), "limit": limit, "worker_id": worker, "min_effective": None})
+                        {"queues": list(queues), "limit": limit, "worker_id": worker, "min_effective": None, "batch_below": 0})
 
 
 def insert(conn, kind="k", priority=5, minutes_ago=0, queue="default", payload=None):
-    return conn.execute(
-        "INSERT INTO angela_queue.tasks (kind, priority, run_at, queue, payload) "
-        "VALUES (%s, %s, now() - make_interval(mins => %s), %s, %s) RETURNING id",
-        (kind, priority, minutes_ago, queue, json.dumps(payload or {}))).fetchone()["id"]
+    tid = conn.execute(
+        "INSERT INTO angela_queue.tasks (kind, priority, queue, payload) VALUES (%s, %s, %s, %s) RETURNING id",
+        (kind, priority, queue, json.dumps(payload or {}))).fetchone()["id"]
+    if minutes_ago:
+        backdate(conn, tid, minutes_ago)
+    return tid
 
 
 def test_claim_takes_highest_effective_priority_first(conn):
@@ -67,8 +70,8 @@ def test_concurrent_claims_never_take_the_same_row(dsn, conn):
     with psycopg.connect(dsn, row_factory=dict_row) as a, psycopg.connect(dsn, row_factory=dict_row) as b:
         # Two open transactions claim at once: SKIP LOCKED makes the second
         # pass over the rows the first holds instead of waiting or doubling.
-        ra = db.fetch_all(a, "tasks_claim", {"queues": ["default"], "limit": 10, "worker_id": W1, "min_effective": None})
-        rb = db.fetch_all(b, "tasks_claim", {"queues": ["default"], "limit": 10, "worker_id": W2, "min_effective": None})
+        ra = db.fetch_all(a, "tasks_claim", {"queues": ["default"], "limit": 10, "worker_id": W1, "min_effective": None, "batch_below": 0})
+        rb = db.fetch_all(b, "tasks_claim", {"queues": ["default"], "limit": 10, "worker_id": W2, "min_effective": None, "batch_below": 0})
         a.commit()
         b.commit()
     ids_a, ids_b = {r["id"] for r in ra}, {r["id"] for r in rb}
@@ -121,6 +124,28 @@ def test_release_gives_the_task_back_without_counting_the_attempt(conn):
     assert row == {"status": "queued", "attempts": 0, "worker_id": None}
 
 
+def test_tasks_bound_for_a_batch_are_claimed_unstarted_and_count_their_attempt_at_the_start(conn):
+    """A worker that dies holding a collecting batch has not cost its tasks an
+    attempt: only tasks_start_many, when the batch runs, counts it."""
+    low, high = insert(conn, priority=2), insert(conn, priority=7)
+    rows = db.fetch_all(conn, "tasks_claim", {"queues": ["default"], "limit": 5, "worker_id": W1,
+                                              "min_effective": None, "batch_below": 5})
+    state = {r["id"]: r for r in conn.execute("SELECT id, attempts, started_at FROM angela_queue.tasks")}
+    assert {r["id"]: r["attempts"] for r in rows} == {low: 0, high: 1}
+    assert state[low]["started_at"] is None and state[high]["started_at"] is not None
+    fill = insert(conn, priority=3)
+    assert [r["id"] for r in db.fetch_all(conn, "tasks_claim_kind", {"queue": "default", "kind": "k", "limit": 5,
+                                                                     "worker_id": W1})] == [fill]
+    # Released unstarted (a graceful stop, or a reclaim): nothing to give back.
+    assert db.fetch_all(conn, "tasks_release_many", {"ids": [fill], "worker_id": W1})
+    assert conn.execute("SELECT attempts FROM angela_queue.tasks WHERE id = %s", (fill,)).fetchone()["attempts"] == 0
+    # The batch starts: counted once, stamped, and only for rows still ours.
+    started = db.fetch_all(conn, "tasks_start_many", {"ids": [low, high, fill], "worker_id": W1})
+    assert started == [{"id": low, "attempts": 1}]
+    assert db.fetch_all(conn, "tasks_start_many", {"ids": [low], "worker_id": W1}) == []   # never twice
+    assert conn.execute("SELECT started_at FROM angela_queue.tasks WHERE id = %s", (low,)).fetchone()["started_at"]
+
+
 def test_claim_kind_only_takes_low_priority_of_that_kind(conn):
     insert(conn, kind="a", priority=2)
     insert(conn, kind="a", priority=7)
@@ -144,7 +169,7 @@ def test_claim_walks_the_index_without_sorting_100k_rows(conn):
     conn.execute("ANALYZE angela_queue.tasks")
     with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
         cur.execute("EXPLAIN (FORMAT JSON) " + queries.query("tasks_claim"),
-                    {"queues": ["default"], "limit": 10, "worker_id": W1, "min_effective": None})
+                    {"queues": ["default"], "limit": 10, "worker_id": W1, "min_effective": None, "batch_below": 0})
         plan = cur.fetchone()[0][0]["Plan"]
     # The pick (CTE "picked") is where the queue is read: it must walk the
     # index in order and stop at the LIMIT. Its only sort merges the <= limit

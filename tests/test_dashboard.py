@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from angela_queue import db
+from fix_db import backdate
 from angela_queue.maintenance import lease as leader
 from angela_queue.inspect.dashboard import Throughput
 from fix_procs import wait_until
@@ -118,18 +119,21 @@ def seed(conn) -> dict:
     assert leader.attempt_elect(conn, sup, 15)
     db.fetch_all(conn, "workers_register", {
         "id": busy, "supervisor_id": sup, "host": "host-a", "pid": 5151, "queues": ["sla"],
-        "concurrency": 2, "stuck_after_s": 60, "dead_after_s": 30})
+        "concurrency": 2, "stuck_after_s": 60, "dead_after_s": 30, "kinds": []})
     # Queue 'held' is served by nobody: its depth stays put. The critical task
     # became runnable a minute ago, so it is overdue already.
     conn.execute("""
         INSERT INTO angela_queue.tasks (kind, queue, priority, run_at)
         SELECT 'k', 'held', p, now() + make_interval(secs => s)
-        FROM (VALUES (10, -60), (8, 0), (8, 0), (5, 0), (2, 0), (6, 3600)) AS v(p, s)""")
+        FROM (VALUES (10, 0), (8, 0), (8, 0), (5, 0), (2, 0), (6, 3600)) AS v(p, s)""")
+    backdate(conn, conn.execute("SELECT id FROM angela_queue.tasks WHERE queue = 'held' AND priority = 10")
+             .fetchone()["id"], 1)
     # Queue 'sla': two critical tasks started now; one was due two minutes ago (late).
-    conn.execute("""
-        INSERT INTO angela_queue.tasks (kind, queue, priority, run_at)
-        VALUES ('k', 'sla', 9, now()), ('k', 'sla', 9, now() - interval '2 minutes')""")
-    claimed = db.fetch_all(conn, "tasks_claim", {"queues": ["sla"], "limit": 2, "worker_id": busy, "min_effective": None})
+    late = [r["id"] for r in conn.execute("""
+        INSERT INTO angela_queue.tasks (kind, queue, priority)
+        VALUES ('k', 'sla', 9), ('k', 'sla', 9) RETURNING id""").fetchall()]
+    backdate(conn, late[1], 2)
+    claimed = db.fetch_all(conn, "tasks_claim", {"queues": ["sla"], "limit": 2, "worker_id": busy, "min_effective": None, "batch_below": 0})
     assert len(claimed) == 2
     db.fetch_all(conn, "workers_heartbeat", {
         "id": busy, "status": "active", "current_tasks": sorted(c["id"] for c in claimed), "tasks_completed": 41,
@@ -180,6 +184,8 @@ def test_page_health_and_stats_of_a_known_database(dsn, conn, start_dashboard):
     assert (supervisor["workers_live"], supervisor["workers_target"]) == (1, 2)
     assert data["sample"]["complete"] is True and data["sample"]["rows"] == 8
     assert data["database"].endswith(conn.info.dbname) and "password" not in data["database"]
+    # Queue 'held' has no worker at all: its kind is named as unserved.
+    assert by(data["unserved"], queue="held") == {"queue": "held", "kind": "k", "waiting": 6, "queue_served": False}
 
     assert board.stop() == 0
 

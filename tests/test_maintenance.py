@@ -27,7 +27,7 @@ def register_worker(conn, *, dead_after_s: float = 30, supervisor_id=None) -> uu
     worker_id = uuid.uuid4()
     db.fetch_all(conn, "workers_register", {
         "id": worker_id, "supervisor_id": supervisor_id, "host": "test", "pid": 1, "queues": ["default"],
-        "concurrency": 1, "stuck_after_s": 60, "dead_after_s": dead_after_s})
+        "concurrency": 1, "stuck_after_s": 60, "dead_after_s": dead_after_s, "kinds": []})
     return worker_id
 
 
@@ -40,7 +40,7 @@ def enqueue(conn, n: int = 1, *, max_attempts: int = 5, kind: str = "k") -> list
 
 def claim(conn, worker_id: uuid.UUID, limit: int = 1) -> list[int]:
     rows = db.fetch_all(conn, "tasks_claim", {"queues": ["default"], "limit": limit, "worker_id": worker_id,
-                                              "min_effective": None})
+                                              "min_effective": None, "batch_below": 0})
     return [r["id"] for r in rows]
 
 
@@ -236,7 +236,7 @@ def test_due_scheduled_tasks_are_promoted(conn):
     assert task(conn, tid)["status"] == "queued"
 
 
-def test_prune_deletes_old_finished_rows_in_bounded_chunks(conn):
+def test_prune_deletes_old_finished_rows_in_chunks_until_caught_up(conn):
     old = enqueue(conn, 7)
     conn.execute("UPDATE angela_queue.tasks SET status = 'succeeded', finished_at = now() WHERE id = ANY(%s)",
                  (old,))
@@ -245,13 +245,38 @@ def test_prune_deletes_old_finished_rows_in_bounded_chunks(conn):
     [running] = claim(conn, w)
     week_later = at(conn, 7 * DAY + 60)
 
-    assert maintenance.prune(conn, 7 * DAY, now=at(conn, 6 * DAY))["tasks"] == 0    # not old enough yet
-    counts = maintenance.prune(conn, 7 * DAY, now=week_later, chunk=3, max_chunks=2)
-    assert counts["tasks"] == 6                                                       # bounded: 2 chunks of 3
-    assert maintenance.prune(conn, 7 * DAY, now=week_later, chunk=3, max_chunks=2)["tasks"] == 1
+    assert maintenance.prune(conn, 7 * DAY, now=at(conn, 6 * DAY)).counts["tasks"] == 0    # not old enough yet
+    # A budget of nothing: one chunk, then it says it is behind.
+    behind = maintenance.prune(conn, 7 * DAY, now=week_later, chunk=3, budget_s=0)
+    assert behind.counts["tasks"] == 3 and not behind.caught_up
+    rest = maintenance.prune(conn, 7 * DAY, now=week_later, chunk=3)
+    assert rest.counts["tasks"] == 4 and rest.caught_up                               # chunk after chunk
     left = {r["id"]: r["status"] for r in conn.execute("SELECT id, status FROM angela_queue.tasks").fetchall()}
-    assert set(left) == set(waiting)                     # unfinished rows are never pruned
+    assert set(left) == set(waiting) | {running}          # unfinished rows are never pruned
     assert left[running] == "running"
+
+
+def test_failed_rows_are_kept_for_their_own_longer_retention(conn):
+    ok, failed, cancelled, dropped = enqueue(conn, 4)
+    for tid, status in ((ok, "succeeded"), (failed, "failed"), (cancelled, "cancelled"), (dropped, "dropped")):
+        conn.execute("UPDATE angela_queue.tasks SET status = %s, finished_at = now() WHERE id = %s", (status, tid))
+    result = maintenance.prune(conn, DAY, 30 * DAY, now=at(conn, 2 * DAY))
+    assert result.counts["tasks"] == 3
+    assert [r["id"] for r in conn.execute("SELECT id FROM angela_queue.tasks")] == [failed]
+    assert maintenance.prune(conn, DAY, 30 * DAY, now=at(conn, 31 * DAY)).counts["tasks"] == 1
+
+
+def test_a_row_created_in_the_future_cannot_pin_the_pruner(conn):
+    """Retention goes by finished_at: whatever a row's created_at or id say, due rows go."""
+    first, pinned, last = enqueue(conn, 3)
+    conn.execute("UPDATE angela_queue.tasks SET status = 'succeeded', finished_at = now()")
+    with conn.transaction():   # as a hand-edit under 0001 could leave it (the trigger now forbids it)
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute("UPDATE angela_queue.tasks SET created_at = '2100-01-01', finished_at = now() + interval "
+                     "'1 hour' WHERE id = %s", (pinned,))
+    result = maintenance.prune(conn, DAY, now=at(conn, 2 * DAY))
+    assert result.counts["tasks"] == 3
+    assert conn.execute("SELECT count(*) AS n FROM angela_queue.tasks").fetchone()["n"] == 0
 
 
 def test_prune_removes_old_stopped_workers_and_supervisors_only(conn):
@@ -261,7 +286,7 @@ def test_prune_removes_old_stopped_workers_and_supervisors_only(conn):
     db.fetch_all(conn, "supervisors_register", {"id": sid, "host": "h", "pid": 1, "queues": ["default"],
                                                "workers_target": 0, "last_decision": None})
     db.fetch_all(conn, "supervisors_mark_stopped", {"id": sid, "last_decision": "stopped"})
-    counts = maintenance.prune(conn, DAY, now=at(conn, 2 * DAY))
+    counts = maintenance.prune(conn, DAY, now=at(conn, 2 * DAY)).counts
     assert counts["workers"] == 1 and counts["supervisors"] == 1
     assert worker(conn, gone) is None and worker(conn, alive) is not None
 
@@ -277,64 +302,7 @@ def test_maintenance_run_does_everything_and_is_idempotent(conn):
     assert worker(conn, w)["status"] == "dead"
 
 
-# --- the pruner's walk along the primary key ----------------------------------------------------
-
-def backdate(conn, task_id: int, *, status: str | None = None, created_days: float,
-             finished_days: float | None = None) -> None:
-    """Make a task look created (and finished) that many days ago."""
-    conn.execute(
-        "UPDATE angela_queue.tasks SET status = coalesce(%s, status), "
-        "created_at = now() - make_interval(secs => %s), "
-        "finished_at = CASE WHEN %s::float8 IS NULL THEN finished_at ELSE now() - make_interval(secs => %s) END "
-        "WHERE id = %s",
-        (status, created_days * DAY, finished_days, (finished_days or 0) * DAY, task_id))
-
-
-def test_prune_steps_over_rows_not_yet_due_stops_at_the_frontier_and_never_deletes_early(conn):
-    w = register_worker(conn)
-    scheduled = conn.execute("INSERT INTO angela_queue.tasks (kind, run_at) VALUES ('k', now() + interval '1 year') "
-                             "RETURNING id").fetchone()["id"]
-    running, young, old_failed, queued, old_cancelled, frontier, behind = enqueue(conn, 7)
-    for tid in (scheduled, running, queued):
-        backdate(conn, tid, created_days=3)
-    assert claim(conn, w) == [running]
-    backdate(conn, young, status="succeeded", created_days=3, finished_days=1 / 24)   # finished an hour ago
-    backdate(conn, old_failed, status="failed", created_days=3, finished_days=2)
-    backdate(conn, old_cancelled, status="cancelled", created_days=2, finished_days=2)
-    conn.execute("UPDATE angela_queue.tasks SET status = 'dropped', finished_at = now() WHERE id = %s", (frontier,))
-    # Inserted out of id order (a long transaction): due, but past the frontier.
-    backdate(conn, behind, status="succeeded", created_days=2, finished_days=2)
-
-    walk = maintenance.PruneWalk()
-    assert maintenance.prune_tasks(conn, DAY, walk=walk, now=at(conn, 0), chunk=2, max_chunks=10) == 2
-    assert walk.after_id == 0                       # frontier reached: the next run starts a new pass
-    left = {r["id"]: r["status"] for r in conn.execute("SELECT id, status FROM angela_queue.tasks")}
-    assert set(left) == {scheduled, running, young, queued, frontier, behind}
-    # Nothing is due a second time round; the rows stepped over are all still there.
-    assert maintenance.prune_tasks(conn, DAY, walk=walk, now=at(conn, 0), chunk=2, max_chunks=10) == 0
-
-    # Two days on, the young row, the frontier and the one behind it are due; unfinished rows never are.
-    assert maintenance.prune_tasks(conn, DAY, walk=walk, now=at(conn, 2 * DAY), chunk=2, max_chunks=10) == 3
-    left = {r["id"]: r["status"] for r in conn.execute("SELECT id, status FROM angela_queue.tasks")}
-    assert left == {scheduled: "scheduled", running: "running", queued: "queued"}
-
-
-def test_the_prune_walk_is_bounded_per_run_and_resumes_where_it_stopped(conn):
-    [live] = enqueue(conn)
-    done = enqueue(conn, 5)
-    conn.execute("UPDATE angela_queue.tasks SET status = 'succeeded', finished_at = now() WHERE id = ANY(%s)",
-                 (done,))
-    later = at(conn, DAY + 60)
-    walk = maintenance.PruneWalk()
-    steps = []
-    for _ in range(5):          # one step of 2 rows per run
-        pruned = maintenance.prune_tasks(conn, DAY, walk=walk, now=later, chunk=2, max_chunks=1)
-        steps.append((pruned, walk.after_id))
-    assert steps == [(1, done[0]), (2, done[2]), (2, done[4]),   # [live, d0], [d1, d2], [d3, d4]
-                     (0, 0),                                     # the end: start a new pass
-                     (0, 0)]                                     # [live]: still not due, never deleted
-    assert [r["id"] for r in conn.execute("SELECT id FROM angela_queue.tasks")] == [live]
-
+# --- the pruner reads its index, however big the table --------------------------------------
 
 def _plan_nodes(plan: dict) -> list[dict]:
     nodes = [plan]
@@ -363,14 +331,14 @@ def _as_prepared(query: str) -> tuple[str, list[str]]:
     return re.sub(r"%\((\w+)\)s", number, query).replace("%%", "%"), names
 
 
-def test_the_prune_step_reads_a_bounded_stretch_of_the_primary_key_on_a_big_table(conn):
+def test_the_prune_step_reads_its_index_and_a_bounded_number_of_rows_on_a_big_table(conn):
     # 50k rows, all finished just now (nothing old enough), a few live ones among them.
     conn.execute("INSERT INTO angela_queue.tasks (kind) SELECT 'k' FROM generate_series(1, 50000)")
     conn.execute("UPDATE angela_queue.tasks SET status = 'succeeded', finished_at = now() WHERE mod(id, 100) <> 0")
     conn.execute("ANALYZE angela_queue.tasks")
     limit = 1000
-    query = queries.query("maintenance_prune_tasks")
-    nothing_due = {"now": at(conn, 0), "retention_s": 7 * DAY, "after_id": 0, "limit": limit}
+    query = queries.query("maintenance_prune_finished")
+    nothing_due = {"status": "succeeded", "now": at(conn, 0), "retention_s": 7 * DAY, "limit": limit}
     all_due = {**nothing_due, "now": at(conn, 8 * DAY)}
 
     def explain(params: dict, generic: bool = False) -> dict:
@@ -399,12 +367,10 @@ def test_the_prune_step_reads_a_bounded_stretch_of_the_primary_key_on_a_big_tabl
         assert "Seq Scan" not in kinds and "Bitmap Heap Scan" not in kinds, kinds
         scans = _task_scans(plan)
         assert scans and {n["Node Type"] for n in scans} <= {"Index Scan", "Index Only Scan"}, kinds
-        assert {n["Index Name"] for n in scans} == {"tasks_pkey"}, scans
-        for scan in scans:      # each read of tasks stays within the step, however big the table
+        assert "tasks_finished_idx" in {n["Index Name"] for n in scans}, scans
+        for scan in scans:      # each read of tasks stays within the chunk, however big the table
             assert _rows_read(scan) <= limit, scan
 
-    # The step itself: nothing due, a bounded walk that reports the frontier at once.
-    row = db.fetch_one(conn, "maintenance_prune_tasks", nothing_due)
-    first = conn.execute("SELECT min(id) AS id FROM angela_queue.tasks").fetchone()["id"]
-    assert row == {"pruned": 0, "walked": limit, "last_id": first + limit - 1, "frontier_id": first}
-    assert conn.execute("SELECT count(*) AS n FROM angela_queue.tasks").fetchone()["n"] == 50000
+    assert db.fetch_one(conn, "maintenance_prune_finished", nothing_due) == {"pruned": 0}
+    assert db.fetch_one(conn, "maintenance_prune_finished", all_due) == {"pruned": limit}
+    assert conn.execute("SELECT count(*) AS n FROM angela_queue.tasks").fetchone()["n"] == 50000 - limit

@@ -239,3 +239,71 @@ def test_the_comparison_notices_a_difference(two_databases):
     run_sql(from_alembic, "CREATE INDEX tasks_extra_idx ON angela_queue.tasks (kind)")
     assert describe(from_sql)["indexes"] != describe(from_alembic)["indexes"]
     assert pg_dump_schema(from_sql) != pg_dump_schema(from_alembic)
+
+
+# --- revisions are frozen, and each upgrades real data -------------------------------
+
+# sha256 of every shipped revision file. A shipped revision never changes:
+# a schema change is a new revision (a delta), or existing databases would
+# never receive it. Add a line here when a revision ships; never edit one.
+FROZEN_REVISIONS = {
+    "0001_initial_schema.py": "020df12349c10a116a73541b1a2421015c2efc814763ab5dfbfd9f5b8bab55b6",
+    "0001_initial_schema.sql": "916d01922a79f253185fe19b4e68d85ae6c8b7e69003ae49230fdc9f69b88725",
+    "0002_hardening.down.sql": "b1ae63c9ac0caba3c0d6fc6e7c422b7ae76aa684866d51b621a22126587f5ada",
+    "0002_hardening.py": "3af43352aebce12ca969abad8df9b8b8909d99ff2b6e74f479d2151e51c7d247",
+    "0002_hardening.sql": "b6f640196c56a05b3e4a8a5dfd07f81e9c52ff4c488c215d6e82abb2376798bb",
+}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_shipped_revisions_are_frozen():
+    versions = ROOT / "alembic" / "versions"
+    for name, digest in FROZEN_REVISIONS.items():
+        assert _sha256(versions / name) == digest, (
+            f"alembic/versions/{name} changed after it shipped: put the change in a new revision instead")
+    shipped = {p.name for p in versions.iterdir() if p.suffix in (".py", ".sql")}
+    assert shipped == set(FROZEN_REVISIONS), "every revision file must be listed in FROZEN_REVISIONS"
+
+
+def test_revision_0001_is_the_schema_it_shipped_with():
+    """The frozen baseline builds what 6c37f4f's sql/ built: its tasks table has no
+    kinds column on workers and the old timeout constraint, and nothing newer."""
+    text = (ROOT / "alembic" / "versions" / "0001_initial_schema.sql").read_text()
+    assert "CONSTRAINT task_timeout_positive CHECK (timeout_s IS NULL OR timeout_s > 0)" in text
+    assert "check_task_time" not in text and "tasks_finished_idx" not in text
+
+
+def test_code_expects_the_newest_revision():
+    from angela_queue.schema import SCHEMA_REVISION
+    assert migrations.head_revision() == SCHEMA_REVISION
+    assert migrations.known_revisions()[0] == "0001" and migrations.known_revisions()[-1] == SCHEMA_REVISION
+
+
+@pytest.mark.parametrize("revision", [r for r in migrations.known_revisions() if r != "0001"])
+def test_each_revision_downgrades_to_exactly_the_previous_schema(empty_dsn, revision):
+    revisions = migrations.known_revisions()
+    previous = revisions[revisions.index(revision) - 1]
+    migrations.upgrade(empty_dsn, previous)
+    before = describe(empty_dsn)
+    migrations.upgrade(empty_dsn, revision)
+    assert describe(empty_dsn) != before, f"revision {revision} changes nothing"
+    command.downgrade(migrations.alembic_config(empty_dsn), previous)
+    assert migrations.current_revision(empty_dsn) == previous
+    assert describe(empty_dsn) == before
+
+
+def test_migrate_against_a_newer_schema_names_both_revisions_in_one_line(empty_dsn):
+    migrations.upgrade(empty_dsn)
+    run_sql(empty_dsn, "UPDATE angela_queue.alembic_version SET version_num = '0999'")
+    proc = cli("--dsn", empty_dsn, "migrate")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "0999" in lines[0] and "newer" in lines[0]
+    from angela_queue.schema import SCHEMA_REVISION
+    assert SCHEMA_REVISION in lines[0]

@@ -180,7 +180,7 @@ def _space_freers():
         assert db.fetch_all(conn, "tasks_cancel", {"id": ids[0]})[0]["status"] == "cancelled"
 
     def claim(conn, ids):
-        claimed = db.fetch_all(conn, "tasks_claim", {"queues": ["mail"], "limit": 1, "worker_id": uuid.uuid4(), "min_effective": None})
+        claimed = db.fetch_all(conn, "tasks_claim", {"queues": ["mail"], "limit": 1, "worker_id": uuid.uuid4(), "min_effective": None, "batch_below": 0})
         assert len(claimed) == 1
 
     return [pytest.param(cancel, id="cancel"), pytest.param(claim, id="claim")]

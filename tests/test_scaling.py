@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sys
 import uuid
 
 import pytest
 
-from angela_queue.config import PROFILES, load_settings
+from angela_queue.config import PROFILES, Settings, load_settings
 from angela_queue.supervisor.scaling import (HealthLimits, Policy, Room, WorkerHealth, WorkerLoad, decide, depth_share,
                                   pick_retirees, progress_at, restart_delay, room, stuck_limit_s, stuck_reason)
-from angela_queue.supervisor import describe_exit, worker_command
+from angela_queue.supervisor import describe_exit, worker_command, worker_environment
 
 POLICY = Policy(min_workers=2, base_workers=4, max_workers=8)
 ROOM = Room(True, "plenty")
@@ -201,20 +202,56 @@ def test_profiles_apply_and_explicit_flags_override_them():
     assert (from_env.max_workers, from_env.min_workers) == (6, 1)   # flag > env > profile
 
 
-def test_worker_command_passes_the_resolved_settings_and_no_dsn():
-    settings = load_settings({"queues": ("a", "b"), "concurrency": 3, "stuck_after_s": 7.5,
-                              "dsn": "postgresql://u:secret@h/db"}, environ={})
+def test_workers_get_the_supervisors_resolved_settings_whole_and_no_dsn_in_argv():
+    # Built in Python, not from flags: the workers must still register dead_after_s 10.
+    settings = Settings(dsn="postgresql://u:secret@h/db", app="myapp", queues=("a", "b"), concurrency=3,
+                        stuck_after_s=7.5, dead_after_s=10.0, heartbeat_interval_s=1.0)
     sid, wid = uuid.uuid4(), uuid.uuid4()
-    cmd = worker_command(settings, "myapp", supervisor_id=sid, supervisor_pid=123, worker_id=wid)
+    cmd = worker_command(supervisor_id=sid, supervisor_pid=123, worker_id=wid)
     assert cmd[:4] == [sys.executable, "-m", "angela_queue", "worker"]
     joined = " ".join(cmd)
-    assert "--app myapp" in joined and "--queue a --queue b" in joined and "--concurrency 3" in joined
-    assert "--stuck-after 7.5" in joined
     assert f"--supervisor-id {sid}" in joined and "--supervisor-pid 123" in joined and f"--worker-id {wid}" in joined
     assert "secret" not in joined   # the DSN travels in the environment, not in argv (ps shows argv)
-    quiet = worker_command(settings, "myapp", supervisor_id=sid, supervisor_pid=1, worker_id=wid,
-                           log_level="WARNING")
+    env = worker_environment(settings, {"PATH": "/bin", "ANGELA_QUEUE_DEAD_AFTER": "99"})
+    assert env["PATH"] == "/bin"
+    # What the worker resolves is exactly what the supervisor resolved; the
+    # environment's own ANGELA_QUEUE_* are not read a second time.
+    assert load_settings({}, environ=env) == settings
+    quiet = worker_command(supervisor_id=sid, supervisor_pid=1, worker_id=wid, log_level="WARNING")
     assert quiet[3:6] == ["--log-level", "WARNING", "worker"]   # a group option: before the command
+
+
+def test_every_flag_has_a_variable_named_after_it_and_old_names_still_work():
+    from angela_queue.config import OPTIONS
+    by_flag = {o.flag: o for o in OPTIONS}
+    assert by_flag["--scale-interval"].env == "ANGELA_QUEUE_SCALE_INTERVAL"
+    assert by_flag["--max-workers"].env == "ANGELA_QUEUE_MAX_WORKERS"
+    for option in OPTIONS:
+        assert option.env.startswith("ANGELA_QUEUE_")
+    assert load_settings({}, environ={"ANGELA_QUEUE_SCALE_INTERVAL": "5"}).scale_interval_s == 5
+    assert load_settings({}, environ={"ANGELA_QUEUE_SCALE_INTERVAL_S": "6"}).scale_interval_s == 6   # alias
+    both = {"ANGELA_QUEUE_SCALE_INTERVAL": "5", "ANGELA_QUEUE_SCALE_INTERVAL_S": "6"}
+    assert load_settings({}, environ=both).scale_interval_s == 5                                      # flag's name wins
+    assert load_settings({"scale_interval_s": 7}, environ=both).scale_interval_s == 7                 # flag > env
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"heartbeat_interval_s": 40}, "--heartbeat-interval 40 is too long for --dead-after 30"),
+    ({"heartbeat_interval_s": 5, "dead_after_s": 60, "stuck_after_s": 12}, "too long for --stuck-after 12"),
+    ({"heartbeat_interval_s": 6, "leader_lease_s": 15}, "too long for ANGELA_QUEUE_LEADER_LEASE_S 15"),
+    ({"concurrency": 0}, "--concurrency must be at least 1"),
+    ({"dead_after_s": float("nan")}, "--dead-after must be a positive, finite number"),
+])
+def test_contradictory_or_impossible_settings_are_refused_naming_them(values, message):
+    from angela_queue.errors import ConfigError
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(values, environ={})
+
+
+def test_the_lease_follows_a_long_heartbeat_unless_set():
+    assert load_settings({}, environ={}).lease_s == 15
+    assert load_settings({"heartbeat_interval_s": 8, "dead_after_s": 30, "stuck_after_s": 60},
+                         environ={}).lease_s == 24
 
 
 @pytest.mark.parametrize("code, text", [(0, "exited cleanly"), (-9, "killed by SIGKILL"),

@@ -10,6 +10,8 @@ import datetime as dt
 import psycopg
 import pytest
 
+from fix_db import backdate
+
 SPEC_COLUMNS = {
     "id", "queue", "kind", "payload", "priority", "boost", "tier", "status", "created_at",
     "run_at", "deadline", "attempts", "max_attempts", "started_at", "finished_at", "result",
@@ -200,11 +202,12 @@ def test_changing_priority_or_run_at_recomputes_deadline_and_order(conn):
 # --- aging: the queued_tasks view --------------------------------------------
 
 def test_effective_priority_is_priority_plus_boost_plus_aging(conn):
-    conn.execute("""
-        INSERT INTO angela_queue.tasks (kind, priority, payload, run_at) VALUES
-            ('fresh', 4, '{}', now()),
-            ('old', 3, '{"emotional": true}', now() - interval '37 minutes'),
-            ('older', 6, '{"text": "urgent?"}', now() - interval '2 hours 30 minutes')""")
+    ids = [r["id"] for r in conn.execute("""
+        INSERT INTO angela_queue.tasks (kind, priority, payload) VALUES
+            ('fresh', 4, '{}'), ('old', 3, '{"emotional": true}'), ('older', 6, '{"text": "urgent?"}')
+        RETURNING id""").fetchall()]
+    backdate(conn, ids[1], 37)
+    backdate(conn, ids[2], 150)
     rows = conn.execute("""
         SELECT v.kind, v.effective_priority, t.priority, t.boost, t.aging_rate,
                extract(epoch FROM now() - t.run_at)::double precision / 60 AS minutes
@@ -221,8 +224,9 @@ def test_effective_priority_is_priority_plus_boost_plus_aging(conn):
 
 def test_backdated_low_priority_task_outranks_fresh_critical_one(conn):
     conn.execute("INSERT INTO angela_queue.tasks (kind, priority) VALUES ('critical', 10)")
-    conn.execute("INSERT INTO angela_queue.tasks (kind, priority, run_at) "
-                 "VALUES ('starving', 1, now() - interval '3 hours')")
+    starving = conn.execute("INSERT INTO angela_queue.tasks (kind, priority) VALUES ('starving', 1) "
+                            "RETURNING id").fetchone()["id"]
+    backdate(conn, starving, 180)
     conn.execute("INSERT INTO angela_queue.tasks (kind, priority) VALUES ('medium', 5)")
 
     view = conn.execute("SELECT kind, effective_priority FROM angela_queue.queued_tasks").fetchall()
@@ -236,20 +240,32 @@ def test_backdated_low_priority_task_outranks_fresh_critical_one(conn):
 
 
 def test_fresh_critical_task_outranks_slightly_older_low_one(conn):
-    conn.execute("INSERT INTO angela_queue.tasks (kind, priority, run_at) "
-                 "VALUES ('low', 1, now() - interval '10 minutes')")
+    low = conn.execute("INSERT INTO angela_queue.tasks (kind, priority) VALUES ('low', 1) RETURNING id").fetchone()
+    backdate(conn, low["id"], 10)
     conn.execute("INSERT INTO angela_queue.tasks (kind, priority) VALUES ('critical', 10)")
     view = conn.execute("SELECT kind FROM angela_queue.queued_tasks").fetchall()
     assert [r["kind"] for r in view] == ["critical", "low"]
 
 
+def test_a_run_at_in_the_past_does_not_age_a_task(conn):
+    """Aging counts from greatest(run_at, created_at): a producer that writes
+    run_at = 1900 means "now", and must not jump ahead of everything forever."""
+    conn.execute("INSERT INTO angela_queue.tasks (kind, priority, run_at) VALUES ('ancient', 1, '1900-01-02')")
+    conn.execute("INSERT INTO angela_queue.tasks (kind, priority) VALUES ('critical', 10)")
+    view = conn.execute("SELECT kind, effective_priority, minutes_waiting FROM angela_queue.queued_tasks").fetchall()
+    assert [r["kind"] for r in view] == ["critical", "ancient"]
+    assert view[1]["effective_priority"] == pytest.approx(1, abs=0.01)
+    row = conn.execute("SELECT deadline - created_at AS window FROM angela_queue.tasks WHERE kind = 'ancient'").fetchone()
+    assert row["window"] == dt.timedelta(minutes=30)      # the deadline counts from the insert too
+
+
 def test_aging_rate_change_applies_to_new_and_waiting_tasks_of_that_queue(conn):
-    conn.execute("INSERT INTO angela_queue.tasks (kind, run_at) VALUES ('waiting', now() - interval '10 minutes')")
-    conn.execute("INSERT INTO angela_queue.tasks (kind, queue, run_at) "
-                 "VALUES ('elsewhere', 'other', now() - interval '10 minutes')")
+    ids = [r["id"] for r in conn.execute("INSERT INTO angela_queue.tasks (kind, queue) VALUES "
+                                         "('waiting', 'default'), ('elsewhere', 'other') RETURNING id").fetchall()]
+    backdate(conn, ids, 10)
     conn.execute("UPDATE angela_queue.queues SET aging_rate = 1.0 WHERE name = 'default'")
-    conn.execute("INSERT INTO angela_queue.tasks (kind, priority, run_at) "
-                 "VALUES ('new', 9, now() - interval '2 minutes')")
+    new = conn.execute("INSERT INTO angela_queue.tasks (kind, priority) VALUES ('new', 9) RETURNING id").fetchone()
+    backdate(conn, new["id"], 2)
     conn.execute("INSERT INTO angela_queue.tasks (kind, priority) VALUES ('new_fresh', 10)")
 
     rates = {r["kind"]: r["aging_rate"] for r in

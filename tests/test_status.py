@@ -28,12 +28,12 @@ def seed(conn) -> dict:
     for wid, pid in ((busy, 5151), (gone, 5252)):
         db.fetch_all(conn, "workers_register", {
             "id": wid, "supervisor_id": sup, "host": "host-a", "pid": pid, "queues": ["default"],
-            "concurrency": 1, "stuck_after_s": 60, "dead_after_s": 30})
+            "concurrency": 1, "stuck_after_s": 60, "dead_after_s": 30, "kinds": []})
     db.fetch_all(conn, "workers_mark_stopped", {"id": gone, "tasks_completed": 1, "tasks_failed": 0,
                                                "avg_processing_time_ms": 5})
     conn.execute("INSERT INTO angela_queue.tasks (kind, priority) "
                  "SELECT 'k', p FROM unnest(ARRAY[10, 8, 8, 5, 5, 5, 2]) AS p")
-    [claimed] = db.fetch_all(conn, "tasks_claim", {"queues": ["default"], "limit": 1, "worker_id": busy, "min_effective": None})
+    [claimed] = db.fetch_all(conn, "tasks_claim", {"queues": ["default"], "limit": 1, "worker_id": busy, "min_effective": None, "batch_below": 0})
     db.fetch_all(conn, "workers_heartbeat", {
         "id": busy, "status": "active", "current_tasks": [claimed["id"]], "tasks_completed": 41,
         "tasks_failed": 2, "avg_processing_time_ms": 12.5, "last_active": None})

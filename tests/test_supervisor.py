@@ -21,13 +21,12 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
 
 from angela_queue import db
 from angela_queue.supervisor import run as supervisor_mod
 from angela_queue.config import Settings
-from fix_procs import wait_until
+from fix_procs import SupervisorProcess, alive, wait_until
 
 APP = '''
 import os
@@ -78,62 +77,11 @@ FAST = ["--heartbeat-interval", "0.3", "--poll-interval", "0.2", "--shutdown-gra
 ENV = {"ANGELA_QUEUE_ROOM_MAX_CPU_PERCENT": "101"}
 
 
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-class Supervisor:
-    """One `angela-queue run` process under test."""
+class Supervisor(SupervisorProcess):
+    """`angela-queue run --app testapp` under test, with the room rule off."""
 
     def __init__(self, dsn: str, cwd: Path, args: list[str], env: dict[str, str], name: str):
-        self.log_path = cwd / f"{name}.log"
-        self._log = open(self.log_path, "wb")
-        full_env = {**os.environ, **ENV, **env}
-        full_env.pop("ANGELA_QUEUE_DSN", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "angela_queue", "--dsn", dsn, "run", "--app", "testapp", *args],
-            cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
-        self.seen_workers: set[int] = set()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def workers(self) -> list[int]:
-        """Pids of its live worker processes (and remember them for clean-up)."""
-        try:
-            pids = [p.pid for p in psutil.Process(self.pid).children() if alive(p.pid)]
-        except psutil.NoSuchProcess:
-            pids = []
-        self.seen_workers.update(pids)
-        return pids
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = 20) -> int:
-        self.workers()
-        self.signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def cleanup(self) -> None:
-        self.workers()
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        deadline = time.monotonic() + 10
-        for pid in self.seen_workers:
-            while alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        self._log.close()
+        super().__init__(dsn, cwd, "testapp", args, {**ENV, **env}, name)
 
 
 @pytest.fixture
@@ -357,52 +305,53 @@ def test_the_supervisor_rides_out_a_lost_database_connection(conn, start):
 # --- database outages --------------------------------------------------------------------------
 
 def test_the_healthy_stretch_restarts_at_a_reconnect_and_at_a_stalled_round_trip_only(dsn):
-    sup = supervisor_mod.Supervisor(Settings(min_workers=1, base_workers=1, max_workers=1,
-                                             heartbeat_interval_s=2.0), dsn, app=None)
-    sup._db_healthy_since = 100.0
-    sup._db_round_trip(140.0, 140.5)                                   # a quick round trip
-    assert sup._db_healthy_for(now=140.5) == pytest.approx(40.5)
+    sup = supervisor_mod.Supervisor(Settings(dsn=dsn, min_workers=1, base_workers=1, max_workers=1,
+                                             heartbeat_interval_s=2.0))
+    health = sup.db_health
+    health.healthy_since = 100.0
+    health.round_trip(140.0, 140.5)                                   # a quick round trip
+    assert health.healthy_for(now=140.5) == pytest.approx(40.5)
     # Our own loop being slow (a gap between round trips) is not the database being away.
-    sup._db_round_trip(150.0, 150.2)
-    assert sup._db_healthy_for(now=150.2) == pytest.approx(50.2)
+    health.round_trip(150.0, 150.2)
+    assert health.healthy_for(now=150.2) == pytest.approx(50.2)
     # One round trip that hung 30 s (a partition the connection survived): start again.
-    sup._db_round_trip(151.0, 181.0)
-    assert sup._db_healthy_for(now=181.0) == 0.0
-    assert sup._db_healthy_for(now=185.1) == pytest.approx(4.1)
+    health.round_trip(151.0, 181.0)
+    assert health.healthy_for(now=181.0) == 0.0
+    assert health.healthy_for(now=185.1) == pytest.approx(4.1)
 
     # A reconnect starts a stretch, and every statement on the connection is timed.
     before = time.monotonic()
     assert sup._db_ready(time.monotonic())
     try:
-        assert before <= sup._db_healthy_since <= time.monotonic()
-        sup._db_stall_s = 0.15                       # rather than waiting out a real heartbeat interval
-        since = sup._db_healthy_since
+        assert before <= health.healthy_since <= time.monotonic()
+        health.stall_s = 0.15                        # rather than waiting out a real heartbeat interval
+        since = health.healthy_since
         sup.conn.execute("SELECT 1")
-        assert sup._db_healthy_since == since        # a quick statement: the stretch goes on
+        assert health.healthy_since == since         # a quick statement: the stretch goes on
         sup.conn.execute("SELECT pg_sleep(0.3)")     # a stall, as the supervisor sees it
-        assert sup._db_healthy_since >= since + 0.3
+        assert health.healthy_since >= since + 0.3
     finally:
         sup.conn.close()
 
 
 def test_own_workers_are_not_judged_stuck_across_a_database_outage(dsn, conn):
-    settings = Settings(min_workers=1, base_workers=1, max_workers=1, heartbeat_interval_s=2.0,
+    settings = Settings(dsn=dsn, min_workers=1, base_workers=1, max_workers=1, heartbeat_interval_s=2.0,
                         stuck_after_s=60.0, dead_after_s=30.0)
-    sup = supervisor_mod.Supervisor(settings, dsn, app=None, handler_timeout=lambda kind: None)
-    sup.conn = sup._connected(db.connect(dsn))
+    sup = supervisor_mod.Supervisor(settings, handler_timeout=lambda kind: None)
+    sup.conn = sup.db_health.watch(db.connect(dsn))
     silent, beating = uuid.uuid4(), uuid.uuid4()
     try:
         for wid in (silent, beating):
             db.fetch_all(conn, "workers_register", {
                 "id": wid, "supervisor_id": sup.id, "host": "test", "pid": 1, "queues": ["default"],
-                "concurrency": 1, "stuck_after_s": 60, "dead_after_s": 30})
+                "concurrency": 1, "stuck_after_s": 60, "dead_after_s": 30, "kinds": []})
             proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
             sup.children[wid] = supervisor_mod.Child(wid, proc, time.monotonic())
         tasks = {}
         for wid in (silent, beating):
             enqueue(conn, "nap", [{"n": 1}])
             [row] = db.fetch_all(conn, "tasks_claim", {"queues": ["default"], "limit": 1, "worker_id": wid,
-                                                       "min_effective": None})
+                                                       "min_effective": None, "batch_below": 0})
             tasks[wid] = row["id"]
         # A 100 s outage: no heartbeat and no progress could be written; every row looks dead and stuck.
         conn.execute("UPDATE angela_queue.workers SET last_heartbeat = now() - interval '100 seconds', "
@@ -413,7 +362,7 @@ def test_own_workers_are_not_judged_stuck_across_a_database_outage(dsn, conn):
             return conn.execute("SELECT status FROM angela_queue.tasks WHERE id = %s",
                                 (tasks[wid],)).fetchone()["status"]
 
-        sup._db_healthy_since = time.monotonic() - 5          # we reconnected 5 s ago
+        sup.db_health.healthy_since = time.monotonic() - 5          # we reconnected 5 s ago
         sup._watch_health()
         assert all(c.stuck is None and c.proc.poll() is None for c in sup.children.values())
         assert status(silent) == status(beating) == "running"
@@ -428,7 +377,7 @@ def test_own_workers_are_not_judged_stuck_across_a_database_outage(dsn, conn):
         assert sup.children[silent].stuck is None and status(silent) == "running"
 
         # The other never beats: after dead_after_s of reachable database it is judged too.
-        sup._db_healthy_since = time.monotonic() - 31
+        sup.db_health.healthy_since = time.monotonic() - 31
         sup._watch_health()
         assert sup.children[silent].stuck.startswith("no heartbeat")
         assert status(silent) == "queued"
@@ -458,13 +407,18 @@ def test_profile_and_flag_overrides_are_applied(conn, start):
 def test_run_rejects_a_missing_or_broken_app_with_one_clear_line(dsn, app_dir):
     (app_dir / "broken.py").write_text("raise RuntimeError('boom at import')\n")
     for args, expected in ((["run"], "--app MODULE is required"),
-                           (["run", "--app", "broken"], "cannot import --app 'broken'"),
+                           (["run", "--app", "broken"],
+                            "--app broken failed to import: RuntimeError: boom at import (broken.py, line 1)"),
+                           (["run", "--app", "nosuchmodule"], "--app nosuchmodule: no such module"),
                            (["run", "--app", "testapp", "--profile", "low", "--max-workers", "1"],
-                            "min_workers (2) exceeds max_workers (1)")):
+                            "--min-workers (2) exceeds --max-workers (1)"),
+                           (["run", "--app", "testapp", "--heartbeat-interval", "40"],
+                            "--heartbeat-interval 40 is too long for --dead-after 30")):
         out = subprocess.run([sys.executable, "-m", "angela_queue", "--dsn", dsn, *args], cwd=app_dir,
                              capture_output=True, text=True, timeout=30)
         assert out.returncode != 0
-        assert expected in out.stderr and "Traceback" not in out.stderr
+        assert expected in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 def test_supervisor_id_is_unique_per_run(conn, start):

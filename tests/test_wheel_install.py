@@ -53,7 +53,7 @@ def test_wheel_contains_the_sql_and_the_migrations(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     sql_files = {p.name for p in (CHECKOUT / "sql").glob("*.sql")}
     assert sql_files and {f"angela_queue/sql/{name}" for name in sql_files} <= names
-    revisions = {p.name for p in (CHECKOUT / "alembic" / "versions").glob("*.py")}
+    revisions = {p.name for p in (CHECKOUT / "alembic" / "versions").iterdir() if p.suffix in (".py", ".sql")}
     assert revisions and {f"angela_queue/alembic/versions/{name}" for name in revisions} <= names
     assert "angela_queue/alembic/env.py" in names
     assert "angela_queue/alembic/script.py.mako" in names

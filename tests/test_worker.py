@@ -7,6 +7,7 @@ import signal
 
 import psycopg
 
+from fix_db import backdate
 from fix_procs import APP_PRELUDE, RUNS_TABLE_SQL, query, scalar, wait_until
 
 FAST = ["--poll-interval", "0.2", "--heartbeat-interval", "0.5"]
@@ -74,14 +75,17 @@ def test_runs_sync_and_async_handlers_and_stores_results(dsn, client, write_app,
     assert worker.stop() == 0
 
 
-def test_unknown_kind_fails_at_once_and_worker_keeps_going(dsn, client, write_app, start_worker):
+def test_unknown_kind_is_retried_with_backoff_and_the_worker_keeps_going(dsn, client, write_app, start_worker):
+    """A rolling deploy gives old workers kinds they do not know yet: the task is
+    retried with the normal backoff (a worker that knows it may take it), and
+    fails only once its attempts are spent."""
     app = write_app(BASIC_APP)
-    unknown = client.enqueue("no_such_kind", max_attempts=5)
+    unknown = client.enqueue("no_such_kind", max_attempts=3)
     ok = client.enqueue("add", {"a": 1, "b": 1})
-    start_worker(app, *FAST)
+    start_worker(app, *FAST, "--backoff-base", "0.05", "--backoff-max", "0.1")
     row = wait_status(dsn, unknown.id, "failed")
-    assert row["attempts"] == 1
-    assert "no_such_kind" in row["last_error"] and "add" in row["last_error"]
+    assert row["attempts"] == 3
+    assert "no_such_kind" in row["last_error"] and "add" in row["last_error"] and "retried" in row["last_error"]
     assert wait_status(dsn, ok.id, "succeeded")["result"] == 2
 
 
@@ -273,11 +277,9 @@ def test_priority_order_with_one_worker(dsn, client, write_app, start_worker, co
     app = write_app(BASIC_APP)
     # n encodes the expected position. The backdated low task (priority 2,
     # waiting 200 minutes: 2 + 20 = 22) outranks the fresh critical one.
-    conn.execute("""INSERT INTO angela_queue.tasks (kind, payload, priority, run_at) VALUES
-        ('record', '{"n": 4}', 5, now()),
-        ('record', '{"n": 2}', 9, now()),
-        ('record', '{"n": 1}', 2, now() - interval '200 minutes'),
-        ('record', '{"n": 3}', 7, now())""")
+    conn.execute("""INSERT INTO angela_queue.tasks (kind, payload, priority) VALUES
+        ('record', '{"n": 4}', 5), ('record', '{"n": 2}', 9), ('record', '{"n": 1}', 2), ('record', '{"n": 3}', 7)""")
+    backdate(conn, scalar(dsn, "SELECT id FROM angela_queue.tasks WHERE payload = '{\"n\": 1}'"), 200)
     start_worker(app, "--concurrency", "1", *FAST)
     wait_until(lambda: scalar(dsn, "SELECT count(*) FROM public.runs") == 4, message="all ran")
     assert [r["n"] for r in query(dsn, "SELECT n FROM public.runs ORDER BY at")] == [1, 2, 3, 4]

@@ -1,18 +1,19 @@
-"""Initial schema: tables, functions, triggers and views from sql/.
+"""Initial schema: tables, functions, triggers and views.
 
 Revision ID: 0001
 Revises:
 Create Date: 2026-11-24
 
-This baseline applies the canonical sql/schema.sql and sql/views.sql. When
-the schema next changes, that change lands as revision 0002 (a delta) and
-this baseline is frozen to the text it applied, so existing databases and new
-ones end up identical (tests/migrations checks it).
+Frozen: 0001_initial_schema.sql beside this file is, byte for byte, the
+sql/schema.sql and sql/views.sql this revision shipped with (commit 6c37f4f).
+It never changes again; every later schema change is a new revision, a delta
+on top of it, and tests/test_migrations.py checks that the revisions together
+build exactly what sql/schema.sql builds today.
 """
 
 from alembic import op
 
-from angela_queue.queries import schema_ddl
+from angela_queue.migrations import apply_revision_sql
 
 revision = "0001"
 down_revision = None
@@ -21,10 +22,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # Straight to psycopg with no parameters, so the text goes to Postgres as
-    # is: no bind-parameter or %-placeholder parsing of the PL/pgSQL bodies.
-    # Same connection, same transaction as the rest of the upgrade.
-    op.get_bind().connection.driver_connection.execute(schema_ddl())
+    apply_revision_sql("0001_initial_schema.sql")
 
 
 # Drops everything in the schema except Alembic's own version table, which

@@ -1,4 +1,4 @@
-"""``angela-queue dashboard``: the live web dashboard (see angela_queue.dashboard)."""
+"""``angela-queue dashboard``: the live web dashboard (see angela_queue.inspect.dashboard)."""
 
 from __future__ import annotations
 
@@ -6,26 +6,21 @@ import sys
 
 import click
 
-from . import env, resolve_dsn
+from . import command, resolve_dsn, resolve_settings, settings_options
 
 
 def register(main: click.Group) -> None:
-    main.add_command(dashboard)
+    @command(main)
+    @settings_options("dashboard")
+    @click.pass_context
+    def dashboard(ctx: click.Context, **flags) -> None:
+        """Serve the live dashboard: queue depth per tier, throughput, latency, SLA and workers.
 
-
-@click.command()
-@click.option("--host", default="127.0.0.1", envvar=env("dashboard_host"), show_envvar=True, show_default=True,
-              help="Address to listen on. The page has no authentication: keep it on loopback, or put it "
-                   "behind a proxy that has.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, envvar=env("dashboard_port"),
-              show_envvar=True, show_default=True, help="Port to listen on; 0 picks a free one.")
-@click.pass_context
-def dashboard(ctx: click.Context, host: str, port: int) -> None:
-    """Serve the live dashboard: queue depth per tier, throughput, latency, SLA and workers.
-
-    Prints the URL once it listens. SIGTERM or Ctrl-C stops it.
-    """
-    from ..config import load_settings
-    from ..inspect.dashboard import serve
-    settings = load_settings()
-    sys.exit(serve(resolve_dsn(ctx), host, port, dead_after_s=settings.dead_after_s))
+        Prints the URL once it listens. SIGTERM or Ctrl-C stops it. The page
+        has no authentication: keep it on loopback (the default), or put it
+        behind a proxy that has.
+        """
+        from ..inspect.dashboard import serve
+        settings = resolve_settings(ctx, flags)
+        sys.exit(serve(resolve_dsn(ctx, settings), settings.dashboard_host, settings.dashboard_port,
+                       dead_after_s=settings.dead_after_s))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import click
 
+from . import dsn_option
+
 
 def register(main: click.Group) -> None:
     main.add_command(db)
@@ -19,6 +21,7 @@ def db() -> None:
 
 
 @db.command()
+@dsn_option
 @click.pass_context
 def url(ctx: click.Context) -> None:
     """Print the DSN commands use; with no DSN given, start the embedded server if needed."""
@@ -41,7 +44,9 @@ def status(ctx: click.Context) -> None:
     if info["running"]:
         click.echo(f"dsn: {info['dsn'].rsplit('/', 1)[0]}/{embedded.DATABASE}")
     click.echo(f"log: {info['log_file']}")
-    if ctx.obj.get("dsn"):
+    from ..config import from_env
+    from . import state
+    if state(ctx).dsn or from_env().get("dsn"):
         # Otherwise people read "running" and assume their commands go there.
         click.echo("note: a DSN is given (--dsn, ANGELA_QUEUE_DSN or DATABASE_URL), "
                    "so commands use that database, not this server")

@@ -16,6 +16,11 @@ import psycopg
 
 from .. import db
 from ..maintenance.lease import MAINTENANCE_LEASE
+from ..terminal import safe
+
+# Dropped tasks are counted over this window.
+DROPPED_WINDOW_S = 3600.0
+UNSERVED_LIMIT = 20
 
 
 @dataclass
@@ -23,6 +28,8 @@ class Snapshot:
     queues: list[dict[str, Any]] = field(default_factory=list)
     supervisors: list[dict[str, Any]] = field(default_factory=list)
     workers: list[dict[str, Any]] = field(default_factory=list)
+    unserved: list[dict[str, Any]] = field(default_factory=list)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
 
 
 def collect(conn: psycopg.Connection, *, include_stopped: bool = False, dead_after_s: float = 30.0) -> Snapshot:
@@ -37,11 +44,15 @@ def collect(conn: psycopg.Connection, *, include_stopped: bool = False, dead_aft
                 "all": include_stopped, "recent_s": 0, "running_first": False,
                 "dead_after_s": dead_after_s, "lease_name": MAINTENANCE_LEASE}),
             workers=db.fetch_all(conn, "status_workers", {"all": include_stopped}),
+            unserved=db.fetch_all(conn, "status_unserved_kinds", {"limit": UNSERVED_LIMIT}),
+            dropped=db.fetch_all(conn, "status_dropped", {"window_s": DROPPED_WINDOW_S}),
         )
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
-    """Columns padded to their widest cell; numbers (``right``) aligned right."""
+    """Columns padded to their widest cell; numbers (``right``) aligned right. Every
+    cell is made terminal-safe: names come from the database, and may be hostile."""
+    rows = [[safe(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):
@@ -82,6 +93,17 @@ def task_list(ids: Sequence[int] | None, limit: int = 3) -> str:
 
 def render(snap: Snapshot) -> str:
     sections = []
+
+    trouble = []
+    for u in snap.unserved:
+        who = "no live worker has a handler for it" if u["queue_served"] else "no live worker serves the queue"
+        trouble.append(f"  {u['waiting']} task(s) of kind {safe(repr(u['kind']))} wait in queue "
+                       f"{safe(repr(u['queue']))}: {who}")
+    for d in snap.dropped:
+        trouble.append(f"  {d['dropped']} task(s) dropped in queue {safe(repr(d['queue']))} in the last hour: "
+                       f"{safe(d['last_reason'] or '')}")
+    if trouble:
+        sections.append("TROUBLE\n" + "\n".join(trouble))
 
     rows = []
     for q in snap.queues:

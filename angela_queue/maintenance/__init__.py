@@ -25,11 +25,12 @@ counts only within that window.
 """
 
 from .lease import MAINTENANCE_LEASE, Lease
-from .prune import PruneWalk, prune, prune_tasks
+from .health import DbHealth
+from .prune import PruneResult, prune, prune_tasks
 from .reclaim import (Reclaimed, mark_lost_supervisors, reclaim_exited_worker, reclaim_lost_workers,
                       reclaim_stuck_worker)
 from .rounds import Maintenance, promote_due
 
-__all__ = ["MAINTENANCE_LEASE", "Lease", "Maintenance", "PruneWalk", "Reclaimed", "mark_lost_supervisors",
+__all__ = ["MAINTENANCE_LEASE", "Lease", "DbHealth", "Maintenance", "PruneResult", "Reclaimed", "mark_lost_supervisors",
            "promote_due", "prune", "prune_tasks", "reclaim_exited_worker", "reclaim_lost_workers",
            "reclaim_stuck_worker"]

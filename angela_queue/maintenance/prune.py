@@ -1,77 +1,83 @@
-"""Prune: delete finished tasks, and old worker and supervisor rows, after their retention."""
+"""Prune: delete finished tasks, and old worker and supervisor rows, after their retention.
+
+Tasks are deleted by ``finished_at`` through ``tasks_finished_idx``, in
+chunks, each final status with its own retention (failed rows are the
+dead-letter record and stay longer). A run keeps deleting until nothing is
+due or its time budget is spent, so the pruner keeps up with a drain of
+thousands of tasks a second; when the budget ran out, the next round (one
+heartbeat later) goes on instead of waiting for the next prune interval.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import psycopg
 
 from .. import db
 
-# Pruning runs on the leader at most this often, in chunks of PRUNE_CHUNK rows
-# and at most PRUNE_MAX_CHUNKS chunks per table per run, so one run stays well
-# inside the leader's lease; a bigger backlog is worked off over several runs.
-# For tasks a chunk is a step of the walk along the primary key (PruneWalk):
-# it bounds the rows read, not only the rows deleted.
-PRUNE_EVERY_S = 60.0
-PRUNE_CHUNK = 1000
-PRUNE_MAX_CHUNKS = 20
+# A full prune at most this often when the last one caught up.
+PRUNE_EVERY_S = 10.0
+# Rows per DELETE: big enough to be cheap per row, small enough that one
+# statement holds its locks for milliseconds.
+PRUNE_CHUNK = 5000
+# Seconds one run may spend deleting, so the leader's loop (a supervisor's,
+# with its children to watch) is never held for long.
+PRUNE_BUDGET_S = 0.5
+# Worker and supervisor rows per statement, and statements per run.
+ROWS_CHUNK = 1000
+ROWS_MAX_CHUNKS = 20
+
+FINAL_STATUSES = ("succeeded", "failed", "cancelled", "dropped")
 
 
 @dataclass
-class PruneWalk:
-    """Where the task pruner's walk along the primary key resumes.
-
-    Each run continues from ``after_id`` until it reaches the frontier (rows
-    too young to be due) or the end of the table, then starts over from the
-    oldest row, so rows it stepped over (unfinished, or finished too
-    recently) are looked at again on the next pass. Kept in memory by the
-    leader: a new leader simply starts from the oldest row.
-    """
-
-    after_id: int = 0
+class PruneResult:
+    counts: dict[str, int] = field(default_factory=dict)   # rows deleted, per table ("tasks", ...)
+    caught_up: bool = True                                  # False: the budget ran out first
 
 
-def prune_tasks(conn: psycopg.Connection, retention_s: float, *, walk: PruneWalk | None = None,
+def retention_for(status: str, retention_s: float, retention_failed_s: float) -> float:
+    return retention_failed_s if status == "failed" else retention_s
+
+
+def prune_tasks(conn: psycopg.Connection, retention_s: float, retention_failed_s: float, *,
                 now: dt.datetime | None = None, chunk: int = PRUNE_CHUNK,
-                max_chunks: int = PRUNE_MAX_CHUNKS) -> int:
-    """Delete final tasks older than the retention, walking at most ``chunk`` x ``max_chunks``
-    rows in id order from ``walk`` (which is advanced); returns how many were deleted.
-
-    Hazard: reads are bounded, not only deletions; see maintenance_prune_tasks
-    for why the walk, and not a search for old rows, keeps a run short on a
-    huge table.
-    """
-    walk = walk if walk is not None else PruneWalk()
+                budget_s: float = PRUNE_BUDGET_S) -> tuple[int, bool]:
+    """Delete final tasks past their retention; returns (deleted, caught_up)."""
+    deadline = time.monotonic() + budget_s
     total = 0
-    for _ in range(max_chunks):
-        row = db.fetch_one(conn, "maintenance_prune_tasks", {
-            "now": now, "retention_s": retention_s, "after_id": walk.after_id, "limit": chunk})
-        assert row is not None
-        total += row["pruned"]
-        if row["frontier_id"] is not None or row["walked"] < chunk:
-            walk.after_id = 0      # nothing further can be due yet: the next run starts a new pass
-            break
-        walk.after_id = row["last_id"]
-    return total
-
-
-def prune(conn: psycopg.Connection, retention_s: float, *, walk: PruneWalk | None = None,
-          now: dt.datetime | None = None, chunk: int = PRUNE_CHUNK,
-          max_chunks: int = PRUNE_MAX_CHUNKS) -> dict[str, int]:
-    """Delete finished tasks, and stopped or dead worker and supervisor rows, older than the
-    retention; in chunks of ``chunk`` rows, at most ``max_chunks`` per table."""
-    counts = {"tasks": prune_tasks(conn, retention_s, walk=walk, now=now, chunk=chunk, max_chunks=max_chunks)}
-    for table, query in (("workers", "maintenance_prune_workers"), ("supervisors", "maintenance_prune_supervisors")):
-        total = 0
-        for _ in range(max_chunks):
-            row = db.fetch_one(conn, query, {"now": now, "retention_s": retention_s, "limit": chunk})
+    for status in FINAL_STATUSES:
+        keep_s = retention_for(status, retention_s, retention_failed_s)
+        while True:
+            row = db.fetch_one(conn, "maintenance_prune_finished", {
+                "status": status, "now": now, "retention_s": keep_s, "limit": chunk})
             pruned = row["pruned"] if row else 0
             total += pruned
             if pruned < chunk:
+                break           # this status is caught up
+            if time.monotonic() >= deadline:
+                return total, False
+    return total, True
+
+
+def prune(conn: psycopg.Connection, retention_s: float, retention_failed_s: float | None = None, *,
+          now: dt.datetime | None = None, chunk: int = PRUNE_CHUNK,
+          budget_s: float = PRUNE_BUDGET_S) -> PruneResult:
+    """Delete finished tasks, and stopped or dead worker and supervisor rows, older than
+    their retention (failed tasks: ``retention_failed_s``, default the same)."""
+    failed_s = retention_s if retention_failed_s is None else retention_failed_s
+    deleted, caught_up = prune_tasks(conn, retention_s, failed_s, now=now, chunk=chunk, budget_s=budget_s)
+    result = PruneResult(counts={"tasks": deleted}, caught_up=caught_up)
+    for table, query in (("workers", "maintenance_prune_workers"), ("supervisors", "maintenance_prune_supervisors")):
+        total = 0
+        for _ in range(ROWS_MAX_CHUNKS):
+            row = db.fetch_one(conn, query, {"now": now, "retention_s": retention_s, "limit": ROWS_CHUNK})
+            pruned = row["pruned"] if row else 0
+            total += pruned
+            if pruned < ROWS_CHUNK:
                 break
-        counts[table] = total
-    return counts
-
-
+        result.counts[table] = total
+    return result

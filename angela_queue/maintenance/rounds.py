@@ -10,7 +10,7 @@ import time
 import psycopg
 
 from .. import db
-from .prune import PRUNE_EVERY_S, PruneWalk, prune
+from .prune import PRUNE_EVERY_S, prune
 from .reclaim import mark_lost_supervisors, reclaim_lost_workers
 
 log = logging.getLogger("angela_queue.maintenance")
@@ -27,14 +27,16 @@ def promote_due(conn: psycopg.Connection, *, now: dt.datetime | None = None,
 
 
 class Maintenance:
-    """What the leader runs at each of its heartbeats (pruning only every ``prune_every_s``)."""
+    """What the leader runs at each of its heartbeats (pruning every ``prune_every_s``, or
+    at the next round while a backlog of due rows remains)."""
 
-    def __init__(self, *, retention_s: float, dead_after_s: float, prune_every_s: float = PRUNE_EVERY_S):
+    def __init__(self, *, retention_s: float, dead_after_s: float, retention_failed_s: float | None = None,
+                 prune_every_s: float = PRUNE_EVERY_S):
         self.retention_s = retention_s
+        self.retention_failed_s = retention_s if retention_failed_s is None else retention_failed_s
         self.dead_after_s = dead_after_s
         self.prune_every_s = prune_every_s
         self._next_prune = 0.0
-        self._walk = PruneWalk()
 
     def run(self, conn: psycopg.Connection, *, healthy_for_s: float | None,
             now: dt.datetime | None = None) -> None:
@@ -58,11 +60,14 @@ class Maintenance:
         if promoted:
             log.debug("leader: promoted %d scheduled task(s)", promoted)
         if time.monotonic() >= self._next_prune:
-            self._next_prune = time.monotonic() + self.prune_every_s
-            counts = prune(conn, self.retention_s, walk=self._walk, now=now)
-            if any(counts.values()):
-                log.info("leader: pruned rows older than %s: %s", _duration(self.retention_s),
-                         ", ".join(f"{n} {table}" for table, n in counts.items() if n))
+            result = prune(conn, self.retention_s, self.retention_failed_s, now=now)
+            # Behind (the budget ran out): go on at the next round, not in prune_every_s.
+            self._next_prune = time.monotonic() + (self.prune_every_s if result.caught_up else 0.0)
+            if any(result.counts.values()):
+                log.info("leader: pruned rows past their retention (%s; failed tasks %s): %s%s",
+                         _duration(self.retention_s), _duration(self.retention_failed_s),
+                         ", ".join(f"{n} {table}" for table, n in result.counts.items() if n),
+                         "" if result.caught_up else "; more are due, continuing next round")
 
 
 def _duration(seconds: float) -> str:

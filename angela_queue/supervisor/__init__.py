@@ -3,6 +3,6 @@
 ``run.py`` is the process; ``scaling.py`` holds its decisions as pure functions.
 """
 
-from .run import Supervisor, describe_exit, kill_tree, worker_command
+from .run import Supervisor, describe_exit, kill_tree, worker_command, worker_environment
 
-__all__ = ["Supervisor", "describe_exit", "kill_tree", "worker_command"]
+__all__ = ["Supervisor", "describe_exit", "kill_tree", "worker_command", "worker_environment"]

@@ -33,7 +33,7 @@ Hazards this module is built around:
   outage longer than dead_after_s every worker's row looks dead until its
   next beat. Judgements on silence (the leader's lost-worker reclaim, our
   own stuck check) count only the time since this supervisor last saw the
-  database come back (``_db_healthy_for``); otherwise they would reclaim,
+  database come back (maintenance/health.py); otherwise they would reclaim,
   and here also kill, workers whose tasks are running fine: duplicate runs.
 """
 
@@ -54,8 +54,11 @@ from dataclasses import dataclass
 import psutil
 import psycopg
 
-from .. import db, maintenance
-from ..config import Settings
+from .. import db, maintenance, schema
+from ..backoff import Backoff
+from ..config import HANDOFF_ENV, Settings
+from ..errors import SchemaMismatch
+from ..maintenance.health import DbHealth
 from ..maintenance.lease import Lease
 from .scaling import (QUICK_CRASH_S, HealthLimits, Policy, Room, WorkerHealth, WorkerLoad, decide, depth_share,
                       pick_retirees, progress_at, restart_delay, room, stuck_reason)
@@ -74,26 +77,8 @@ SHUTDOWN_KILL_MARGIN_S = 5.0
 # The depth is counted up to this many tasks per live supervisor: enough for
 # readable logs, bounded so a huge backlog costs the same as a small one.
 DEPTH_COUNT_CAP = 1000
-# Reconnect backoff while the database is unreachable.
-DB_RETRY_FIRST_S, DB_RETRY_MAX_S = 0.5, 10.0
-# A round trip slower than a heartbeat interval (and at least this) counts as
-# a database stall: workers may have missed beats because of it.
-DB_STALL_MIN_S = 1.0
-
-
-def _timed_cursor(on_round_trip: Callable[[float, float], None]) -> type[psycopg.Cursor]:
-    """A cursor class (for ``Connection.cursor_factory``) that reports every round trip's
-    start and end (time.monotonic()), so that no statement can stall unnoticed."""
-
-    class TimedCursor(psycopg.Cursor):
-        def execute(self, query, params=None, **kwargs):  # type: ignore[override]
-            started = time.monotonic()
-            try:
-                return super().execute(query, params, **kwargs)
-            finally:
-                on_round_trip(started, time.monotonic())   # a slow failure is a stall too
-
-    return TimedCursor
+# How often a running supervisor re-reads the schema revision.
+SCHEMA_RECHECK_S = 60.0
 
 
 @dataclass
@@ -130,35 +115,29 @@ def describe_exit(returncode: int) -> str:
     return f"exited with status {returncode}"
 
 
-def worker_command(settings: Settings, app: str | None, *, supervisor_id: uuid.UUID, supervisor_pid: int,
-                   worker_id: uuid.UUID, verbose: bool = False, log_level: str | None = None) -> list[str]:
-    """The argv of one worker process: the same interpreter, the resolved settings as flags.
+def worker_command(*, supervisor_id: uuid.UUID, supervisor_pid: int, worker_id: uuid.UUID,
+                   verbose: bool = False, log_level: str | None = None) -> list[str]:
+    """The argv of one worker process: the same interpreter, its identity, and nothing else.
 
-    The DSN is not on the command line (any local user can read argv with
-    ps); it goes in the child's environment (see Supervisor._spawn).
+    Its settings travel whole in its environment (``worker_environment``):
+    no hand-kept list of flags to drift from Settings, and the DSN is not on
+    the command line, which any local user can read with ps.
     """
     cmd = [sys.executable, "-m", "angela_queue"]
     if verbose:
         cmd.append("-v")
     elif log_level:
         cmd += ["--log-level", log_level]
-    cmd.append("worker")
-    if app:
-        cmd += ["--app", app]
-    for queue in settings.queues:
-        cmd += ["--queue", queue]
-    cmd += ["--concurrency", str(settings.concurrency),
-            "--batch-size", str(settings.batch_size),
-            "--batch-wait", repr(float(settings.batch_wait_s)),
-            "--shutdown-grace", repr(float(settings.shutdown_grace_s)),
-            "--heartbeat-interval", repr(float(settings.heartbeat_interval_s)),
-            "--poll-interval", repr(float(settings.poll_slow_s)),
-            "--stuck-after", repr(float(settings.stuck_after_s))]
-    if settings.default_timeout_s is not None:
-        cmd += ["--default-timeout", repr(float(settings.default_timeout_s))]
-    cmd += ["--supervisor-id", str(supervisor_id), "--supervisor-pid", str(supervisor_pid),
+    cmd += ["worker", "--supervisor-id", str(supervisor_id), "--supervisor-pid", str(supervisor_pid),
             "--worker-id", str(worker_id)]
     return cmd
+
+
+def worker_environment(settings: Settings, inherited: dict[str, str]) -> dict[str, str]:
+    """The worker's environment: the supervisor's (what the app needs), plus its resolved Settings."""
+    env = dict(inherited)
+    env[HANDOFF_ENV] = settings.to_json()
+    return env
 
 
 def _handler_timeout_from_registry(kind: str) -> float | None:
@@ -168,14 +147,15 @@ def _handler_timeout_from_registry(kind: str) -> float | None:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, dsn: str, *, app: str | None, verbose: bool = False,
-                 log_level: str | None = None, environ: dict[str, str] | None = None,
+    def __init__(self, settings: Settings, *, verbose: bool = False, environ: dict[str, str] | None = None,
                  handler_timeout: Callable[[str], float | None] = _handler_timeout_from_registry):
+        if not settings.dsn:
+            raise ValueError("Supervisor needs settings.dsn (the CLI resolves it, the embedded server included)")
         self.settings = settings
-        self.dsn = dsn
-        self.app = app
+        self.dsn = settings.dsn
+        self.app = settings.app
         self.verbose = verbose
-        self.log_level = log_level
+        self.log_level = settings.log_level
         # The environment the workers inherit (the CLI passes os.environ).
         self.environ = dict(environ if environ is not None else {})
         self.handler_timeout = handler_timeout
@@ -189,8 +169,9 @@ class Supervisor:
                                    dead_after_s=settings.dead_after_s,
                                    default_timeout_s=settings.default_timeout_s,
                                    batch_wait_s=settings.batch_wait_s)
-        self.lease = Lease(self.id, settings.leader_lease_s)
+        self.lease = Lease(self.id, settings.lease_s)
         self.maintenance = maintenance.Maintenance(retention_s=settings.retention_s,
+                                                   retention_failed_s=settings.retention_failed_s,
                                                    dead_after_s=settings.dead_after_s)
 
         self.children: dict[uuid.UUID, Child] = {}
@@ -209,12 +190,13 @@ class Supervisor:
 
         self.conn: psycopg.Connection | None = None
         self._db_retry_at = 0.0
-        self._db_backoff = DB_RETRY_FIRST_S
         self._db_quiet_until = 0.0
-        # Start of the current stretch in which the database answered us
-        # without a gap (time.monotonic()); see _db_healthy_for.
-        self._db_healthy_since = time.monotonic()
-        self._db_stall_s = max(settings.heartbeat_interval_s, DB_STALL_MIN_S)
+        self.db_health = DbHealth(settings.heartbeat_interval_s, settings.dead_after_s)
+        self.connect_backoff = Backoff(f"supervisor {self.short_id} connecting to the database", log,
+                                       level=logging.WARNING)
+        self.tick_backoff = Backoff(f"supervisor {self.short_id}'s database work", log)
+        self._next_schema_check = 0.0
+        self._reconnecting = False
 
     @property
     def short_id(self) -> str:
@@ -226,9 +208,8 @@ class Supervisor:
         """Supervise until SIGTERM/SIGINT; returns the exit status (0 after a clean stop)."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            self.conn = self._connected(db.connect(self.dsn,
-                                                   application_name=f"angela-queue-supervisor-{self.short_id}"))
-            self._register()
+            if not self._start_on_database():
+                return 0
             self._apply_max_queue_size()
             s = self.settings
             log.info("supervisor %s started: pid %d on %s, queues %s; workers min %d, base %d, max %d; "
@@ -257,6 +238,30 @@ class Supervisor:
         self.signals += 1
         self.stopping = True
 
+    def _start_on_database(self) -> bool:
+        """Connect, check the schema and register, waiting out a database that is
+        down or refusing (backoff, one log line then summaries); False if
+        stopped first. A schema of another revision is refused at once
+        (SchemaMismatch): waiting would not fix it."""
+        while not self.stopping:
+            now = time.monotonic()
+            if self._db_ready(now):
+                try:
+                    schema.check(self.conn)
+                    self._next_schema_check = now + SCHEMA_RECHECK_S
+                    self._register()
+                    self.tick_backoff.succeeded()
+                    return True
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    self._db_lost(exc)
+                except SchemaMismatch:
+                    raise
+                except psycopg.Error as exc:
+                    self._db_retry_at = now + self.tick_backoff.failed(db.first_line(exc))
+                    self._drop_conn()
+            time.sleep(max(TICK_S, min(1.0, self._db_retry_at - time.monotonic())))
+        return False
+
     def _register(self) -> None:
         assert self.conn is not None
         db.fetch_all(self.conn, "supervisors_register", {
@@ -269,7 +274,9 @@ class Supervisor:
             return
         db.fetch_all(self.conn, "supervisors_apply_max_queue_size",
                      {"queues": list(self.settings.queues), "max_size": size})
-        log.info("queues %s bounded to max_size %d%s", ",".join(self.settings.queues), size,
+        log.info("queues %s bounded to max_size %d%s; the bound is stored in angela_queue.queues and stays "
+                 "after this supervisor exits (UPDATE angela_queue.queues SET max_size = NULL to lift it)",
+                 ",".join(self.settings.queues), size,
                  f" (profile {self.settings.profile})" if self.settings.profile else "")
 
     # --- the loop -------------------------------------------------------------
@@ -286,18 +293,18 @@ class Supervisor:
                     self._heartbeat()
                     self._lead()
                     self._watch_health()
+                    self._recheck_schema(now)
                 if now >= self.next_scale:
                     self.next_scale = now + self.settings.scale_interval_s
                     self._scale()
+                self.tick_backoff.succeeded()
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 self._db_lost(exc)
             except psycopg.Error as exc:
-                # Any other database error (a deadlock victim, a statement
-                # timeout) must not take the workers down with us: log it and
-                # try again at the next heartbeat or interval.
-                log.error("database error while supervising (%s: %s); retrying in %gs",
-                          type(exc).__name__, db.first_line(exc), self.settings.heartbeat_interval_s)
-                self._db_quiet_until = now + self.settings.heartbeat_interval_s
+                # Any other database error (read-only after a failover, a
+                # revoked privilege, a statement timeout) must not take the
+                # workers down with us, nor be retried at full speed: back off.
+                self._db_quiet_until = now + self.tick_backoff.failed(f"{type(exc).__name__}: {db.first_line(exc)}")
         self._converge(time.monotonic())
 
     def _converge(self, now: float) -> None:
@@ -324,10 +331,9 @@ class Supervisor:
 
     def _spawn(self) -> Child:
         worker_id = uuid.uuid4()
-        cmd = worker_command(self.settings, self.app, supervisor_id=self.id, supervisor_pid=self.pid,
-                             worker_id=worker_id, verbose=self.verbose, log_level=self.log_level)
-        env = dict(self.environ)
-        env["ANGELA_QUEUE_DSN"] = self.dsn
+        cmd = worker_command(supervisor_id=self.id, supervisor_pid=self.pid, worker_id=worker_id,
+                             verbose=self.verbose, log_level=self.log_level)
+        env = worker_environment(self.settings, self.environ)
         # Own session: a Ctrl-C in the terminal reaches the supervisor only,
         # which then stops the workers in order instead of all at once.
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -428,7 +434,7 @@ class Supervisor:
         held = self.lease.attempt(self.conn)
         # Read after the last round trip before the reclaim: a stall in the
         # attempt itself counts.
-        healthy_for_s = self._db_healthy_for()
+        healthy_for_s = self.db_health.healthy_for()
         if held and not was:
             log.info("supervisor %s is now the maintenance leader (lease %gs)", self.short_id,
                      self.lease.lease_s)
@@ -436,6 +442,18 @@ class Supervisor:
             log.warning("supervisor %s lost the maintenance lease to another supervisor", self.short_id)
         if held:
             self.maintenance.run(self.conn, healthy_for_s=healthy_for_s)
+
+    def _recheck_schema(self, now: float) -> None:
+        """Someone migrated under us: old code must not write to a newer schema. Stop."""
+        if now < self._next_schema_check:
+            return
+        self._next_schema_check = now + SCHEMA_RECHECK_S
+        assert self.conn is not None
+        try:
+            schema.check(self.conn)
+        except SchemaMismatch as exc:
+            log.error("%s; shutting down", exc)
+            self.stopping = True
 
     def _read_workers(self) -> list[dict]:
         assert self.conn is not None
@@ -454,7 +472,7 @@ class Supervisor:
         """
         assert self.conn is not None
         rows = self._read_workers()
-        healthy_for_s = self._db_healthy_for()
+        healthy_for_s = self.db_health.healthy_for()
         for row in rows:
             child = self.children.get(row["id"])
             if child is None or child.stuck is not None or child.proc.poll() is not None:
@@ -520,56 +538,26 @@ class Supervisor:
 
     # --- connection -----------------------------------------------------------
 
-    def _db_healthy_for(self, now: float | None = None) -> float:
-        """How long (s) the database has answered us without a gap: what may be judged.
-
-        The stretch starts at each (re)connect (_connected), and again after
-        any round trip slower than a heartbeat interval (_db_round_trip).
-        """
-        return (time.monotonic() if now is None else now) - self._db_healthy_since
-
-    def _db_round_trip(self, started: float, ended: float) -> None:
-        """Every statement on our connection reports here (see _timed_cursor).
-
-        A stall on a connection that survives it (a network partition without
-        a reset, a frozen server) shows up as one slow round trip, which may
-        be any statement, maintenance's included: workers may have missed
-        beats in it, so the stretch starts again. Gaps between our own round
-        trips do not count: they are our loop being busy or paused, not the
-        database being away.
-        """
-        if ended - started > self._db_stall_s:
-            log.warning("a database round trip took %.1fs; heartbeats are judged again once workers have "
-                        "had %gs to beat", ended - started, self.settings.dead_after_s)
-            self._db_healthy_since = max(self._db_healthy_since, ended)
-
-    def _connected(self, conn: psycopg.Connection) -> psycopg.Connection:
-        """A (re)connect starts a stretch of database health; every round trip on it is timed."""
-        conn.cursor_factory = _timed_cursor(self._db_round_trip)
-        self._db_healthy_since = time.monotonic()
-        return conn
-
     def _db_ready(self, now: float) -> bool:
         if self.conn is not None and not self.conn.closed:
             return True
         if now < self._db_retry_at:
             return False
         try:
-            self.conn = self._connected(db.connect(
+            self.conn = self.db_health.watch(db.connect(
                 self.dsn, application_name=f"angela-queue-supervisor-{self.short_id}", connect_timeout=5))
         except Exception as exc:  # noqa: BLE001 - keep supervising whatever the database does
-            self._db_retry_at = now + self._db_backoff
-            log.warning("database still unreachable (%s); workers keep running; retrying in %.1fs",
-                        db.first_line(exc), self._db_backoff)
-            self._db_backoff = min(self._db_backoff * 2, DB_RETRY_MAX_S)
+            self._db_retry_at = now + self.connect_backoff.failed(
+                f"{db.first_line(exc)} (workers keep running)")
             return False
-        self._db_backoff = DB_RETRY_FIRST_S
-        log.info("reconnected to the database; heartbeats are judged again once workers have had %gs to beat",
-                 self.settings.dead_after_s)
+        if self.connect_backoff.failing or self._reconnecting:
+            log.info("reconnected to the database; heartbeats are judged again once workers have had %gs to beat",
+                     self.settings.dead_after_s)
+        self._reconnecting = False
+        self.connect_backoff.succeeded()
         return True
 
-    def _db_lost(self, exc: BaseException) -> None:
-        log.warning("database connection lost (%s); workers keep running; reconnecting", db.first_line(exc))
+    def _drop_conn(self) -> None:
         if self.conn is not None:
             try:
                 self.conn.close()
@@ -578,7 +566,12 @@ class Supervisor:
         self.conn = None
         # Not sure we still lead: maintenance waits until a fresh election.
         self.lease.held = False
-        self._db_retry_at = time.monotonic() + self._db_backoff
+
+    def _db_lost(self, exc: BaseException) -> None:
+        log.warning("database connection lost (%s); workers keep running; reconnecting", db.first_line(exc))
+        self._drop_conn()
+        self._reconnecting = True
+        self._db_retry_at = time.monotonic() + self.connect_backoff.delay_for(1)
 
     # --- shutdown -------------------------------------------------------------
 
@@ -660,4 +653,4 @@ def kill_tree(pid: int) -> None:
             pass
 
 
-__all__ = ["Supervisor", "worker_command", "describe_exit", "kill_tree"]
+__all__ = ["Supervisor", "worker_command", "worker_environment", "describe_exit", "kill_tree"]

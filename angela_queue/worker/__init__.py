@@ -5,6 +5,6 @@ task (or batch) through its handler and returns a complete outcome;
 ``handler_threads.py`` runs sync handlers.
 """
 
-from .loop import EXIT_RETIRE, Worker, load_app, poll_interval, set_parent_death_signal
+from .loop import EXIT_RETIRE, Worker, poll_interval, set_parent_death_signal
 
-__all__ = ["EXIT_RETIRE", "Worker", "load_app", "poll_interval", "set_parent_death_signal"]
+__all__ = ["EXIT_RETIRE", "Worker", "poll_interval", "set_parent_death_signal"]

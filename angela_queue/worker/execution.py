@@ -1,9 +1,12 @@
 """Running one claimed task (or batch) through its handler: pure of SQL.
 
-The worker hands a claimed row here and gets back an ``Outcome``: success
-with a JSON result, or failure with an error text and whether a retry makes
-sense. Timeouts, unknown kinds and unserialisable results all end as a
-clear ``Outcome``; nothing here touches the database.
+The worker hands a claimed row here and gets back an ``Outcome`` that is
+complete: success with a JSON result, or failure with a clean error text
+and whether a retry makes sense. Whatever the handler does (returns junk,
+raises anything, ``BaseException`` included, overruns its timeout) and
+whatever the row holds (a payload Python cannot decode, a kind nobody
+registered), it ends here as a clear outcome; nothing escapes to the
+worker's loop, and nothing here touches the database.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .handler_threads import HandlerThreads
 from ..registry import TaskDefinition, registered_kinds
+from .handler_threads import BaseExceptionRaised, HandlerThreads
 
 # Keep last_error readable: the message plus the innermost frames.
 TRACEBACK_LIMIT_CHARS = 4000
@@ -30,7 +33,10 @@ class ClaimedTask:
     id: int
     queue: str
     kind: str
-    payload: dict[str, Any]
+    # The payload as the database sent it (text): decoded here, per task, so
+    # that one payload Python cannot read (nested 10,000 deep, say) fails its
+    # own task instead of the whole claim.
+    payload_json: str
     priority: int
     attempts: int
     max_attempts: int
@@ -39,24 +45,75 @@ class ClaimedTask:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "ClaimedTask":
-        return cls(id=row["id"], queue=row["queue"], kind=row["kind"], payload=row["payload"] or {},
+        payload = row["payload"]
+        if not isinstance(payload, str):       # a caller that selected jsonb
+            payload = json.dumps(payload)
+        return cls(id=row["id"], queue=row["queue"], kind=row["kind"], payload_json=payload,
                    priority=row["priority"], attempts=row["attempts"], max_attempts=row["max_attempts"],
-                   timeout_s=row["timeout_s"], effective_priority=row.get("effective_priority") or row["priority"])
+                   timeout_s=row["timeout_s"],
+                   effective_priority=row.get("effective_priority") or row["priority"])
+
+    def payload(self) -> dict[str, Any]:
+        """The payload as a dict; raises PayloadError if Python cannot have it."""
+        try:
+            value = json.loads(self.payload_json)
+        except (ValueError, RecursionError) as exc:
+            raise PayloadError(f"the payload cannot be decoded by Python ({type(exc).__name__}: "
+                               f"{str(exc)[:200]})") from None
+        if not isinstance(value, dict):
+            raise PayloadError(f"the payload must be a JSON object, got {type(value).__name__}")
+        return value
 
 
 @dataclass
 class Outcome:
+    """Everything the database needs to record one attempt: nothing is looked up later."""
+
     task_id: int
     ok: bool
     result_json: str = "null"    # the result, JSON-encoded once, when ok
-    error: str | None = None     # when not ok
-    retry: bool = True           # False: fail for good whatever attempts remain
+    error: str | None = None     # when not ok; already clean (no NUL)
+    # When not ok: seconds until the retry (the task's backoff), if attempts
+    # remain; None: fail for good whatever attempts remain.
+    retry_in_s: float | None = None
     duration_ms: float = 0.0
     finished_at: float = 0.0     # time.time()
+
+    @property
+    def retry(self) -> bool:
+        return self.retry_in_s is not None
+
+
+@dataclass(frozen=True)
+class ExecutionPolicy:
+    """The worker's defaults for what a task and its handler leave unset."""
+
+    default_timeout_s: float | None = None
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 3600.0
+
+    @classmethod
+    def from_settings(cls, settings) -> "ExecutionPolicy":
+        return cls(default_timeout_s=settings.default_timeout_s, backoff_base_s=settings.backoff_base_s,
+                   backoff_max_s=settings.backoff_max_s)
+
+    def timeout(self, task: "ClaimedTask", definition: TaskDefinition) -> float | None:
+        """The task's own timeout, else its handler's, else the worker's default."""
+        return task.timeout_s or definition.timeout or self.default_timeout_s
+
+    def retry_in(self, task: "ClaimedTask", definition: TaskDefinition | None) -> float:
+        """The backoff before this task's next attempt: its handler's, else the worker's."""
+        base = definition.backoff_base if definition and definition.backoff_base is not None else self.backoff_base_s
+        cap = definition.backoff_max if definition and definition.backoff_max is not None else self.backoff_max_s
+        return backoff_seconds(task.attempts, base, cap)
 
 
 class HandlerTimeout(Exception):
     pass
+
+
+class PayloadError(Exception):
+    """A payload the handler cannot be called with; retrying cannot help."""
 
 
 def backoff_seconds(attempt: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
@@ -70,19 +127,29 @@ def backoff_seconds(attempt: int, base_s: float, max_s: float, rng: random.Rando
     return raw * (0.5 + 0.5 * rng.random())
 
 
+def clean_text(text: str) -> str:
+    """Postgres text cannot hold NUL; an exception message may."""
+    return text.replace("\x00", "\\x00")
+
+
 def describe_exception(exc: BaseException) -> str:
     """``Type: message`` then a trimmed traceback (innermost frames kept)."""
+    if isinstance(exc, BaseExceptionRaised):
+        exc = exc.original
     head = f"{type(exc).__name__}: {exc}"
+    if not isinstance(exc, Exception):
+        head += " (a BaseException raised by the handler: this attempt fails, and the worker goes on)"
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if len(tb) > TRACEBACK_LIMIT_CHARS:
         tb = "...\n" + tb[-TRACEBACK_LIMIT_CHARS:]
-    return f"{head}\n{tb}"
+    return clean_text(f"{head}\n{tb}")
 
 
 def unknown_kind_error(kind: str) -> str:
     kinds = registered_kinds()
     known = ", ".join(kinds) if kinds else "none"
-    return f"unknown task kind {kind!r}: no handler registered for it (registered kinds: {known})"
+    return clean_text(f"unknown task kind {kind!r}: this worker has no handler for it (it knows: {known}); "
+                      "retried with backoff, so a worker that knows it can take it")
 
 
 def to_json_result(value: Any) -> tuple[bool, str, str | None]:
@@ -94,30 +161,44 @@ def to_json_result(value: Any) -> tuple[bool, str, str | None]:
         return True, "null", None
     try:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        return False, "null", f"handler returned a value that is not JSON-serialisable ({type(value).__name__}): {exc}"
+    except (TypeError, ValueError, RecursionError) as exc:
+        return False, "null", clean_text(
+            f"handler returned a value that is not JSON-serialisable ({type(value).__name__}): {exc}")
     if "\\u0000" in text:
         # Valid JSON, but Postgres jsonb cannot store a NUL character.
         return False, "null", "handler returned a value containing a NUL character (\\u0000), which Postgres cannot store"
     return True, text, None
 
 
+def _own_cancellation() -> bool:
+    """Whether the running asyncio task was asked to stop (timeout, shutdown, cancel):
+    then a CancelledError is ours to propagate, not the handler's failure."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def run_handler(definition: TaskDefinition, call: Callable[[], Any], timeout_s: float | None,
                       threads: HandlerThreads, on_abandoned: Callable[[], None]) -> Any:
     """Run ``call`` (async or sync) with an optional timeout.
 
-    An async handler is cancelled at the timeout. A sync handler runs in a
-    thread, which Python cannot interrupt: at the timeout the attempt is
-    failed and ``on_abandoned`` is told, so the worker can retire the
-    process (its supervisor replaces it) instead of leaking threads.
+    An async handler runs in the caller's own asyncio task, under
+    ``asyncio.timeout``: no task of its own, so a SystemExit or
+    KeyboardInterrupt it raises reaches our ``except`` instead of the event
+    loop (asyncio re-raises those out of any task that lets them escape).
+    A sync handler runs in a thread, which Python cannot interrupt: at the
+    timeout the attempt is failed and ``on_abandoned`` is told, so the worker
+    can retire the process (its supervisor replaces it) instead of leaking
+    threads.
     """
     if definition.is_async:
-        coro = call()
         if timeout_s is None:
-            return await coro
+            return await call()
         try:
-            return await asyncio.wait_for(coro, timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout_s):
+                return await call()
+        except TimeoutError:
+            if _own_cancellation():
+                raise asyncio.CancelledError() from None   # a stop, arriving as the timeout struck
             raise HandlerTimeout(f"timed out after {timeout_s:g}s (async handler cancelled)") from None
     future = threads.submit(call)
     if timeout_s is None:
@@ -125,77 +206,96 @@ async def run_handler(definition: TaskDefinition, call: Callable[[], Any], timeo
     try:
         return await asyncio.wait_for(asyncio.shield(future), timeout_s)
     except asyncio.TimeoutError:
+        if _own_cancellation():
+            raise asyncio.CancelledError() from None
         on_abandoned()
         raise HandlerTimeout(
             f"timed out after {timeout_s:g}s (sync handler still running in its thread; "
             "the worker process will be replaced)") from None
 
 
-def single_call(definition: TaskDefinition, task: ClaimedTask) -> Callable[[], Any]:
-    if not isinstance(task.payload, dict):
-        raise TypeError(f"payload must be a JSON object, got {type(task.payload).__name__}")
-    return functools.partial(definition.func, **task.payload)
-
-
-def batch_call(definition: TaskDefinition, tasks: list[ClaimedTask]) -> Callable[[], Any]:
-    return functools.partial(definition.func, [t.payload for t in tasks])
-
-
-async def execute_one(definition: TaskDefinition | None, task: ClaimedTask, default_timeout_s: float | None,
-                      threads: HandlerThreads, on_abandoned: Callable[[], None]) -> Outcome:
-    started = time.perf_counter()
-    if definition is None:
-        return Outcome(task.id, ok=False, error=unknown_kind_error(task.kind), retry=False,
-                       finished_at=time.time())
-    timeout_s = task.timeout_s or definition.timeout or default_timeout_s
-    try:
-        value = await run_handler(definition, single_call(definition, task), timeout_s, threads, on_abandoned)
-    except HandlerTimeout as exc:
-        return Outcome(task.id, ok=False, error=f"HandlerTimeout: {exc}",
-                       duration_ms=(time.perf_counter() - started) * 1000, finished_at=time.time())
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        return Outcome(task.id, ok=False, error=describe_exception(exc),
-                       duration_ms=(time.perf_counter() - started) * 1000, finished_at=time.time())
-    ok, result_json, error = to_json_result(value)
-    return Outcome(task.id, ok=ok, result_json=result_json, error=error, retry=ok,
+def _failed(task: ClaimedTask, error: str, started: float, retry_in_s: float | None) -> Outcome:
+    return Outcome(task.id, ok=False, error=error, retry_in_s=retry_in_s,
                    duration_ms=(time.perf_counter() - started) * 1000, finished_at=time.time())
 
 
-async def execute_batch(definition: TaskDefinition, tasks: list[ClaimedTask], default_timeout_s: float | None,
+async def execute_one(definition: TaskDefinition | None, task: ClaimedTask, policy: ExecutionPolicy,
+                      threads: HandlerThreads, on_abandoned: Callable[[], None]) -> Outcome:
+    """One task, one handler call with the payload's keys as keyword arguments."""
+    started = time.perf_counter()
+    retry_in_s = policy.retry_in(task, definition)
+    if definition is None:
+        return _failed(task, unknown_kind_error(task.kind), started, retry_in_s)
+    try:
+        call = functools.partial(definition.func, **task.payload())
+    except PayloadError as exc:
+        return _failed(task, clean_text(str(exc)), started, None)
+    try:
+        value = await run_handler(definition, call, policy.timeout(task, definition), threads, on_abandoned)
+    except HandlerTimeout as exc:
+        return _failed(task, f"HandlerTimeout: {exc}", started, retry_in_s)
+    except asyncio.CancelledError:
+        if _own_cancellation():
+            raise
+        return _failed(task, describe_exception(asyncio.CancelledError("raised by the handler")), started,
+                       retry_in_s)
+    except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt... are a failed attempt
+        return _failed(task, describe_exception(exc), started, retry_in_s)
+    ok, result_json, error = to_json_result(value)
+    # A result that cannot be stored will not be storable next time either.
+    return Outcome(task.id, ok=ok, result_json=result_json, error=error, retry_in_s=None,
+                   duration_ms=(time.perf_counter() - started) * 1000, finished_at=time.time())
+
+
+async def execute_batch(definition: TaskDefinition, tasks: list[ClaimedTask], policy: ExecutionPolicy,
                         threads: HandlerThreads, on_abandoned: Callable[[], None]) -> list[Outcome]:
-    """A ``batch=True`` handler gets every payload in one call; all tasks share its outcome.
+    """A ``batch=True`` handler gets the payloads in one call (a list, of one if alone).
 
     The handler may return a list with one JSON result per task (same
-    length), or any other JSON value, which every task then records.
+    length), or any other JSON value, which every task then records. Each
+    task keeps its own timeout: the call may run until the longest of them,
+    and a task whose own timeout passed before the call returned fails as
+    timed out whatever the result. A task whose payload cannot be decoded
+    fails alone; the others still run. Outcomes come back in task order.
     """
     started = time.perf_counter()
-    timeout_s = definition.timeout or default_timeout_s
-    ids = [t.id for t in tasks]
-    try:
-        value = await run_handler(definition, batch_call(definition, tasks), timeout_s, threads, on_abandoned)
-    except HandlerTimeout as exc:
-        now = time.time()
-        ms = (time.perf_counter() - started) * 1000
-        return [Outcome(i, ok=False, error=f"HandlerTimeout: {exc}", duration_ms=ms,
-                        finished_at=now) for i in ids]
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        now = time.time()
-        ms = (time.perf_counter() - started) * 1000
-        text = describe_exception(exc)
-        return [Outcome(i, ok=False, error=text, duration_ms=ms, finished_at=now) for i in ids]
-    now = time.time()
-    ms = (time.perf_counter() - started) * 1000
-    if isinstance(value, list) and len(value) == len(tasks):
-        results = value
-    else:
-        results = [value] * len(tasks)
-    outcomes = []
-    for i, result in zip(ids, results, strict=True):
-        ok, result_json, error = to_json_result(result)
-        outcomes.append(Outcome(i, ok=ok, result_json=result_json, error=error, retry=ok, duration_ms=ms,
-                                finished_at=now))
-    return outcomes
+    outcomes: dict[int, Outcome] = {}
+    runnable: list[tuple[ClaimedTask, dict[str, Any]]] = []
+    for task in tasks:
+        try:
+            runnable.append((task, task.payload()))
+        except PayloadError as exc:
+            outcomes[task.id] = _failed(task, clean_text(str(exc)), started, None)
+    if runnable:
+        limits = [policy.timeout(t, definition) for t, _ in runnable]
+        call_limit = None if any(limit is None for limit in limits) else max(limits)  # type: ignore[type-var]
+        call = functools.partial(definition.func, [payload for _, payload in runnable])
+        error: str | None = None
+        value: Any = None
+        try:
+            value = await run_handler(definition, call, call_limit, threads, on_abandoned)
+        except HandlerTimeout as exc:
+            error = f"HandlerTimeout: {exc}"
+        except asyncio.CancelledError:
+            if _own_cancellation():
+                raise
+            error = describe_exception(asyncio.CancelledError("raised by the handler"))
+        except BaseException as exc:  # noqa: BLE001 - as in execute_one
+            error = describe_exception(exc)
+        elapsed_s = time.perf_counter() - started
+        if error is None:
+            results = value if isinstance(value, list) and len(value) == len(runnable) else [value] * len(runnable)
+        else:
+            results = [None] * len(runnable)
+        for (task, _), limit, result in zip(runnable, limits, results, strict=True):
+            if error is not None:
+                outcomes[task.id] = _failed(task, error, started, policy.retry_in(task, definition))
+            elif limit is not None and elapsed_s > limit:
+                outcomes[task.id] = _failed(
+                    task, f"HandlerTimeout: timed out after {limit:g}s (its batch call took "
+                          f"{elapsed_s:.3g}s)", started, policy.retry_in(task, definition))
+            else:
+                ok, result_json, result_error = to_json_result(result)
+                outcomes[task.id] = Outcome(task.id, ok=ok, result_json=result_json, error=result_error,
+                                            retry_in_s=None, duration_ms=elapsed_s * 1000, finished_at=time.time())
+    return [outcomes[t.id] for t in tasks]

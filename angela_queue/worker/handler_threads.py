@@ -23,6 +23,14 @@ from typing import Any
 _STOP = object()
 
 
+class BaseExceptionRaised(Exception):
+    """A sync handler raised a BaseException that is not an Exception (``original``)."""
+
+    def __init__(self, original: BaseException):
+        super().__init__(f"{type(original).__name__}: {original}")
+        self.original = original
+
+
 class HandlerThreads:
     def __init__(self, loop: asyncio.AbstractEventLoop, size: int, name: str = "aq-handler"):
         self._loop = loop
@@ -61,8 +69,13 @@ class HandlerThreads:
                 self._busy += 1
             try:
                 outcome = (future, True, call())
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            except Exception as exc:  # noqa: BLE001 - handed to the awaiting coroutine
                 outcome = (future, False, exc)
+            except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, GeneratorExit...
+                # Carried inside an Exception: set on a future and re-raised
+                # through an await, some BaseExceptions (GeneratorExit) are
+                # treated as the awaiting coroutine's own end, not an error.
+                outcome = (future, False, BaseExceptionRaised(exc))
             with self._lock:
                 self._busy -= 1
                 self._finished.append(outcome)

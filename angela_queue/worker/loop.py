@@ -17,6 +17,11 @@ Hazards this module is built around:
 - Sync handlers cannot be interrupted. One that outlives its timeout fails
   its attempt, and the worker retires (exit code 75) so its supervisor starts
   a fresh process instead of leaking a thread.
+- A database that refuses a turn (read-only after a failover, a revoked
+  privilege) is backed off from exponentially, with a log line for the first
+  refusal and a summary after, never a retry loop at full speed. Outcomes stay
+  buffered through it: only an outcome the database rejects for its own sake
+  (a data error) is turned into a failure of its task.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ctypes
-import importlib
+import datetime as dt
 import logging
 import os
 import signal
@@ -38,12 +43,13 @@ from typing import Any
 
 import psycopg
 
-from .. import db
+from .. import db, schema
+from ..backoff import Backoff
 from ..config import CHANNEL_INSERT, Settings
-from ..errors import ConfigError
-from .execution import ClaimedTask, Outcome, backoff_seconds, execute_batch, execute_one
+from ..registry import lookup, registered_kinds
+from .execution import ClaimedTask, ExecutionPolicy, Outcome, clean_text, execute_batch, execute_one
 from .handler_threads import HandlerThreads
-from ..registry import lookup
+from .heartbeat import Heartbeat
 
 log = logging.getLogger("angela_queue.worker")
 
@@ -105,16 +111,18 @@ def poll_interval(depth: int, settings: Settings) -> float:
     return settings.poll_slow_s
 
 
-def load_app(app: str | None) -> None:
-    """Import the user's module so its @task decorators register handlers."""
-    if not app:
-        return
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        importlib.import_module(app)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import --app {app!r}: {exc}") from exc
+# SQLSTATE classes of errors that are the outcome's own fault (a value the
+# database cannot store): data exceptions, integrity violations, program
+# limits such as a row too big. Anything else (read-only, permission denied,
+# a timeout) is the environment's, and the outcome waits for it to pass.
+OUTCOME_FAULT_CLASSES = ("22", "23", "54")
+
+
+def is_outcome_fault(exc: psycopg.Error) -> bool:
+    return (getattr(exc, "sqlstate", None) or "")[:2] in OUTCOME_FAULT_CLASSES
+
+
+CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
@@ -129,10 +137,13 @@ def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
 
 
 class Worker:
-    def __init__(self, settings: Settings, dsn: str, *, worker_id: uuid.UUID | None = None,
+    def __init__(self, settings: Settings, *, worker_id: uuid.UUID | None = None,
                  supervisor_id: uuid.UUID | None = None, supervisor_pid: int | None = None):
+        if not settings.dsn:
+            raise ValueError("Worker needs settings.dsn (the CLI resolves it, the embedded server included)")
         self.settings = settings
-        self.dsn = dsn
+        self.dsn = settings.dsn
+        self.policy = ExecutionPolicy.from_settings(settings)
         self.id = worker_id or uuid.uuid4()
         self.supervisor_id = supervisor_id
         self.supervisor_pid = supervisor_pid
@@ -155,9 +166,12 @@ class Worker:
         self.retiring = False
         self.exit_code = 0
         self._wake: asyncio.Event | None = None
+        self._stopped: asyncio.Event | None = None     # set once stopping: ends backoff pauses
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: HandlerThreads | None = None  # made on the loop, in _main
-        self._heartbeat_stop = threading.Event()
+        self.turn_backoff = Backoff(f"worker {self.short_id}'s turn", log)
+        self.connect_backoff = Backoff(f"worker {self.short_id} connecting to the database", log,
+                                       level=logging.WARNING)
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -188,7 +202,17 @@ class Worker:
                      self.short_id, len(self.executing), grace)
         self.stopping = True
         self.stop_deadline = deadline if self.stop_deadline is None else min(self.stop_deadline, deadline)
+        if self._stopped is not None:
+            self._stopped.set()
         self.wake()
+
+    def _stop_from_thread(self, fast: bool, why: str) -> None:
+        """request_stop, for the heartbeat thread."""
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self.request_stop, fast)
+            except RuntimeError:  # the loop is closed: the worker is stopping anyway
+                pass
 
     def wake(self) -> None:
         if self._wake is not None:
@@ -215,14 +239,23 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, on_signal, sig)
 
+        self._stopped = asyncio.Event()
+        if self.stopping:
+            self._stopped.set()
         self.conn = await self._connect_with_retry()
-        await db.afetch_all(self.conn, "workers_register", {
-            "id": self.id, "supervisor_id": self.supervisor_id, "host": socket.gethostname(),
-            "pid": os.getpid(), "queues": self.queues, "concurrency": self.settings.concurrency,
-            "stuck_after_s": self.settings.stuck_after_s, "dead_after_s": self.settings.dead_after_s})
-        log.info("worker %s started: pid %d, queues %s, concurrency %d", self.short_id, os.getpid(),
-                 ",".join(self.queues), self.settings.concurrency)
-        heartbeat = threading.Thread(target=self._heartbeat_thread, name="aq-heartbeat", daemon=True)
+        if self.conn is None:
+            return self.exit_code       # stopped before the database ever answered
+        # Refuses to run (SchemaMismatch, one line) against a schema that is
+        # missing, older or newer than this code.
+        await schema.acheck(self.conn)
+        if not await self._register():
+            await self._drop_connection()
+            return self.exit_code
+        log.info("worker %s started: pid %d, queues %s, concurrency %d, kinds %s", self.short_id, os.getpid(),
+                 ",".join(self.queues), self.settings.concurrency, ",".join(registered_kinds()) or "none")
+        heartbeat = Heartbeat(self.settings, self.id, supervisor_pid=self.supervisor_pid,
+                              snapshot=self._heartbeat_snapshot, stop=self._stop_from_thread,
+                              lead=self.supervisor_id is None)
         heartbeat.start()
         listener = asyncio.create_task(self._listen())
         try:
@@ -231,14 +264,49 @@ class Worker:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
             await self._shutdown()
-            self._heartbeat_stop.set()
-            heartbeat.join(timeout=5)
+            heartbeat.close()
             await self._mark_stopped()
             await self._drop_connection()
             self._threads.shutdown()
         log.info("worker %s stopped: %d succeeded, %d failed", self.short_id, self.stats.completed,
                  self.stats.failed)
         return self.exit_code
+
+    async def _register(self) -> bool:
+        """Announce this worker before it claims anything; False if it was stopped first.
+
+        A database that refuses the row (read-only after a failover, say) is
+        retried with backoff: the worker waits for it instead of exiting into
+        its supervisor's crash loop.
+        """
+        backoff = Backoff(f"worker {self.short_id} registering", log)
+        while not self.stopping:
+            try:
+                assert self.conn is not None
+                await db.afetch_all(self.conn, "workers_register", {
+                    "id": self.id, "supervisor_id": self.supervisor_id, "host": socket.gethostname(),
+                    "pid": os.getpid(), "queues": self.queues, "concurrency": self.settings.concurrency,
+                    "stuck_after_s": self.settings.stuck_after_s, "dead_after_s": self.settings.dead_after_s,
+                    "kinds": registered_kinds()})
+                backoff.succeeded()
+                return True
+            except CONNECTION_ERRORS as exc:
+                log.warning("database connection lost while registering (%s); reconnecting", db.first_line(exc))
+                await self._drop_connection()
+                self.conn = await self._connect_with_retry()
+                if self.conn is None:
+                    return False
+            except psycopg.Error as exc:
+                await self._pause(backoff.failed(db.first_line(exc)))
+        return False
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, unless the worker is told to stop first."""
+        assert self._stopped is not None
+        try:
+            await asyncio.wait_for(self._stopped.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
 
     # --- the loop -------------------------------------------------------------
 
@@ -250,33 +318,41 @@ class Worker:
             except psycopg.Error as exc:
                 await self._after_failed_turn(exc)
                 continue
-            self._start_ready_batches()
-            if asked and claimed >= asked:
-                # A full claim: more is probably waiting. Let finished handlers
-                # report first, so the next turn flushes them in the same trip.
+            self.turn_backoff.succeeded()
+            self._collect_due_batches()
+            if (asked and claimed >= asked) or (self.ready and self.free_slots() > 0 and not self.stopping):
+                # A full claim: more is probably waiting; or a batch is ready
+                # to start (its start is recorded in the next turn). Let
+                # finished handlers report first, so the next turn flushes
+                # them in the same trip.
                 await asyncio.sleep(0)
                 continue
             await self._wait()
 
     async def _after_failed_turn(self, exc: psycopg.Error) -> None:
-        """A turn failed and its transaction rolled back whole (nothing of it
-        happened). A lost connection: reconnect. Anything else means the
-        server refused something we sent (e.g. an outcome it cannot store):
-        store the outcomes one by one, so one bad outcome cannot hold the
-        others, or the worker, hostage."""
-        if not isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
-            log.error("the database refused this turn (%s); storing outcomes one by one", db.first_line(exc))
+        """A turn failed. A lost connection: reconnect. Anything else means the
+        server refused something we sent: back off (the same refusal, retried
+        at once, would spin a core), then store the outcomes one by one, so
+        that one outcome the database cannot take cannot hold the others, or
+        the worker, hostage; and settle any task the database says we hold
+        but we never got (a claim whose rows we could not read)."""
+        if not isinstance(exc, CONNECTION_ERRORS):
+            await self._pause(self.turn_backoff.failed(db.first_line(exc)))
             try:
                 await self._flush_one_by_one()
+                await self._settle_unknown_claims(f"the worker could not take it after claiming it "
+                                                  f"({db.first_line(exc)})")
                 return
-            except (psycopg.OperationalError, psycopg.InterfaceError) as lost:
+            except CONNECTION_ERRORS as lost:
                 exc = lost
+            except psycopg.Error:
+                return  # still refused: the next turn backs off further
         log.warning("database connection lost (%s); reconnecting", db.first_line(exc))
         await self._recover_connection()
 
     async def _turn(self) -> tuple[int, int]:
-        """One round trip: flush outcomes, housekeeping when due, fill batches,
-        claim. Returns (claimed, asked)."""
+        """One round trip: flush outcomes, housekeeping when due, start ready
+        batches, fill collecting ones, claim. Returns (claimed, asked)."""
         assert self.conn is not None and self._wake is not None
         # Clear at the start of the turn, not before waiting: anything that
         # happens from here on (a slot frees, a NOTIFY) must wake the next wait.
@@ -295,6 +371,16 @@ class Worker:
             self.next_scheduled_at is not None and now >= self.next_scheduled_at)
         if housekeeping:
             statements.extend(self._housekeeping_statements())
+        # Batches whose collection is over start in the free slots: their
+        # tasks were claimed unstarted, so the start (the attempt) is recorded
+        # first, in this trip, and only the tasks still ours then run.
+        starting: list[Batch] = []
+        self._collect_due_batches()
+        while self.ready and len(starting) < self.free_slots() and not self.stopping:
+            starting.append(self.ready.popleft())
+        if starting:
+            statements.append(("tasks_start_many", {
+                "ids": [t.id for b in starting for t in b.tasks], "worker_id": self.id}))
         n_before_fills = len(statements)
 
         fills: list[Batch] = []
@@ -306,17 +392,24 @@ class Worker:
                     statements.append(("tasks_claim_kind", {
                         "queue": batch.queue, "kind": batch.kind, "worker_id": self.id,
                         "limit": self.settings.batch_size - len(batch.tasks)}))
-        asked, min_effective = self._claim_size()
+        asked, min_effective = self._claim_size(starting=len(starting))
         if asked:
             statements.append(("tasks_claim", {"queues": self.queues, "limit": asked, "worker_id": self.id,
-                                               "min_effective": min_effective}))
+                                               "min_effective": min_effective, "batch_below": self._batch_below}))
         if not statements:
             return 0, 0
 
-        results = await db.apipeline(self.conn, statements)
+        try:
+            results = await db.apipeline(self.conn, statements)
+        except BaseException:
+            # Nothing of the trip happened: the batches wait for the next one.
+            self.ready.extendleft(reversed(starting))
+            raise
         self._outcomes_stored(flush, results[:n_flush])
         if housekeeping:
-            self._housekeeping_done(results[n_flush:n_before_fills])
+            self._housekeeping_done(results[n_flush:n_flush + 3])
+        if starting:
+            self._start_batches(starting, results[n_before_fills - 1])
         for batch, rows in zip(fills, results[n_before_fills:n_before_fills + len(fills)]):
             for row in rows:
                 self._hold(ClaimedTask.from_row(row))
@@ -330,7 +423,27 @@ class Worker:
     def free_slots(self) -> int:
         return self.settings.concurrency - len(self.executing)
 
-    def _claim_size(self) -> tuple[int, float | None]:
+    @property
+    def _batch_below(self) -> int:
+        """Tasks below this priority are collected into batches (0: none are)."""
+        return BATCH_BELOW_PRIORITY if self.settings.batch_size > 1 else 0
+
+    def _start_batches(self, batches: list[Batch], started_rows: list[dict[str, Any]]) -> None:
+        attempts = {r["id"]: r["attempts"] for r in started_rows}
+        for batch in batches:
+            kept = []
+            for task in batch.tasks:
+                if task.id in attempts:
+                    task.attempts = attempts[task.id]
+                    kept.append(task)
+                else:
+                    log.warning("task %d was reclaimed before its batch started; not running it", task.id)
+                    self.held.pop(task.id, None)
+            if kept:
+                batch.tasks = kept
+                self._start(self._run_batch(batch))
+
+    def _claim_size(self, starting: int = 0) -> tuple[int, float | None]:
         """How many tasks to claim now, and the least effective priority to take.
 
         Each batch that is collecting or waiting for a slot reserves the slot
@@ -343,7 +456,7 @@ class Worker:
         """
         if self.stopping or self.retiring:
             return 0, None
-        free = self.free_slots()
+        free = self.free_slots() - starting
         if free <= 0:
             return 0, None
         reserved = len(self.collecting) + len(self.ready)
@@ -419,7 +532,8 @@ class Worker:
 
     def _dispatch(self, task: ClaimedTask) -> None:
         self._hold(task)
-        if task.priority < BATCH_BELOW_PRIORITY and self.settings.batch_size > 1:
+        definition = lookup(task.kind)
+        if task.priority < self._batch_below:
             key = (task.queue, task.kind)
             batch = self.collecting.get(key)
             if batch is None:
@@ -430,6 +544,11 @@ class Worker:
                 # work, so it must not wait for company.
                 batch.started_at = min(batch.started_at, time.monotonic() - self.settings.batch_wait_s)
             self._batch_maybe_ready(batch)
+            return
+        if definition is not None and definition.batch:
+            # A batch handler takes a list whatever the priority or batch size:
+            # alone, a list of one.
+            self._start(self._run_batch(Batch(task.queue, task.kind, [task])))
             return
         self._start(self._run_one(task))
 
@@ -442,11 +561,10 @@ class Worker:
             del self.collecting[key]
             self.ready.append(batch)
 
-    def _start_ready_batches(self) -> None:
+    def _collect_due_batches(self) -> None:
+        """Collecting batches that are full or have waited long enough become ready."""
         for batch in list(self.collecting.values()):
             self._batch_maybe_ready(batch)
-        while self.ready and self.free_slots() > 0 and not self.stopping:
-            self._start(self._run_batch(self.ready.popleft()))
 
     def _start(self, coro) -> None:
         job = asyncio.create_task(self._in_slot(coro))
@@ -468,28 +586,24 @@ class Worker:
             self.wake()
 
     async def _run_one(self, task: ClaimedTask) -> None:
-        outcome = await execute_one(lookup(task.kind), task, self.settings.default_timeout_s,
-                                    self._threads, self._on_abandoned_thread)
+        outcome = await execute_one(lookup(task.kind), task, self.policy, self._threads, self._on_abandoned_thread)
         self._record(task, outcome)
 
     async def _run_batch(self, batch: Batch) -> None:
         definition = lookup(batch.kind)
         if definition is not None and definition.batch:
-            outcomes = await execute_batch(definition, batch.tasks, self.settings.default_timeout_s,
-                                           self._threads, self._on_abandoned_thread)
-            for task, outcome in zip(batch.tasks, outcomes):
+            outcomes = await execute_batch(definition, batch.tasks, self.policy, self._threads,
+                                           self._on_abandoned_thread)
+            for task, outcome in zip(batch.tasks, outcomes, strict=True):
                 self._record(task, outcome)
             return
         for task in batch.tasks:  # not a batch handler: one by one, in order
             if self.stopping:
                 return  # the rest are released by _shutdown
-            outcome = await execute_one(definition, task, self.settings.default_timeout_s,
-                                        self._threads, self._on_abandoned_thread)
+            outcome = await execute_one(definition, task, self.policy, self._threads, self._on_abandoned_thread)
             self._record(task, outcome)
 
     def _record(self, task: ClaimedTask, outcome: Outcome) -> None:
-        if outcome.error is not None:
-            outcome.error = clean_text(outcome.error)
         self.stats.record(outcome.ok, outcome.duration_ms)
         self.outcomes.append(outcome)
         if outcome.ok:
@@ -532,20 +646,9 @@ class Worker:
             statements.append(("tasks_fail_many", {
                 "worker_id": self.id, "ids": [o.task_id for o in bad],
                 "errors": [o.error for o in bad],
-                "retry_in_s": [self._retry_in(o) for o in bad],
+                "retry_in_s": [o.retry_in_s for o in bad],
                 "failed_ats": [_utc(o.finished_at) for o in bad]}))
         return statements
-
-    def _retry_in(self, outcome: Outcome) -> float | None:
-        if not outcome.retry:
-            return None
-        task = self.held.get(outcome.task_id)
-        definition = lookup(task.kind) if task else None
-        base = (definition.backoff_base if definition and definition.backoff_base is not None
-                else self.settings.backoff_base_s)
-        cap = (definition.backoff_max if definition and definition.backoff_max is not None
-               else self.settings.backoff_max_s)
-        return backoff_seconds(task.attempts if task else 1, base, cap)
 
     def _outcomes_stored(self, flush: list[Outcome], results: list[list[dict[str, Any]]]) -> None:
         """The flush committed: forget those tasks; report any that were no longer ours."""
@@ -561,17 +664,17 @@ class Worker:
 
     # --- connection recovery ----------------------------------------------------
 
-    async def _connect_with_retry(self) -> psycopg.AsyncConnection:
-        delay = 0.1
+    async def _connect_with_retry(self) -> psycopg.AsyncConnection | None:
+        """Connect, retrying with backoff while the database is away; None if told to stop first."""
         while True:
             try:
-                return await db.aconnect(self.dsn, application_name=f"angela-queue-worker-{self.short_id}")
-            except Exception as exc:  # noqa: BLE001
-                if self.stopping and self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
-                    raise
-                log.warning("cannot reach the database (%s); retrying in %.1fs", db.first_line(exc), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                conn = await db.aconnect(self.dsn, application_name=f"angela-queue-worker-{self.short_id}")
+                self.connect_backoff.succeeded()
+                return conn
+            except Exception as exc:  # noqa: BLE001 - unreachable, refused, starting up: wait and retry
+                if self.stopping:
+                    return None
+                await self._pause(self.connect_backoff.failed(db.first_line(exc)))
 
     async def _drop_connection(self) -> None:
         """Close the main connection, whatever state it is in, and forget it."""
@@ -586,27 +689,51 @@ class Worker:
         """Reconnect, then give back what a lost claim left with us. Retries
         until it works or the worker is told to stop: the database flapping
         during recovery must not kill the worker."""
-        delay = 0.1
+        backoff = Backoff(f"worker {self.short_id} recovering its connection", log, level=logging.WARNING)
         while True:
             await self._drop_connection()
             try:
                 self.conn = await self._connect_with_retry()
+                if self.conn is None:
+                    return
                 # A claim may have committed without its rows reaching us: give
                 # back whatever the database says we hold but we are not running.
-                rows = await db.afetch_all(self.conn, "tasks_running_for_worker", {"worker_id": self.id})
-                orphans = [r["id"] for r in rows if r["id"] not in self.held]
+                orphans = await self._unknown_claims()
                 if orphans:
                     released = await db.afetch_all(self.conn, "tasks_release_many",
                                                    {"ids": orphans, "worker_id": self.id})
                     log.warning("released %d task(s) claimed during the connection loss", len(released))
+                backoff.succeeded()
                 log.info("reconnected to the database")
                 return
             except Exception as exc:  # noqa: BLE001 - keep trying; the final flush handles a stop
                 if self.stopping:
                     return
-                log.warning("reconnecting failed (%s); retrying in %.1fs", db.first_line(exc), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await self._pause(backoff.failed(db.first_line(exc)))
+
+    async def _unknown_claims(self) -> list[int]:
+        """Tasks the database says this worker runs, that the worker never received."""
+        assert self.conn is not None
+        rows = await db.afetch_all(self.conn, "tasks_running_for_worker", {"worker_id": self.id})
+        return [r["id"] for r in rows if r["id"] not in self.held]
+
+    async def _settle_unknown_claims(self, reason: str) -> None:
+        """After a refused turn: a claim that committed but whose rows could not be
+        read would sit 'running' until reclaimed. Fail those attempts now (counted,
+        retried with a short delay), so a row that cannot be read stops after its
+        max_attempts instead of being claimed again forever."""
+        orphans = await self._unknown_claims()
+        if not orphans:
+            return
+        assert self.conn is not None
+        now = _utc(time.time())
+        # Claimed unstarted ones have no attempt counted yet: count it, or a
+        # row that cannot be read would be claimed again forever.
+        await db.afetch_all(self.conn, "tasks_start_many", {"ids": orphans, "worker_id": self.id})
+        await db.afetch_all(self.conn, "tasks_fail_many", {
+            "worker_id": self.id, "ids": orphans, "errors": [clean_text(reason)] * len(orphans),
+            "retry_in_s": [1.0] * len(orphans), "failed_ats": [now] * len(orphans)})
+        log.error("failed the attempts of %d claimed task(s) the worker could not read: %s", len(orphans), reason)
 
     # --- shutdown -------------------------------------------------------------
 
@@ -667,16 +794,18 @@ class Worker:
 
     async def _flush_one_by_one(self) -> None:
         """Store each pending outcome in its own transaction. One the server
-        refuses becomes a final failure that says why; if even that cannot be
-        stored, the task is left to the reclaim (and logged). A lost
-        connection puts the unstored rest back for the next turn."""
+        refuses for its own sake (a data error) becomes a final failure that
+        says why; if even that cannot be stored, the task is left to the
+        reclaim (and logged). Any other refusal (read-only, permission) or a
+        lost connection puts the unstored rest back for a later turn, and is
+        raised."""
         assert self.conn is not None
         remaining = self._take_outcomes()
         self.flushing = []
         while remaining:
             try:
                 await self._store_one(remaining[0])
-            except (psycopg.OperationalError, psycopg.InterfaceError):
+            except psycopg.Error:
                 self.outcomes = remaining + self.outcomes
                 raise
             remaining.pop(0)
@@ -686,19 +815,19 @@ class Worker:
         try:
             self._outcomes_stored([outcome], await db.apipeline(self.conn, self._outcome_statements([outcome])))
             return
-        except (psycopg.OperationalError, psycopg.InterfaceError):
-            raise
         except psycopg.Error as exc:
+            if not is_outcome_fault(exc):
+                raise
             reason = db.first_line(exc)
         log.error("task %d: the database refused its outcome: %s", outcome.task_id, reason)
-        failure = Outcome(outcome.task_id, ok=False, retry=False, duration_ms=outcome.duration_ms,
+        failure = Outcome(outcome.task_id, ok=False, retry_in_s=None, duration_ms=outcome.duration_ms,
                           finished_at=outcome.finished_at,
                           error=clean_text(f"the outcome could not be stored: {reason}"))
         try:
             self._outcomes_stored([failure], await db.apipeline(self.conn, self._outcome_statements([failure])))
-        except (psycopg.OperationalError, psycopg.InterfaceError):
-            raise
         except psycopg.Error as exc:
+            if not is_outcome_fault(exc):
+                raise
             log.error("task %d: not even its failure could be stored (%s); it will be reclaimed",
                       outcome.task_id, db.first_line(exc))
             self.held.pop(outcome.task_id, None)
@@ -718,47 +847,15 @@ class Worker:
 
     # --- heartbeat ------------------------------------------------------------
 
-    def _heartbeat_thread(self) -> None:
-        """Beat from a thread with its own connection, so a handler that blocks
-        the event loop cannot silence the heartbeat (only stall progress, which
-        is what 'stuck' measures)."""
-        conn: psycopg.Connection | None = None
-        given_up = False
-        while not self._heartbeat_stop.wait(self.settings.heartbeat_interval_s):
-            if self.supervisor_pid is not None and os.getppid() != self.supervisor_pid:
-                log.error("supervisor %d is gone; stopping", self.supervisor_pid)
-                if self._loop is not None:
-                    self._loop.call_soon_threadsafe(self.request_stop)
-            try:
-                if conn is None or conn.closed:
-                    conn = db.connect(self.dsn, application_name=f"angela-queue-heartbeat-{self.short_id}")
-                snap = self.stats.snapshot()
-                last_active = _utc(snap.pop("last_active")) if snap["last_active"] else None
-                current = sorted(self.held)
-                # Active while holding anything, a collecting batch included.
-                status = "stopping" if self.stopping else ("active" if current else "idle")
-                rows = db.fetch_all(conn, "workers_heartbeat", {
-                    "id": self.id, "status": status, "current_tasks": current,
-                    "last_active": last_active, **snap})
-                if not rows and not given_up:
-                    given_up = True
-                    log.error("worker %s was marked stuck or dead by its supervisor; stopping", self.short_id)
-                    if self._loop is not None:
-                        self._loop.call_soon_threadsafe(self.request_stop, True)
-            except Exception as exc:  # noqa: BLE001 - the next beat tries again
-                log.debug("heartbeat failed: %s", db.first_line(exc))
-                if conn is not None:
-                    conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
+    def _heartbeat_snapshot(self) -> dict[str, Any]:
+        """What the heartbeat row says now (read from the heartbeat thread)."""
+        snap = self.stats.snapshot()
+        current = sorted(self.held)   # one C-level copy of the keys: safe against the loop thread
+        # Active while holding anything, a collecting batch included.
+        snap["status"] = "stopping" if self.stopping else ("active" if current else "idle")
+        snap["current_tasks"] = current
+        return snap
 
 
-def clean_text(text: str) -> str:
-    """Postgres text cannot hold NUL; an exception message may."""
-    return text.replace("\x00", "\\x00")
-
-
-def _utc(ts: float):
-    import datetime as dt
+def _utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc)

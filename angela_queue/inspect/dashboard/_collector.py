@@ -37,6 +37,7 @@ import psycopg
 
 from ... import db
 from ...errors import DatabaseUnavailable
+from ...backoff import Backoff
 from ...maintenance.lease import MAINTENANCE_LEASE
 
 log = logging.getLogger("angela_queue.dashboard")
@@ -248,9 +249,12 @@ class Collector:
         self._supervisors = _Section("supervisors_health", refresh_s)
         self._depth = _Section("dashboard_depth", refresh_s)
         self._recent = _Section("dashboard_recent_starts", RECENT_EVERY_S)
+        self._unserved = _Section("status_unserved_kinds", RECENT_EVERY_S)
         self._cond = threading.Condition()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # Only its delays are used: the sample loop logs each change of error itself.
+        self._retry = Backoff("the dashboard sample", log, first_s=REFRESH_S, max_s=30.0)
         self._thread: threading.Thread | None = None
         self._last_request = time.monotonic()
         self._ticks = 0
@@ -298,10 +302,16 @@ class Collector:
     # -- the sampling thread ----------------------------------------------
 
     def _loop(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             started = time.monotonic()
             self._tick()
-            self._wake.wait(max(0.0, self.refresh_s - (time.monotonic() - started)))
+            # A database that keeps refusing (down, read-only, a revoked
+            # grant) is retried with backoff, not once a second: the error
+            # stays on the page meanwhile, and a request still wakes us.
+            failures = failures + 1 if self._error is not None else 0
+            wait = self._retry.delay_for(failures) if failures else self.refresh_s
+            self._wake.wait(max(0.0, wait - (time.monotonic() - started)))
             self._wake.clear()
 
     def _connect(self) -> psycopg.Connection:
@@ -342,6 +352,8 @@ class Collector:
                                                      "lease_name": MAINTENANCE_LEASE})
                     if now >= self._depth.due:
                         self._depth.run(conn, {})
+                    if now >= self._unserved.due:
+                        self._unserved.run(conn, {"limit": 20})
                     if now >= self._recent.due:
                         self._recent.run(conn, {"row_limit": self.sample_rows, "lookback_s": LOOKBACK_S,
                                                 "latency_window_s": LATENCY_WINDOW_S,
@@ -424,6 +436,9 @@ class Collector:
             },
             "tiers": tiers,
             "queues": depth,
+            # Kinds waiting in a queue that no live worker serves (a deploy
+            # that lost a handler, a producer's typo): shown as warnings.
+            "unserved": self._unserved.rows or [],
             "throughput": self.throughput.summary(now),
             "sample": {
                 "rows": sample_rows,

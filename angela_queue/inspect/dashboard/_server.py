@@ -152,6 +152,16 @@ class DashboardHandler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
+def check_schema_if_reachable(dsn: str) -> None:
+    from ... import schema
+    try:
+        conn = db.connect(dsn, application_name=APPLICATION_NAME, connect_timeout=CONNECT_TIMEOUT_S)
+    except DatabaseUnavailable:
+        return
+    with conn:
+        schema.check(conn)
+
+
 def make_server(dsn: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
                 dead_after_s: float = 30.0) -> DashboardServer:
     """Bind the listening socket (port 0: any free port); nothing runs until serve()."""
@@ -170,7 +180,12 @@ def serve(dsn: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, dead_
     The bound URL is announced (printed on stdout by default) once the
     socket listens, so ``--port 0`` can be discovered by whoever started us.
     Must run on the main thread (it installs the signal handlers).
+
+    A database that answers with a schema of another revision is refused at
+    start (SchemaMismatch); one that does not answer yet is served as 503
+    until it does.
     """
+    check_schema_if_reachable(dsn)
     server = make_server(dsn, host, port, dead_after_s=dead_after_s)
     stop = threading.Event()
 

@@ -1,0 +1,485 @@
+-- angela-queue: the canonical schema.
+--
+-- This file is the single source of truth for the database shape. Alembic
+-- revisions are deltas on top of it, and tests/migrations diffs a database
+-- built from this file against one upgraded through every revision.
+--
+-- Everything lives in the schema `angela_queue`. Any program can enqueue with
+--     INSERT INTO angela_queue.tasks (kind) VALUES ('send_email');
+-- and the triggers below give it the same defaults, boosts, tiers, deadlines,
+-- bounds and wake-ups as the Python API.
+
+CREATE SCHEMA IF NOT EXISTS angela_queue;
+
+-- ---------------------------------------------------------------------------
+-- queues: one row per queue and its settings.
+-- ---------------------------------------------------------------------------
+CREATE TABLE angela_queue.queues (
+    name        text PRIMARY KEY
+                CONSTRAINT queue_name_not_empty CHECK (name <> ''),
+    -- NULL means unbounded. Counted against the tasks waiting in the queue:
+    -- status 'queued' or 'scheduled'.
+    max_size    integer
+                CONSTRAINT queue_max_size_not_negative CHECK (max_size IS NULL OR max_size >= 0),
+    -- Effective-priority points gained per minute of waiting (the plan: 0.1).
+    -- Copied onto each task at insert, so a change applies to new tasks.
+    aging_rate  double precision NOT NULL DEFAULT 0.1
+                CONSTRAINT queue_aging_rate_not_negative CHECK (aging_rate >= 0),
+    -- A start within deadline + sla_grace counts as on time.
+    sla_grace   interval NOT NULL DEFAULT interval '1 second',
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+INSERT INTO angela_queue.queues (name) VALUES ('default');
+
+-- ---------------------------------------------------------------------------
+-- boost_rules: data, not code. Each rule is a SQL/JSON path predicate tested
+-- against the payload at insert; the boosts of every rule that matches add up.
+-- ---------------------------------------------------------------------------
+CREATE TABLE angela_queue.boost_rules (
+    name        text PRIMARY KEY
+                CONSTRAINT boost_rule_name_not_empty CHECK (name <> ''),
+    -- e.g. '$.text ? (@ like_regex "urgent" flag "i")'; jsonpath is parsed and
+    -- validated when the rule is stored, so a broken rule is rejected up front.
+    condition   jsonpath NOT NULL
+                -- A path naming a $variable fails on every insert (no
+                -- variables are passed, and silent mode does not cover it):
+                -- reject it when the rule is stored. Variables print as $"name".
+                CONSTRAINT boost_rule_condition_has_no_variables
+                CHECK (condition::text !~ '\$"[A-Za-z_][A-Za-z0-9_]*"'),
+    boost       integer NOT NULL,
+    enabled     boolean NOT NULL DEFAULT true,
+    description text NOT NULL DEFAULT '',
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+INSERT INTO angela_queue.boost_rules (name, condition, boost, description) VALUES
+    ('emotional', '$.emotional ? (@ == true)', 2,
+     'an emotional conversation: payload has "emotional": true'),
+    ('urgent', '$.text ? (@ like_regex "urgent" flag "i")', 3,
+     'the text says "urgent", in any case'),
+    ('question', '$.text ? (@ like_regex "\\?$")', 1,
+     'the text is a question: it ends with "?"');
+
+-- ---------------------------------------------------------------------------
+-- tasks: one row per task, from enqueue to its final status.
+-- ---------------------------------------------------------------------------
+CREATE TABLE angela_queue.tasks (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue           text NOT NULL DEFAULT 'default',
+    kind            text NOT NULL,
+    payload         jsonb NOT NULL DEFAULT '{}'::jsonb,
+    priority        integer NOT NULL DEFAULT 5
+                    CONSTRAINT task_priority_between_1_and_10 CHECK (priority BETWEEN 1 AND 10),
+    boost           integer NOT NULL DEFAULT 0,
+    -- Names of the boost rules that fired at insert.
+    boost_rules     text[] NOT NULL DEFAULT '{}',
+    tier            text GENERATED ALWAYS AS (
+                        CASE WHEN priority >= 9 THEN 'critical'
+                             WHEN priority >= 7 THEN 'high'
+                             WHEN priority >= 5 THEN 'medium'
+                             ELSE 'low' END) STORED,
+    status          text NOT NULL DEFAULT 'queued'
+                    CONSTRAINT task_status_known CHECK (status IN (
+                        'scheduled', 'queued', 'running',
+                        'succeeded', 'failed', 'cancelled', 'dropped')),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    -- Not startable before run_at; aging counts from it.
+    run_at          timestamptz NOT NULL DEFAULT now(),
+    -- run_at + the tier's start window; set by trigger.
+    deadline        timestamptz NOT NULL,
+    -- The queue's aging rate when the task was inserted; set by trigger.
+    aging_rate      double precision NOT NULL DEFAULT 0.1,
+    -- The claim order, stored so it can be indexed:
+    --   priority + boost + aging_rate * minutes_since(run_at)
+    -- orders rows exactly like
+    --   priority + boost - aging_rate * epoch(run_at) / 60
+    -- because the now() term is the same for every row. Set by trigger.
+    priority_key    double precision NOT NULL DEFAULT 0,
+    attempts        integer NOT NULL DEFAULT 0
+                    CONSTRAINT task_attempts_not_negative CHECK (attempts >= 0),
+    max_attempts    integer NOT NULL DEFAULT 5
+                    CONSTRAINT task_max_attempts_positive CHECK (max_attempts >= 1),
+    -- Seconds a single attempt may run; NULL means the handler's or worker's default.
+    timeout_s       double precision
+                    CONSTRAINT task_timeout_positive CHECK (timeout_s IS NULL OR timeout_s > 0),
+    -- While a task with this key is waiting or running, another enqueue with
+    -- the same (queue, dedup_key) returns the existing task.
+    dedup_key       text,
+    worker_id       uuid,
+    started_at      timestamptz,
+    finished_at     timestamptz,
+    result          jsonb,
+    last_error      text
+)
+-- Queue rows churn: every task is inserted, updated two or three times and
+-- deleted by the pruner. Free space on each page (fillfactor) lets the new row
+-- versions stay on their page, and aggressive autovacuum keeps dead versions
+-- from bloating the claim index between runs.
+WITH (
+    fillfactor = 70,
+    autovacuum_vacuum_scale_factor = 0.02,
+    autovacuum_vacuum_insert_scale_factor = 0.05,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
+);
+
+-- The claim walks this index, per queue, in effective-priority order: no
+-- sort, and only startable rows are in it. Per queue because the stored key
+-- is exact only among rows that share an aging rate (one rate per queue);
+-- the claim merges queues by the live effective priority. It also serves the
+-- bounded-queue count at insert and the depth reads.
+CREATE INDEX tasks_claim_idx ON angela_queue.tasks (queue, priority_key DESC, id)
+    WHERE status = 'queued';
+-- Filling a low-priority batch: the best waiting tasks of one kind below
+-- priority 5, without walking past every higher-priority task first.
+CREATE INDEX tasks_batch_fill_idx ON angela_queue.tasks (queue, kind, priority_key DESC, id)
+    WHERE status = 'queued' AND priority < 5;
+-- Promotion of delayed and retrying tasks once their run_at arrives.
+CREATE INDEX tasks_scheduled_idx ON angela_queue.tasks (run_at)
+    WHERE status = 'scheduled';
+-- Reclaim of the tasks a dead or stuck worker held.
+CREATE INDEX tasks_running_idx ON angela_queue.tasks (worker_id)
+    WHERE status = 'running';
+-- Deduplication: one unfinished task per (queue, dedup_key).
+CREATE UNIQUE INDEX tasks_dedup_idx ON angela_queue.tasks (queue, dedup_key)
+    WHERE dedup_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running');
+
+-- ---------------------------------------------------------------------------
+-- Insert trigger: validation with clear errors, queue row, boosts, status,
+-- deadline, claim key and the bounded-queue rule. Runs for every INSERT, so
+-- a task from psql gets exactly what a task from Python gets.
+-- ---------------------------------------------------------------------------
+
+-- Seconds a tier has to start, from run_at.
+CREATE FUNCTION angela_queue.tier_window(p_priority integer) RETURNS interval
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN p_priority >= 9 THEN interval '0 seconds'
+                WHEN p_priority >= 7 THEN interval '1 minute'
+                WHEN p_priority >= 5 THEN interval '5 minutes'
+                ELSE interval '30 minutes' END
+$$;
+
+-- The stored claim key. Epoch is taken in minutes so aging_rate reads as
+-- "points per minute".
+CREATE FUNCTION angela_queue.priority_key(
+    p_priority integer, p_boost integer, p_aging_rate double precision, p_run_at timestamptz
+) RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT p_priority + p_boost - p_aging_rate * (extract(epoch FROM p_run_at)::double precision / 60.0)
+$$;
+
+CREATE FUNCTION angela_queue.tasks_before_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    q          angela_queue.queues%ROWTYPE;
+    r_rule     record;
+    n_queued   integer;
+BEGIN
+    -- Validation first, so each mistake gets a message that names it instead
+    -- of a bare constraint name. SQLSTATEs are the standard ones.
+    IF NEW.kind IS NULL OR btrim(NEW.kind) = '' THEN
+        RAISE EXCEPTION 'angela_queue: a task needs a kind (got %)', coalesce(quote_literal(NEW.kind), 'NULL')
+            USING ERRCODE = 'not_null_violation', COLUMN = 'kind';
+    END IF;
+    IF NEW.priority IS NULL OR NEW.priority NOT BETWEEN 1 AND 10 THEN
+        RAISE EXCEPTION 'angela_queue: priority must be between 1 and 10 (got %)', coalesce(NEW.priority::text, 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'priority';
+    END IF;
+    IF NEW.payload IS NULL OR jsonb_typeof(NEW.payload) <> 'object' THEN
+        RAISE EXCEPTION 'angela_queue: payload must be a JSON object (got %)', coalesce(jsonb_typeof(NEW.payload), 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'payload';
+    END IF;
+    IF NEW.status NOT IN ('queued', 'scheduled') THEN
+        RAISE EXCEPTION 'angela_queue: a new task must be queued or scheduled (got %)', quote_literal(NEW.status)
+            USING ERRCODE = 'check_violation', COLUMN = 'status';
+    END IF;
+    IF NEW.max_attempts IS NULL OR NEW.max_attempts < 1 THEN
+        RAISE EXCEPTION 'angela_queue: max_attempts must be at least 1 (got %)', coalesce(NEW.max_attempts::text, 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'max_attempts';
+    END IF;
+
+    NEW.queue := coalesce(nullif(btrim(NEW.queue), ''), 'default');
+    NEW.run_at := coalesce(NEW.run_at, now());
+    NEW.created_at := coalesce(NEW.created_at, now());
+    NEW.boost := coalesce(NEW.boost, 0);
+    NEW.boost_rules := coalesce(NEW.boost_rules, '{}');
+    NEW.attempts := 0;
+
+    -- A task names its queue; an unknown queue is created with the defaults
+    -- (unbounded), so producers need no setup step.
+    SELECT * INTO q FROM angela_queue.queues WHERE name = NEW.queue;
+    IF NOT FOUND THEN
+        INSERT INTO angela_queue.queues (name) VALUES (NEW.queue) ON CONFLICT (name) DO NOTHING;
+        SELECT * INTO q FROM angela_queue.queues WHERE name = NEW.queue;
+    END IF;
+
+    -- silent => true: a rule that errors on this payload (a strict path with
+    -- a missing key, a division by zero) is a non-match, not a failed insert.
+    FOR r_rule IN
+        SELECT r.name, r.boost FROM angela_queue.boost_rules r
+        WHERE r.enabled AND jsonb_path_exists(NEW.payload, r.condition, '{}', true)
+        ORDER BY r.name
+    LOOP
+        NEW.boost := NEW.boost + r_rule.boost;
+        NEW.boost_rules := NEW.boost_rules || r_rule.name;
+    END LOOP;
+
+    NEW.status := CASE WHEN NEW.run_at > now() THEN 'scheduled' ELSE 'queued' END;
+    NEW.aging_rate := q.aging_rate;
+    NEW.deadline := NEW.run_at + angela_queue.tier_window(NEW.priority);
+    NEW.priority_key := angela_queue.priority_key(NEW.priority, NEW.boost, NEW.aging_rate, NEW.run_at);
+
+    -- Bounded queue: max_size caps the tasks waiting in it, queued or
+    -- scheduled (a delayed task counts from its insert, or a burst of them
+    -- would overrun the bound the moment they come due). Each count stops at
+    -- max_size (LIMIT) and walks a small partial index (tasks_claim_idx,
+    -- tasks_scheduled_idx), so it costs O(max_size) only for bounded queues and
+    -- nothing for unbounded ones: no full count, and no hot counter row that
+    -- every insert and claim would serialize on.
+    -- Concurrent inserts do not see each other's rows, so a queue can exceed
+    -- max_size by at most the number of transactions inserting at once.
+    IF q.max_size IS NOT NULL THEN
+        SELECT (SELECT count(*) FROM (
+                    SELECT 1 FROM angela_queue.tasks t
+                    WHERE t.queue = NEW.queue AND t.status = 'queued'
+                    LIMIT q.max_size) AS queued)
+             + (SELECT count(*) FROM (
+                    SELECT 1 FROM angela_queue.tasks t
+                    WHERE t.queue = NEW.queue AND t.status = 'scheduled'
+                    LIMIT q.max_size) AS scheduled)
+          INTO n_queued;
+        IF n_queued >= q.max_size THEN
+            IF NEW.priority < 5 THEN
+                -- Kept as a row, never silently lost.
+                NEW.status := 'dropped';
+                NEW.finished_at := now();
+                NEW.last_error := format(
+                    'dropped: queue %L is full (max_size %s) and priority %s < 5',
+                    NEW.queue, q.max_size, NEW.priority);
+            ELSE
+                RAISE EXCEPTION 'angela_queue: queue % is full (max_size %)', quote_literal(NEW.queue), q.max_size
+                    USING ERRCODE = 'AQ001',
+                          HINT = 'Wait for workers to drain it, raise angela_queue.queues.max_size, or enqueue with priority < 5 to drop instead of failing.';
+            END IF;
+        END IF;
+    END IF;
+
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER tasks_before_insert
+    BEFORE INSERT ON angela_queue.tasks
+    FOR EACH ROW EXECUTE FUNCTION angela_queue.tasks_before_insert();
+
+-- Keep deadline and claim key true when a retry, a reschedule or an edit
+-- changes run_at, priority or boost. Fires only for those columns, so claim
+-- and completion updates never pay for it.
+CREATE FUNCTION angela_queue.tasks_before_update_order() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.priority NOT BETWEEN 1 AND 10 THEN
+        RAISE EXCEPTION 'angela_queue: priority must be between 1 and 10 (got %)', NEW.priority
+            USING ERRCODE = 'check_violation', COLUMN = 'priority';
+    END IF;
+    NEW.deadline := NEW.run_at + angela_queue.tier_window(NEW.priority);
+    NEW.priority_key := angela_queue.priority_key(NEW.priority, NEW.boost, NEW.aging_rate, NEW.run_at);
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER tasks_before_update_order
+    BEFORE UPDATE OF run_at, priority, boost, aging_rate ON angela_queue.tasks
+    FOR EACH ROW EXECUTE FUNCTION angela_queue.tasks_before_update_order();
+
+-- A new queues.aging_rate also applies to the queue's unfinished tasks.
+-- Hazard: priority_key drops the now() term, which is only the same for rows
+-- that share one rate; between rows of different rates it differs by
+-- rate x epoch-minutes (millions of points), so tasks inserted after a rate
+-- change would sort above or below every older task regardless of priority.
+-- Re-keying (via tasks_before_update_order) keeps one rate per queue. An
+-- insert racing the change may keep the old rate; change it again to fix.
+CREATE FUNCTION angela_queue.queues_after_update_aging_rate() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE angela_queue.tasks t SET aging_rate = NEW.aging_rate
+    WHERE t.queue = NEW.name AND t.status IN ('scheduled', 'queued', 'running')
+      AND t.aging_rate IS DISTINCT FROM NEW.aging_rate;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER queues_after_update_aging_rate
+    AFTER UPDATE OF aging_rate ON angela_queue.queues
+    FOR EACH ROW WHEN (OLD.aging_rate IS DISTINCT FROM NEW.aging_rate)
+    EXECUTE FUNCTION angela_queue.queues_after_update_aging_rate();
+
+-- Wake idle workers. One NOTIFY per statement and queue, not per row, so a
+-- bulk insert of 10,000 tasks sends a handful of notifications. The payload is
+-- the queue name; workers LISTEN on 'angela_queue_insert'.
+CREATE FUNCTION angela_queue.tasks_after_insert_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    q text;
+BEGIN
+    FOR q IN SELECT DISTINCT n.queue FROM new_tasks n WHERE n.status = 'queued' LOOP
+        PERFORM pg_notify('angela_queue_insert', q);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER tasks_after_insert_notify
+    AFTER INSERT ON angela_queue.tasks
+    REFERENCING NEW TABLE AS new_tasks
+    FOR EACH STATEMENT EXECUTE FUNCTION angela_queue.tasks_after_insert_notify();
+
+-- ---------------------------------------------------------------------------
+-- supervisors and workers: heartbeat rows. Owned by workers.sql.
+-- ---------------------------------------------------------------------------
+CREATE TABLE angela_queue.supervisors (
+    id              uuid PRIMARY KEY,
+    host            text NOT NULL,
+    pid             integer NOT NULL,
+    queues          text[] NOT NULL DEFAULT '{default}',
+    status          text NOT NULL DEFAULT 'running'
+                    CONSTRAINT supervisor_status_known CHECK (status IN ('running', 'stopped', 'dead')),
+    -- How many workers this supervisor runs now, and why it chose that.
+    workers_target  integer NOT NULL DEFAULT 0,
+    last_decision   text,
+    started_at      timestamptz NOT NULL DEFAULT now(),
+    last_heartbeat  timestamptz NOT NULL DEFAULT now(),
+    stopped_at      timestamptz
+);
+
+CREATE TABLE angela_queue.workers (
+    id                      uuid PRIMARY KEY,
+    supervisor_id           uuid,
+    host                    text NOT NULL,
+    pid                     integer NOT NULL,
+    queues                  text[] NOT NULL DEFAULT '{default}',
+    concurrency             integer NOT NULL DEFAULT 1,
+    status                  text NOT NULL DEFAULT 'idle'
+                            CONSTRAINT worker_status_known CHECK (status IN (
+                                'active', 'idle', 'stuck', 'stopping', 'stopped', 'dead')),
+    started_at              timestamptz NOT NULL DEFAULT now(),
+    last_heartbeat          timestamptz NOT NULL DEFAULT now(),
+    -- Last time a task started or finished here: the measure of progress.
+    last_active             timestamptz,
+    current_tasks           bigint[] NOT NULL DEFAULT '{}',
+    tasks_completed         bigint NOT NULL DEFAULT 0,
+    tasks_failed            bigint NOT NULL DEFAULT 0,
+    avg_processing_time_ms  double precision NOT NULL DEFAULT 0,
+    -- Seconds without progress, while holding a task, before it counts as stuck.
+    stuck_after_s           double precision NOT NULL DEFAULT 60,
+    -- Seconds without a heartbeat before the row counts as dead.
+    dead_after_s            double precision NOT NULL DEFAULT 30,
+    stopped_at              timestamptz
+);
+
+CREATE INDEX workers_supervisor_idx ON angela_queue.workers (supervisor_id);
+
+-- ---------------------------------------------------------------------------
+-- leader: lease rows for maintenance that must run on one host only.
+-- ---------------------------------------------------------------------------
+CREATE TABLE angela_queue.leader (
+    name        text PRIMARY KEY,
+    holder      uuid NOT NULL,
+    elected_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL
+);
+
+-- angela-queue: inspection views. Part of the canonical schema (applied after
+-- schema.sql). Views are recreated wholesale by migrations, so each one here
+-- is CREATE OR REPLACE-safe.
+
+-- Every queued task with its live effective priority, best first: the order
+-- the claim takes (per queue it walks tasks_claim_idx; across queues it merges
+-- by this same live value).
+CREATE VIEW angela_queue.queued_tasks AS
+SELECT
+    t.id, t.queue, t.kind, t.priority, t.boost, t.boost_rules, t.tier,
+    t.run_at, t.deadline, t.attempts, t.created_at,
+    round(extract(epoch FROM now() - t.run_at)::numeric / 60, 3) AS minutes_waiting,
+    (t.priority + t.boost
+        + t.aging_rate * greatest(extract(epoch FROM now() - t.run_at)::double precision, 0) / 60.0
+    ) AS effective_priority,
+    t.payload
+FROM angela_queue.tasks t
+WHERE t.status = 'queued'
+ORDER BY effective_priority DESC, t.id;
+
+-- One row per queue and tier, zeros included, with the number queued (ready
+-- to start), scheduled (waiting for run_at) and running, the oldest wait, and
+-- how many queued tasks are already past their deadline plus sla_grace.
+-- Hazard: `status IN ('queued', 'scheduled', 'running')` matches none of the
+-- per-status partial indexes and scans the whole table (finished rows
+-- included). Spelled as ORs, each arm matches its partial index
+-- (tasks_claim_idx, tasks_scheduled_idx, tasks_running_idx): the cost is the
+-- backlog, not the table.
+CREATE VIEW angela_queue.queue_depth AS
+WITH tiers(tier, rank) AS (
+    VALUES ('critical', 1), ('high', 2), ('medium', 3), ('low', 4)
+), counts AS (
+    SELECT t.queue, t.tier,
+           count(*) FILTER (WHERE t.status = 'queued')    AS queued,
+           count(*) FILTER (WHERE t.status = 'scheduled') AS scheduled,
+           count(*) FILTER (WHERE t.status = 'running')   AS running,
+           min(t.run_at) FILTER (WHERE t.status = 'queued') AS oldest_run_at,
+           count(*) FILTER (WHERE t.status = 'queued'
+                              AND t.deadline + coalesce(g.sla_grace, interval '1 second') < now()) AS overdue
+    FROM angela_queue.tasks t
+    LEFT JOIN angela_queue.queues g ON g.name = t.queue
+    WHERE t.status = 'queued' OR t.status = 'scheduled' OR t.status = 'running'
+    GROUP BY t.queue, t.tier
+)
+SELECT q.name AS queue, tiers.tier,
+       coalesce(c.queued, 0)::bigint    AS queued,
+       coalesce(c.scheduled, 0)::bigint AS scheduled,
+       coalesce(c.running, 0)::bigint   AS running,
+       extract(epoch FROM now() - c.oldest_run_at)::double precision AS oldest_wait_s,
+       coalesce(c.overdue, 0)::bigint   AS overdue,
+       q.max_size
+FROM angela_queue.queues q
+CROSS JOIN tiers
+LEFT JOIN counts c ON c.queue = q.name AND c.tier = tiers.tier
+ORDER BY q.name, tiers.rank;
+
+-- One row per worker. The status is the truth as of now: a row whose
+-- heartbeat stopped is 'dead' even if the process never got to say so, and a
+-- worker holding a task without progress for stuck_after_s is 'stuck'.
+CREATE VIEW angela_queue.worker_health AS
+SELECT
+    w.id, w.supervisor_id, w.host, w.pid, w.queues, w.concurrency,
+    CASE
+        WHEN w.status IN ('stopped', 'dead') THEN w.status
+        WHEN w.last_heartbeat < now() - make_interval(secs => w.dead_after_s) THEN 'dead'
+        WHEN w.status = 'stuck' THEN 'stuck'
+        WHEN cardinality(w.current_tasks) > 0
+             AND coalesce(w.last_active, w.started_at) < now() - make_interval(secs => w.stuck_after_s)
+            THEN 'stuck'
+        ELSE w.status
+    END AS status,
+    w.tasks_completed, w.tasks_failed,
+    round(w.avg_processing_time_ms::numeric, 3) AS avg_processing_time_ms,
+    w.last_active, w.last_heartbeat, w.started_at, w.stopped_at,
+    w.current_tasks
+FROM angela_queue.workers w;
+
+-- How often each queue and tier started its tasks by their deadline (plus the
+-- queue's sla_grace), over the tasks started in the last 24 hours.
+CREATE VIEW angela_queue.sla_attainment AS
+SELECT t.queue, t.tier,
+       count(*) AS started,
+       count(*) FILTER (WHERE t.started_at <= t.deadline + q.sla_grace) AS on_time,
+       round(100.0 * count(*) FILTER (WHERE t.started_at <= t.deadline + q.sla_grace)
+             / nullif(count(*), 0), 2) AS attainment_pct,
+       round((percentile_cont(0.5) WITHIN GROUP (
+             ORDER BY extract(epoch FROM t.started_at - t.run_at)))::numeric * 1000, 3) AS p50_start_ms,
+       round((percentile_cont(0.99) WITHIN GROUP (
+             ORDER BY extract(epoch FROM t.started_at - t.run_at)))::numeric * 1000, 3) AS p99_start_ms
+FROM angela_queue.tasks t
+JOIN angela_queue.queues q ON q.name = t.queue
+WHERE t.started_at IS NOT NULL AND t.started_at > now() - interval '24 hours'
+GROUP BY t.queue, t.tier;
