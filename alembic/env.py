@@ -10,10 +10,9 @@ from sqlalchemy import create_engine, pool, text
 
 import psycopg
 
+from angela_queue.migrations import MIGRATION_LOCK_KEY
+
 SCHEMA = "angela_queue"
-# pg_advisory_xact_lock key: two `migrate` runs at once take turns; the second
-# then finds the schema at head and does nothing.
-MIGRATION_LOCK_KEY = 0x616E67656C61  # "angela"
 
 
 def run_migrations_online() -> None:

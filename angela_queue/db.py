@@ -95,7 +95,9 @@ def _queue_from_message(message: str) -> str:
 
 
 def fetch_all(conn: psycopg.Connection, name: str, params: Mapping[str, Any] | None = None) -> list[Row]:
-    with translate_errors(), conn.cursor() as cur:
+    # dict_row on the cursor, whatever the connection's factory (Alembic
+    # hands migrations a plain one).
+    with translate_errors(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(queries.query(name), params, prepare=True)
         return cur.fetchall() if cur.description else []
 
@@ -103,6 +105,13 @@ def fetch_all(conn: psycopg.Connection, name: str, params: Mapping[str, Any] | N
 def fetch_one(conn: psycopg.Connection, name: str, params: Mapping[str, Any] | None = None) -> Row | None:
     rows = fetch_all(conn, name, params)
     return rows[0] if rows else None
+
+
+def execute_script(conn: psycopg.Connection, text: str) -> None:
+    """Run SQL text from a file under sql/ (DDL, grants) as it is: no parameters,
+    so no placeholder parsing of PL/pgSQL bodies. Never prepared: a prepared
+    statement holds one command, a script many."""
+    conn.execute(text, prepare=False)
 
 
 async def afetch_all(conn: psycopg.AsyncConnection, name: str,

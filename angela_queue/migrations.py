@@ -21,6 +21,12 @@ from .db import describe_dsn, first_line
 from .errors import DatabaseUnavailable, SchemaMismatch
 
 
+# pg_advisory_xact_lock key: two `migrate` runs at once take turns (the
+# second then finds the schema at head and does nothing), and so do their
+# grants (two GRANTs on one object at once fail: "tuple concurrently updated").
+MIGRATION_LOCK_KEY = 0x616E67656C61  # "angela"
+
+
 def script_location() -> Path:
     """Where the Alembic scripts are: inside the installed package, or, for an
     editable install (which cannot map a folder without __init__.py), in the
@@ -49,6 +55,22 @@ def apply_revision_sql(filename: str) -> None:
     """
     from alembic import op
     op.get_bind().connection.driver_connection.execute(revision_sql(filename))
+
+
+def apply_role_sql(conn, text: str) -> bool:
+    """Create and grant the group roles as far as this login may (see roles.py)."""
+    from .roles import apply_role_sql as apply
+    return apply(conn, text)
+
+
+def grant_roles(dsn: str) -> bool:
+    """At head: create and grant the roles again (roles a DBA created after the
+    schema get their grants), under the migration lock. Needs the owner."""
+    from . import db
+    from .roles import roles_sql
+    with db.connect(dsn, application_name="angela-queue-migrate") as conn, conn.transaction():
+        db.fetch_all(conn, "admin_migration_lock", {"key": MIGRATION_LOCK_KEY})
+        return apply_role_sql(conn, roles_sql())
 
 
 def alembic_config(dsn: str) -> Config:

@@ -13,7 +13,7 @@ import re
 from importlib import resources
 
 # Files that hold DDL rather than named queries.
-SCHEMA_FILES = ("schema.sql", "views.sql")
+SCHEMA_FILES = ("schema.sql", "views.sql", "roles.sql")
 
 _NAME_RE = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 # Anything that looks like a header. A header _NAME_RE rejects (a hyphen, a
@@ -29,11 +29,6 @@ class UnknownQuery(KeyError):
 def sql_text(filename: str) -> str:
     """The text of one file under sql/ (schema.sql, views.sql, ...)."""
     return resources.files("angela_queue.sql").joinpath(filename).read_text(encoding="utf-8")
-
-
-def schema_ddl() -> str:
-    """The canonical schema: every table, function, trigger and view."""
-    return "\n".join(sql_text(name) for name in SCHEMA_FILES)
 
 
 def parse_named_queries(text: str, source: str = "<string>") -> dict[str, str]:

@@ -16,7 +16,7 @@ from . import db
 from .errors import SchemaMismatch, SchemaMissing
 
 # The Alembic revision (alembic/versions/) this code reads and writes.
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 
 
 def describe(found: str | None, dsn_text: str) -> SchemaMismatch | None:

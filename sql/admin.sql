@@ -14,3 +14,25 @@ SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %(name)s) AS present;
 -- process checks at start, before it reads the revision.
 SELECT to_regnamespace('angela_queue') IS NOT NULL AS has_schema,
        to_regclass('angela_queue.alembic_version') IS NOT NULL AS has_version_table;
+
+-- name: admin_role_members
+-- The group roles that exist, each with the roles that are members of it.
+SELECT r.rolname AS role,
+       coalesce(array_agg(m.rolname ORDER BY m.rolname) FILTER (WHERE m.rolname IS NOT NULL), '{}') AS members
+FROM pg_roles r
+LEFT JOIN pg_auth_members am ON am.roleid = r.oid
+LEFT JOIN pg_roles m ON m.oid = am.member
+WHERE r.rolname = ANY(%(roles)s::text[])
+GROUP BY r.rolname;
+
+-- name: admin_may_create_roles
+-- Whether the current login may create roles (what migrate asks before it does).
+SELECT rolsuper OR rolcreaterole AS may FROM pg_roles WHERE rolname = current_user;
+
+-- name: admin_existing_roles
+-- Which of the given roles exist (roles are cluster-wide).
+SELECT rolname AS role FROM pg_roles WHERE rolname = ANY(%(roles)s::text[]);
+
+-- name: admin_migration_lock
+-- Take the migration lock until the end of the transaction.
+SELECT pg_advisory_xact_lock(%(key)s) IS NULL AS locked;

@@ -138,7 +138,11 @@ CREATE TABLE angela_queue.tasks (
                     CONSTRAINT task_finished_at_in_range
                     CHECK (finished_at IS NULL OR (finished_at >= '1900-01-01 00:00:00+00' AND finished_at < '9999-01-01 00:00:00+00')),
     result          jsonb,
-    last_error      text
+    last_error      text,
+    -- The login that enqueued the task (session_user, set by the insert
+    -- trigger). A login with only angela_queue_producer sees its own tasks
+    -- and no others (the tasks_visible policy).
+    enqueued_by     text
 )
 -- Queue rows churn: every task is inserted, updated two or three times and
 -- deleted by the pruner. Free space on each page (fillfactor) lets the new row
@@ -231,8 +235,13 @@ BEGIN
 END
 $$;
 
+-- SECURITY DEFINER, with a pinned search_path (nothing a caller puts on its
+-- search_path can stand in for a function or operator here): a producer
+-- that may only INSERT into tasks still gets its queue created, its boosts
+-- applied and its bound checked, though it may not read queues, boost rules
+-- or other tasks itself.
 CREATE FUNCTION angela_queue.tasks_before_insert() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q          angela_queue.queues%ROWTYPE;
     r_rule     record;
@@ -267,6 +276,7 @@ BEGIN
     NEW.queue := coalesce(nullif(btrim(NEW.queue), ''), 'default');
     NEW.run_at := coalesce(NEW.run_at, now());
     NEW.created_at := now();
+    NEW.enqueued_by := session_user;
     NEW.boost := coalesce(NEW.boost, 0);
     NEW.boost_rules := coalesce(NEW.boost_rules, '{}');
     NEW.attempts := 0;
@@ -410,6 +420,77 @@ CREATE TRIGGER tasks_after_insert_notify
     AFTER INSERT ON angela_queue.tasks
     REFERENCING NEW TABLE AS new_tasks
     FOR EACH STATEMENT EXECUTE FUNCTION angela_queue.tasks_after_insert_notify();
+
+-- ---------------------------------------------------------------------------
+-- Who sees which tasks: row-level security, and the functions a producer
+-- calls for what its grants alone do not allow.
+-- ---------------------------------------------------------------------------
+
+-- Whether a role reads every task: anyone but a pure producer (a member of
+-- angela_queue_producer that is in neither angela_queue_worker nor
+-- angela_queue_reader). Roles the schema predates (custom grants) keep
+-- seeing every row, as before row-level security was on. The table's owner
+-- and superusers bypass the policy altogether.
+CREATE FUNCTION angela_queue.reads_all_tasks(p_role name) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT NOT EXISTS (SELECT 1 FROM pg_roles p
+                       WHERE p.rolname = 'angela_queue_producer' AND pg_has_role(p_role, p.oid, 'MEMBER'))
+        OR EXISTS (SELECT 1 FROM pg_roles r
+                   WHERE r.rolname IN ('angela_queue_worker', 'angela_queue_reader')
+                     AND pg_has_role(p_role, r.oid, 'MEMBER'))
+$$;
+
+ALTER TABLE angela_queue.tasks ENABLE ROW LEVEL SECURITY;
+
+-- (SELECT ...): an init plan, evaluated once per statement, not per row; for
+-- every role but a producer it is true, and the row test is never reached.
+CREATE POLICY tasks_visible ON angela_queue.tasks
+    USING ((SELECT angela_queue.reads_all_tasks(current_user)) OR enqueued_by = session_user::text);
+
+-- The unfinished task holding a dedup key, for an enqueue that met it: a
+-- producer may not read the holder (another login's task), so this returns
+-- only what an enqueue reports, and the holder's last error only to whoever
+-- may read it. SECURITY DEFINER with a pinned search_path.
+CREATE FUNCTION angela_queue.find_unfinished_task(p_queue text, p_dedup_key text)
+RETURNS TABLE (id bigint, queue text, kind text, status text, priority integer, boost integer, tier text,
+               run_at timestamptz, dedup_key text, last_error text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t.id, t.queue, t.kind, t.status, t.priority, t.boost, t.tier, t.run_at, t.dedup_key,
+           CASE WHEN t.enqueued_by = session_user::text OR angela_queue.reads_all_tasks(session_user)
+                THEN t.last_error END
+    FROM angela_queue.tasks t
+    WHERE t.queue = p_queue AND t.dedup_key = p_dedup_key
+      AND t.status IN ('scheduled', 'queued', 'running')
+$$;
+
+-- Cancel a task that has not started: the one implementation, for psql, the
+-- CLI and the Python client. Returns the task's status afterwards and the
+-- outcome ('cancelled', or 'unchanged' when it is running or finished); no
+-- row when there is no such task, or the caller may not see it (a producer
+-- cancels its own tasks only). The row lock waits for a claim in progress,
+-- so the status returned is the truth, never a stale 'queued'. Wakes
+-- enqueuers waiting for space in the queue.
+CREATE FUNCTION angela_queue.cancel_task(p_id bigint)
+RETURNS TABLE (id bigint, status text, outcome text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+BEGIN
+    SELECT k.id, k.queue, k.status, k.enqueued_by INTO t
+    FROM angela_queue.tasks k WHERE k.id = p_id FOR UPDATE;
+    IF NOT FOUND OR NOT (t.enqueued_by = session_user::text OR angela_queue.reads_all_tasks(session_user)) THEN
+        RETURN;
+    END IF;
+    IF t.status NOT IN ('scheduled', 'queued') THEN
+        RETURN QUERY SELECT t.id, t.status, 'unchanged'::text;
+        RETURN;
+    END IF;
+    UPDATE angela_queue.tasks k SET status = 'cancelled', finished_at = now(), last_error = 'cancelled'
+    WHERE k.id = p_id;
+    PERFORM pg_notify('angela_queue_space', t.queue);
+    RETURN QUERY SELECT t.id, 'cancelled'::text, 'cancelled'::text;
+END
+$$;
 
 -- ---------------------------------------------------------------------------
 -- supervisors and workers: heartbeat rows. Owned by workers.sql.

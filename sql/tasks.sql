@@ -38,31 +38,20 @@ ON CONFLICT (queue, dedup_key)
 RETURNING id, queue, kind, status, priority, boost, tier, run_at, dedup_key, last_error;
 
 -- name: tasks_find_unfinished_by_dedup_key
--- The unfinished task that holds a dedup key, if any.
+-- The unfinished task that holds a dedup key, if any (through the SECURITY
+-- DEFINER function: a producer may not read another login's task).
 SELECT id, queue, kind, status, priority, boost, tier, run_at, dedup_key, last_error
-FROM angela_queue.tasks
-WHERE queue = %(queue)s AND dedup_key = %(dedup_key)s
-  AND status IN ('scheduled', 'queued', 'running');
+FROM angela_queue.find_unfinished_task(%(queue)s, %(dedup_key)s);
 
 -- name: tasks_get
 -- One task row, whole.
 SELECT * FROM angela_queue.tasks WHERE id = %(id)s;
 
 -- name: tasks_cancel
--- Cancel a task that has not started. A running task is not interrupted:
--- the row is returned unchanged and the caller reports why.
-WITH cancelled AS (
-    UPDATE angela_queue.tasks
-    SET status = 'cancelled', finished_at = now(), last_error = 'cancelled'
-    WHERE id = %(id)s AND status IN ('scheduled', 'queued')
-    RETURNING id, queue, status
-), space AS (
-    SELECT pg_notify('angela_queue_space', c.queue) FROM cancelled c
-)
-SELECT c.id, c.status, (SELECT count(*) FROM space) AS notified FROM cancelled c
-UNION ALL
-SELECT t.id, t.status, 0 FROM angela_queue.tasks t
-WHERE t.id = %(id)s AND NOT EXISTS (SELECT 1 FROM cancelled);
+-- Cancel a task that has not started (angela_queue.cancel_task: guarded,
+-- waits out a claim in progress, and a producer may cancel only its own).
+-- No row: no such task, or not the caller's to see.
+SELECT id, status, outcome FROM angela_queue.cancel_task(%(id)s);
 
 -- name: tasks_claim
 -- Claim up to %(limit)s startable tasks from the given queues, best effective

@@ -8,8 +8,9 @@ import uuid
 import psycopg
 from psycopg.rows import dict_row
 
-from angela_queue import db, queries
+from angela_queue import db
 from fix_db import backdate
+from fix_plans import assert_claim_walks_its_index
 
 W1 = uuid.uuid4()
 W2 = uuid.uuid4()
@@ -154,44 +155,13 @@ def test_claim_kind_only_takes_low_priority_of_that_kind(conn):
     assert [(r["kind"], r["priority"]) for r in rows] == [("a", 2)]
 
 
-def _plan_nodes(plan: dict) -> list[dict]:
-    nodes = [plan]
-    for child in plan.get("Plans", []):
-        nodes.extend(_plan_nodes(child))
-    return nodes
-
-
 def test_claim_walks_the_index_without_sorting_100k_rows(conn):
     conn.execute("""
         INSERT INTO angela_queue.tasks (kind, priority, payload)
         SELECT 'bulk', 1 + (g % 10), '{}'::jsonb FROM generate_series(1, 100000) g
     """)
     conn.execute("ANALYZE angela_queue.tasks")
-    with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
-        cur.execute("EXPLAIN (FORMAT JSON) " + queries.query("tasks_claim"),
-                    {"queues": ["default"], "limit": 10, "worker_id": W1, "min_effective": None, "batch_below": 0})
-        plan = cur.fetchone()[0][0]["Plan"]
-    # The pick (CTE "picked") is where the queue is read: it must walk the
-    # index in order and stop at the LIMIT. Its only sort merges the <= limit
-    # rows taken per queue, above a Limit, never the queue itself.
-    picked = [n for n in _plan_nodes(plan) if n.get("Subplan Name") == "CTE picked"]
-    assert len(picked) == 1, plan
-    nodes = _plan_nodes(picked[0])
-    kinds = [n["Node Type"] for n in nodes]
-    assert "Seq Scan" not in kinds and "Bitmap Heap Scan" not in kinds, kinds
-    scans = [n for n in nodes if n["Node Type"] in ("Index Scan", "Index Only Scan")]
-    assert [n.get("Index Name") for n in scans] == ["tasks_claim_idx"], kinds
-    for sort in (n for n in nodes if n["Node Type"] == "Sort"):
-        assert _has_limit_above_scan(sort), sort
-
-
-def _has_limit_above_scan(node: dict) -> bool:
-    """True if every path from node down to a tasks scan passes through a Limit."""
-    if node["Node Type"] == "Limit" and node is not None:
-        return True
-    if node["Node Type"] in ("Index Scan", "Index Only Scan", "Seq Scan", "Bitmap Heap Scan"):
-        return False
-    return all(_has_limit_above_scan(child) for child in node.get("Plans", []))
+    assert_claim_walks_its_index(conn)
 
 
 def test_claim_merges_queues_by_live_effective_priority(conn):

@@ -162,7 +162,9 @@ def test_migrate_an_empty_database_then_again(empty_dsn):
     first = run("--dsn", empty_dsn, "migrate")
     assert first.returncode == 0, first.stderr
     head = migrations.head_revision()
-    assert first.stdout.strip() == f"schema angela_queue is at revision {head}"
+    assert first.stdout.strip().splitlines() == [f"schema angela_queue is at revision {head}",
+                                                 "roles angela_queue_producer, angela_queue_worker and "
+                                                 "angela_queue_reader are granted"]
     again = run("--dsn", empty_dsn, "migrate")
     assert again.returncode == 0 and again.stdout == first.stdout
 

@@ -115,7 +115,7 @@ def test_a_base_exception_under_a_timeout_and_in_a_batch_handler_are_failed_atte
     timed = client.enqueue("bad_async_timeout", {"n": 3}, max_attempts=2)
     batch = [t.id for t in client.enqueue_many(
         [{"kind": "bad_batch", "payload": {"n": 10 + i}, "priority": 2, "max_attempts": 2} for i in range(3)])]
-    after = canaries(client, 300)
+    canaries(client, 300)
     worker = start_worker(app, "--batch-wait", "0.2", *FAST)
     ids = [timed.id, *batch]
     wait_until(lambda: scalar(dsn, "SELECT count(*) FROM angela_queue.tasks WHERE id = ANY(%s) AND status = "

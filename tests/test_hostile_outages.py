@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from angela_queue import Client, SchemaMismatch, SchemaMissing
-from fix_procs import APP_PRELUDE, RUNS_TABLE_SQL, SupervisorProcess, WorkerProcess, query, scalar, wait_until
+from fix_procs import APP_PRELUDE, RUNS_TABLE_SQL, SupervisorProcess, query, scalar, wait_until
 
 FAST = ["--poll-interval", "0.2", "--heartbeat-interval", "0.5"]
 

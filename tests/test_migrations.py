@@ -47,11 +47,8 @@ def run_sql(dsn: str, sql: str, params=None) -> list[dict]:
 
 
 def migration_lock_key() -> int:
-    """The advisory lock key alembic/env.py takes (read from its text: importing env.py runs it)."""
-    text = (ROOT / "alembic" / "env.py").read_text()
-    match = re.search(r"^MIGRATION_LOCK_KEY\s*=\s*(0x[0-9A-Fa-f]+|\d+)", text, re.MULTILINE)
-    assert match, "alembic/env.py defines no MIGRATION_LOCK_KEY"
-    return int(match.group(1), 0)
+    """The advisory lock key alembic/env.py takes."""
+    return migrations.MIGRATION_LOCK_KEY
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.Popen:
@@ -67,7 +64,9 @@ def describe(dsn: str) -> dict[str, list]:
     not_version = "AND c.relname <> 'alembic_version'"
     return {
         "relations": q(f"""
-            SELECT c.relname, c.relkind, c.reloptions::text FROM pg_class c
+            SELECT c.relname, c.relkind, c.reloptions::text, c.relrowsecurity,
+                   coalesce(c.relacl, acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::"char", c.relowner))::text
+            FROM pg_class c
             WHERE c.relnamespace = %(schema)s::regnamespace {not_version}
               AND c.relname NOT LIKE 'alembic_version%%' ORDER BY 1"""),
         "columns": q(f"""
@@ -85,8 +84,15 @@ def describe(dsn: str) -> dict[str, list]:
             SELECT indexname, indexdef FROM pg_indexes
             WHERE schemaname = %(schema)s AND tablename <> 'alembic_version' ORDER BY 1"""),
         "functions": q("""
-            SELECT p.proname, pg_get_function_identity_arguments(p.oid), pg_get_functiondef(p.oid)
+            SELECT p.proname, pg_get_function_identity_arguments(p.oid), pg_get_functiondef(p.oid),
+                   coalesce(p.proacl, acldefault('f'::"char", p.proowner))::text
             FROM pg_proc p WHERE p.pronamespace = %(schema)s::regnamespace ORDER BY 1, 2"""),
+        "policies": q("""
+            SELECT tablename, policyname, permissive, roles::text, cmd, qual, with_check
+            FROM pg_policies WHERE schemaname = %(schema)s ORDER BY 1, 2"""),
+        "schema_acl": q("""
+            SELECT coalesce(n.nspacl, acldefault('n'::"char", n.nspowner))::text FROM pg_namespace n
+            WHERE n.nspname = %(schema)s"""),
         "triggers": q("""
             SELECT t.tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
             WHERE c.relnamespace = %(schema)s::regnamespace AND NOT t.tgisinternal ORDER BY 1"""),
@@ -101,10 +107,16 @@ def describe(dsn: str) -> dict[str, list]:
 
 
 def build_from_sql_files(dsn: str) -> None:
-    """The canonical files, read from the checkout, applied directly."""
+    """The canonical files, read from the checkout, applied directly; then the
+    roles file as migrate applies it (Alembic's own version table first: the
+    roles may read it)."""
+    from angela_queue.roles import apply_role_sql
     text = "\n".join((ROOT / "sql" / name).read_text() for name in ("schema.sql", "views.sql"))
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(text)  # no parameters: the text goes to the server as is
+        conn.execute("CREATE TABLE angela_queue.alembic_version (version_num varchar(32) NOT NULL, "
+                     "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))")
+        assert apply_role_sql(conn, (ROOT / "sql" / "roles.sql").read_text())
 
 
 def pg_dump_schema(dsn: str) -> str:
@@ -252,6 +264,10 @@ FROZEN_REVISIONS = {
     "0002_hardening.down.sql": "b1ae63c9ac0caba3c0d6fc6e7c422b7ae76aa684866d51b621a22126587f5ada",
     "0002_hardening.py": "3af43352aebce12ca969abad8df9b8b8909d99ff2b6e74f479d2151e51c7d247",
     "0002_hardening.sql": "b6f640196c56a05b3e4a8a5dfd07f81e9c52ff4c488c215d6e82abb2376798bb",
+    "0003_least_privilege.down.sql": "63a20b26a0c8f56272506d7299f716980f0f8d0b05678ec32f58e9b807a66ae3",
+    "0003_least_privilege.py": "512a90a37322d3b594388fb4b2a069a59714cf89190ffa3169c4cb65f87bbdd8",
+    "0003_least_privilege.sql": "5ff11f7cebd23c7bb9e544e87b526726eaed8311d15695371ae2bca9f58cab9a",
+    "0003_roles.sql": "683f5ac3fbc8263c7d20070e84211f39f37384ec4a8a71f3dc191fa92792f376",
 }
 
 

@@ -12,6 +12,23 @@ def register(main: click.Group) -> None:
     @click.pass_context
     def migrate(ctx: click.Context) -> None:
         """Bring the database schema up to date (safe to run at any time, from several hosts)."""
-        from .. import migrations
-        revision = migrations.upgrade(resolve_dsn(ctx))
+        from .. import db, migrations
+        from ..roles import missing_roles
+        dsn = resolve_dsn(ctx)
+        revision = migrations.upgrade(dsn)
         echo(f"schema angela_queue is at revision {revision}")
+        # Again at head: roles a DBA created after the schema get their grants
+        # now (idempotent). Grants need the schema's owner.
+        import psycopg
+        try:
+            granted = migrations.grant_roles(dsn)
+        except psycopg.errors.InsufficientPrivilege:
+            echo("roles not granted: only the schema's owner may grant; run migrate as the owner")
+            return
+        with db.connect(dsn, application_name="angela-queue-migrate") as conn:
+            missing = missing_roles(conn)
+        if not granted:
+            echo(f"roles missing ({', '.join(missing)}): this login may not create them; have a DBA run "
+                 "the SQL that `angela-queue roles --sql` prints")
+        else:
+            echo("roles angela_queue_producer, angela_queue_worker and angela_queue_reader are granted")

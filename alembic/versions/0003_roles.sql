@@ -1,0 +1,45 @@
+-- angela-queue: the three group roles and what each may do. Part of the
+-- canonical schema (applied after views.sql).
+--
+-- Roles are cluster-wide; grants are per database. `angela-queue migrate`
+-- creates the roles when its login may (CREATEROLE), and grants to them when
+-- they exist; `angela-queue roles --sql` prints this file for a DBA to run
+-- where it may not (a managed Postgres): the first part as a role with
+-- CREATEROLE, the second as the schema's owner. Logins get a role with
+--     CREATE ROLE billing_web LOGIN PASSWORD '...' IN ROLE angela_queue_producer;
+--
+-- * angela_queue_producer: enqueue (a plain INSERT into tasks, or the
+--   Python client and CLI), read and cancel its own tasks. Row-level
+--   security (tasks_visible) hides every task another login enqueued; it
+--   cannot UPDATE or DELETE tasks, nor touch queues or boost rules. The
+--   insert trigger and the dedup lookup run as the owner (SECURITY DEFINER).
+-- * angela_queue_worker: everything a worker and a supervisor do: claim,
+--   complete, heartbeats, leader maintenance, pruning, queue bounds. No DDL.
+-- * angela_queue_reader: read everything (the views, `status`, the
+--   dashboard); change nothing.
+
+-- part: create_roles
+CREATE ROLE angela_queue_producer NOLOGIN;
+CREATE ROLE angela_queue_worker NOLOGIN;
+CREATE ROLE angela_queue_reader NOLOGIN;
+
+-- part: grants
+GRANT USAGE ON SCHEMA angela_queue TO angela_queue_producer, angela_queue_worker, angela_queue_reader;
+-- The schema-revision check every process makes at start.
+GRANT SELECT ON angela_queue.alembic_version TO angela_queue_producer, angela_queue_worker, angela_queue_reader;
+
+GRANT SELECT, INSERT ON angela_queue.tasks TO angela_queue_producer;
+REVOKE EXECUTE ON FUNCTION angela_queue.find_unfinished_task(text, text), angela_queue.cancel_task(bigint)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION angela_queue.find_unfinished_task(text, text), angela_queue.cancel_task(bigint)
+    TO angela_queue_producer, angela_queue_worker;
+
+GRANT SELECT, INSERT, UPDATE, DELETE ON angela_queue.tasks, angela_queue.workers, angela_queue.supervisors,
+    angela_queue.leader TO angela_queue_worker;
+GRANT SELECT, INSERT, UPDATE ON angela_queue.queues TO angela_queue_worker;
+GRANT SELECT ON angela_queue.boost_rules, angela_queue.queued_tasks, angela_queue.queue_depth,
+    angela_queue.worker_health, angela_queue.sla_attainment TO angela_queue_worker;
+
+GRANT SELECT ON angela_queue.tasks, angela_queue.queues, angela_queue.boost_rules, angela_queue.workers,
+    angela_queue.supervisors, angela_queue.leader, angela_queue.queued_tasks, angela_queue.queue_depth,
+    angela_queue.worker_health, angela_queue.sla_attainment TO angela_queue_reader;
