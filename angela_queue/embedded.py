@@ -397,13 +397,7 @@ class EmbeddedServer:
                 f"port = {port}\n"
                 # TCP only: no socket files in shared directories like /tmp.
                 "unix_socket_directories = ''\n")
-        path = self.pgdata / CONF_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        if runtime.user is not None:
-            os.chown(tmp, runtime.user.pw_uid, runtime.user.pw_gid)
-        tmp.chmod(0o600)
-        os.replace(tmp, path)
+        _write_private(self.pgdata / CONF_FILE, text, runtime)
 
     def _read_log(self, offset: int) -> str:
         try:
@@ -454,6 +448,29 @@ def _is_postgres(pid: int, *, zombie_too: bool = False) -> bool:
         return False
     except psutil.AccessDenied:
         return True  # alive, and not ours to inspect: assume it is the server
+
+
+def _write_private(path: Path, text: str, runtime: _Runtime) -> None:
+    """Replace ``path`` with ``text``, mode 0600 and the server user's.
+
+    Written to a temporary name and renamed, so readers see the old file or
+    the new one, never half of one. The temporary file is created 0600 (not
+    chmodded afterwards), so a secret is never readable by others, even briefly.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)  # left by a crash; O_EXCL below must create it anew
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            if runtime.user is not None:
+                os.fchown(f.fileno(), runtime.user.pw_uid, runtime.user.pw_gid)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
 
 
 def _is_root() -> bool:
