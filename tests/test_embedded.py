@@ -313,6 +313,96 @@ def test_as_root_an_unreachable_data_dir_is_a_clear_error():
         path.rmdir()
 
 
+# --- clusters from before passwords, and a setup cut short ----------------------
+
+def make_pre_password_cluster(data_dir: Path) -> EmbeddedServer:
+    """A data dir as the code before passwords left it: initdb --auth=trust
+    (every connection trusted), no password file, the same network settings,
+    and a data dir a non-root user got with the umask's mode."""
+    srv = EmbeddedServer(data_dir)
+    runtime = embedded._runtime()
+    with srv.locked():
+        srv._prepare_dir(runtime)
+    result = runtime.run(["initdb", "-D", str(srv.pgdata), "-U", "postgres", "--auth=trust",
+                          "--encoding=UTF8", "--no-locale", "--no-instructions"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    with open(srv.pgdata / "postgresql.conf", "a") as f:
+        f.write(f"include_if_exists = '{embedded.CONF_FILE}'\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        srv._write_conf(s.getsockname()[1], runtime)
+    data_dir.chmod(0o755)
+    assert any(rule[-1] == "trust" for rule in hba_lines(srv))
+    assert not srv.password_file.exists()
+    return srv
+
+
+def start_old_style(srv: EmbeddedServer) -> int:
+    """Start the server as the old code did, and leave a row in it; returns the postmaster's pid."""
+    result = embedded._runtime().run(["pg_ctl", "start", "-D", str(srv.pgdata), "-l", str(srv.log_file),
+                                      "-w", "-s"], timeout=60)
+    assert result.returncode == 0, result.stderr
+    port = srv.status()["port"]
+    with psycopg.connect(without_password(port), autocommit=True) as conn:  # trusted, as it was
+        conn.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)")
+    return srv.status()["pid"]
+
+
+def assert_upgraded(srv: EmbeddedServer, dsn: str) -> None:
+    assert_private(srv)
+    assert not (srv.data_dir / embedded.PENDING_PASSWORD_FILE).exists()
+    assert_refused_without_the_password(srv.status()["port"])
+    with psycopg.connect(srv.dsn()) as conn:
+        assert conn.execute("SELECT x FROM kept").fetchone()[0] == 42
+    assert select_one(dsn) == 1
+
+
+def test_a_stopped_cluster_from_before_passwords_gets_one_at_start(data_dir):
+    srv = make_pre_password_cluster(data_dir)
+    start_old_style(srv)
+    srv.stop()
+    dsn = srv.start()
+    assert f":{srv.password_file.read_text().strip()}@" in dsn
+    assert_upgraded(srv, dsn)
+    # A restart reads the rewritten pg_hba.conf and keeps refusing.
+    srv.stop()
+    assert srv.start() == dsn
+    assert_refused_without_the_password(srv.status()["port"])
+
+
+def test_a_running_cluster_from_before_passwords_is_upgraded_in_place(cli, data_dir):
+    srv = make_pre_password_cluster(data_dir)
+    pid = start_old_style(srv)
+    # A package upgrade while the old server runs: the next command secures it
+    # without a restart, so sessions already open carry on.
+    with psycopg.connect(without_password(srv.status()["port"])) as open_session:
+        url = cli("db", "url").stdout.strip()
+        assert open_session.execute("SELECT x FROM kept").fetchone()[0] == 42
+    assert srv.status()["pid"] == pid
+    assert url == srv.dsn(embedded.DATABASE)
+    assert_upgraded(srv, url)
+
+
+def test_a_setup_cut_short_reuses_its_pending_password(data_dir):
+    srv = EmbeddedServer(data_dir)
+    dsn = srv.start()
+    # As if the process died after initdb set the password but before it was
+    # kept: only the pending file holds it, and the cluster already asks for it.
+    srv.password_file.rename(data_dir / embedded.PENDING_PASSWORD_FILE)
+    assert srv.start() == dsn
+    assert_private(srv)
+    assert not (data_dir / embedded.PENDING_PASSWORD_FILE).exists()
+
+    # A password file deleted outright cannot be recovered: say so, in one line.
+    srv.password_file.unlink()
+    with pytest.raises(EmbeddedError) as caught:
+        srv.start()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot set a password on the embedded server in {data_dir}: ")
+    assert "password authentication failed" in message and "restore it or delete the data dir" in message
+
+
 # --- ensure_running from many processes at once ------------------------------
 
 RACER = """
