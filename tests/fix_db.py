@@ -102,6 +102,8 @@ def pg_server() -> Iterator[PgServer]:
     from angela_queue import embedded
     data_dir = tempfile.mkdtemp(prefix="aq-test-pg-")
     server = embedded.EmbeddedServer(data_dir)
+    # The DSN carries the superuser's password, which the server demands:
+    # make_conninfo keeps it in every DSN derived from this one.
     dsn = server.start()
     try:
         yield PgServer(make_conninfo(dsn, dbname="postgres"), f"embedded at {data_dir}", run_id)

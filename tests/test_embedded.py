@@ -5,6 +5,7 @@ stopped and its files removed, pass or fail."""
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import psycopg
 import pytest
 
 from angela_queue import embedded
+from angela_queue.db import describe_dsn
 from angela_queue.embedded import EmbeddedError, EmbeddedServer
 
 # Variables that would make the CLI skip the embedded server, or point it elsewhere.
@@ -63,6 +65,48 @@ def select_one(dsn: str) -> int:
         return conn.execute("SELECT 1").fetchone()[0]
 
 
+@pytest.fixture(autouse=True)
+def no_ambient_password(monkeypatch):
+    """libpq would take a password from PGPASSWORD when a DSN has none."""
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+
+
+def without_password(port: int, password: str | None = None) -> str:
+    """A DSN for the superuser with no password (or a wrong one), and none to
+    be found in a ~/.pgpass or PGPASSFILE either."""
+    secret = f":{password}" if password is not None else ""
+    return f"postgresql://postgres{secret}@127.0.0.1:{port}/postgres?passfile=/nonexistent/pgpass"
+
+
+def assert_refused_without_the_password(port: int) -> None:
+    with pytest.raises(psycopg.OperationalError, match="no password supplied"):
+        select_one(without_password(port))
+    with pytest.raises(psycopg.OperationalError, match='password authentication failed for user "postgres"'):
+        select_one(without_password(port, "guessed"))
+
+
+def hba_lines(srv: EmbeddedServer) -> list[list[str]]:
+    """pg_hba.conf's rules, each split into its fields."""
+    text = (srv.pgdata / "pg_hba.conf").read_text()
+    return [line.split() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def assert_private(srv: EmbeddedServer) -> None:
+    """Only the server's user (and root) can reach the password or the cluster."""
+    owner = pwd.getpwnam(embedded.SERVICE_USER).pw_uid if os.geteuid() == 0 else os.geteuid()
+    for path, mode in ((srv.data_dir, 0o700), (srv.pgdata, 0o700), (srv.password_file, 0o600)):
+        st = path.stat()
+        assert (oct(st.st_mode & 0o777), st.st_uid) == (oct(mode), owner), path
+    rules = hba_lines(srv)
+    assert rules and all(rule[-1] == "scram-sha-256" for rule in rules), rules
+
+
+def run_as_nobody(*args: str) -> subprocess.CompletedProcess:
+    nobody = pwd.getpwnam("nobody")
+    return subprocess.run(list(args), user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[], cwd="/",
+                          capture_output=True, text=True, timeout=30)
+
+
 def postmasters(pgdata: Path) -> list[psutil.Process]:
     """Server processes started on ``pgdata``; backends rename themselves and drop the path."""
     found = []
@@ -93,7 +137,8 @@ def cli(data_dir: Path) -> Callable[..., subprocess.CompletedProcess]:
 
 def test_start_returns_a_dsn_that_connects_over_tcp(server):
     dsn = server.start()
-    assert dsn.startswith("postgresql://postgres@127.0.0.1:")
+    password = server.password_file.read_text().strip()
+    assert dsn.startswith(f"postgresql://postgres:{password}@127.0.0.1:")
     assert select_one(dsn) == 1
     status = server.status()
     assert status["running"] is True
@@ -106,6 +151,34 @@ def test_dsn_names_the_database(server):
     server.start()
     assert server.dsn("other").endswith("/other")
     assert server.dsn().endswith("/postgres")
+
+
+# --- private: a password nobody else can read --------------------------------
+
+def test_a_connection_without_the_password_is_refused(server):
+    server.start()
+    assert_refused_without_the_password(server.status()["port"])
+    assert select_one(server.dsn()) == 1
+
+
+def test_the_password_file_and_the_data_dir_are_private(server):
+    server.start()
+    assert_private(server)
+    assert len(server.password_file.read_text().strip()) >= 40  # token_urlsafe(32)
+    # No Unix socket anywhere, and TCP on loopback only.
+    conf = (server.pgdata / embedded.CONF_FILE).read_text()
+    assert "unix_socket_directories = ''" in conf and "listen_addresses = '127.0.0.1'" in conf
+    # Nothing of the setup is left behind: initdb's password file became the password file.
+    assert sorted(p.name for p in server.data_dir.iterdir()) == ["lock", "password", "pgdata", "postgres.log"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another local user")
+def test_another_local_user_cannot_read_the_password(server):
+    server.start()
+    assert os.access(server.password_file, os.R_OK)  # root can
+    for path in (server.password_file, server.pgdata / "pg_hba.conf"):
+        result = run_as_nobody("/bin/cat", str(path))
+        assert result.returncode != 0 and "Permission denied" in result.stderr, result
 
 
 def test_stop_then_start_keeps_the_port(server):
@@ -240,6 +313,96 @@ def test_as_root_an_unreachable_data_dir_is_a_clear_error():
         path.rmdir()
 
 
+# --- clusters from before passwords, and a setup cut short ----------------------
+
+def make_pre_password_cluster(data_dir: Path) -> EmbeddedServer:
+    """A data dir as the code before passwords left it: initdb --auth=trust
+    (every connection trusted), no password file, the same network settings,
+    and a data dir a non-root user got with the umask's mode."""
+    srv = EmbeddedServer(data_dir)
+    runtime = embedded._runtime()
+    with srv.locked():
+        srv._prepare_dir(runtime)
+    result = runtime.run(["initdb", "-D", str(srv.pgdata), "-U", "postgres", "--auth=trust",
+                          "--encoding=UTF8", "--no-locale", "--no-instructions"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    with open(srv.pgdata / "postgresql.conf", "a") as f:
+        f.write(f"include_if_exists = '{embedded.CONF_FILE}'\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        srv._write_conf(s.getsockname()[1], runtime)
+    data_dir.chmod(0o755)
+    assert any(rule[-1] == "trust" for rule in hba_lines(srv))
+    assert not srv.password_file.exists()
+    return srv
+
+
+def start_old_style(srv: EmbeddedServer) -> int:
+    """Start the server as the old code did, and leave a row in it; returns the postmaster's pid."""
+    result = embedded._runtime().run(["pg_ctl", "start", "-D", str(srv.pgdata), "-l", str(srv.log_file),
+                                      "-w", "-s"], timeout=60)
+    assert result.returncode == 0, result.stderr
+    port = srv.status()["port"]
+    with psycopg.connect(without_password(port), autocommit=True) as conn:  # trusted, as it was
+        conn.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)")
+    return srv.status()["pid"]
+
+
+def assert_upgraded(srv: EmbeddedServer, dsn: str) -> None:
+    assert_private(srv)
+    assert not (srv.data_dir / embedded.PENDING_PASSWORD_FILE).exists()
+    assert_refused_without_the_password(srv.status()["port"])
+    with psycopg.connect(srv.dsn()) as conn:
+        assert conn.execute("SELECT x FROM kept").fetchone()[0] == 42
+    assert select_one(dsn) == 1
+
+
+def test_a_stopped_cluster_from_before_passwords_gets_one_at_start(data_dir):
+    srv = make_pre_password_cluster(data_dir)
+    start_old_style(srv)
+    srv.stop()
+    dsn = srv.start()
+    assert f":{srv.password_file.read_text().strip()}@" in dsn
+    assert_upgraded(srv, dsn)
+    # A restart reads the rewritten pg_hba.conf and keeps refusing.
+    srv.stop()
+    assert srv.start() == dsn
+    assert_refused_without_the_password(srv.status()["port"])
+
+
+def test_a_running_cluster_from_before_passwords_is_upgraded_in_place(cli, data_dir):
+    srv = make_pre_password_cluster(data_dir)
+    pid = start_old_style(srv)
+    # A package upgrade while the old server runs: the next command secures it
+    # without a restart, so sessions already open carry on.
+    with psycopg.connect(without_password(srv.status()["port"])) as open_session:
+        url = cli("db", "url").stdout.strip()
+        assert open_session.execute("SELECT x FROM kept").fetchone()[0] == 42
+    assert srv.status()["pid"] == pid
+    assert url == srv.dsn(embedded.DATABASE)
+    assert_upgraded(srv, url)
+
+
+def test_a_setup_cut_short_reuses_its_pending_password(data_dir):
+    srv = EmbeddedServer(data_dir)
+    dsn = srv.start()
+    # As if the process died after initdb set the password but before it was
+    # kept: only the pending file holds it, and the cluster already asks for it.
+    srv.password_file.rename(data_dir / embedded.PENDING_PASSWORD_FILE)
+    assert srv.start() == dsn
+    assert_private(srv)
+    assert not (data_dir / embedded.PENDING_PASSWORD_FILE).exists()
+
+    # A password file deleted outright cannot be recovered: say so, in one line.
+    srv.password_file.unlink()
+    with pytest.raises(EmbeddedError) as caught:
+        srv.start()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot set a password on the embedded server in {data_dir}: ")
+    assert "password authentication failed" in message and "restore it or delete the data dir" in message
+
+
 # --- ensure_running from many processes at once ------------------------------
 
 RACER = """
@@ -275,6 +438,7 @@ def test_concurrent_first_starts_share_one_server(data_dir):
     assert dsn.endswith(f"/{embedded.DATABASE}")
 
     srv = EmbeddedServer(data_dir)
+    assert f":{srv.password_file.read_text().strip()}@" in dsn  # one password too
     # The server outlived the processes that started it, and there is one.
     assert [p.pid for p in postmasters(srv.pgdata)] == [srv.status()["pid"]]
     with psycopg.connect(dsn) as conn:
@@ -298,13 +462,17 @@ def test_cli_without_a_dsn_uses_the_embedded_server(cli, data_dir):
 
     url = cli("db", "url").stdout.strip()
     assert url == srv.dsn(embedded.DATABASE)
+    # The printed DSN is all the owner needs: it carries the password.
     with psycopg.connect(url) as conn:
         kind, boost = conn.execute("SELECT kind, boost FROM angela_queue.tasks").fetchone()
     assert (kind, boost) == ("x", 4)
+    assert_refused_without_the_password(srv.status()["port"])
 
     status = cli("db", "status").stdout
     assert f"running (pid {first_pid})" in status
-    assert f"dsn: {url}" in status
+    assert f"dsn: {describe_dsn(url)} " in status
+    assert srv.password_file.read_text().strip() not in status
+    assert f"password file: {srv.password_file}" in status
     assert str(data_dir) in status
 
     assert "stopped" in cli("db", "stop").stdout

@@ -1,7 +1,8 @@
 """``angela-queue db``: the embedded Postgres used when no DSN is given.
 
 The server's data dir is ANGELA_QUEUE_EMBEDDED_DIR, else a per-user default
-(see angela_queue.embedded).
+(see angela_queue.embedded). Its DSN carries the superuser's password: only
+``db url`` prints it whole.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def db() -> None:
 @dsn_option
 @click.pass_context
 def url(ctx: click.Context) -> None:
-    """Print the DSN commands use; with no DSN given, start the embedded server if needed."""
+    """Print the DSN commands use; with no DSN given, start the embedded server if
+    needed and print its DSN, password included (readable by its owner only)."""
     from . import resolve_dsn
     click.echo(resolve_dsn(ctx))
 
@@ -34,6 +36,7 @@ def url(ctx: click.Context) -> None:
 def status(ctx: click.Context) -> None:
     """Show whether the embedded server runs, and where."""
     from .. import embedded
+    from ..db import describe_dsn
     info = embedded.EmbeddedServer(embedded.configured_data_dir()).status()
     state = f"running (pid {info['pid']})" if info["running"] else (
         "stopped" if info["initialized"] else "not created yet")
@@ -42,7 +45,11 @@ def status(ctx: click.Context) -> None:
     if info["port"] is not None:
         click.echo(f"port: {info['port']}")
     if info["running"]:
-        click.echo(f"dsn: {info['dsn'].rsplit('/', 1)[0]}/{embedded.DATABASE}")
+        # Without the password: status output gets pasted into chats and tickets.
+        dsn = describe_dsn(info["dsn"].rsplit("/", 1)[0] + f"/{embedded.DATABASE}")
+        click.echo(f"dsn: {dsn} (password: angela-queue db url prints the DSN with it)")
+    if info["initialized"]:
+        click.echo(f"password file: {info['password_file']}")
     click.echo(f"log: {info['log_file']}")
     from ..config import from_env
     from . import state
