@@ -13,12 +13,12 @@ from .config import PROFILES, Settings, load_settings
 from .errors import (AngelaQueueError, ConfigError, DatabaseUnavailable, QueueFull, SchemaMismatch, SchemaMissing,
                      TaskNotFound)
 from .registry import TaskDefinition, task
-from .tasks import CancelResult, EnqueuedTask, TaskSpec
+from .tasks import CancelResult, EnqueuedTask, RetryResult, TaskRecord, TaskSpec
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AngelaQueueError", "AsyncClient", "CancelResult", "Client", "ConfigError", "DatabaseUnavailable",
-    "EnqueuedTask", "PROFILES", "QueueFull", "SchemaMismatch", "SchemaMissing", "Settings", "TaskDefinition", "TaskNotFound", "TaskSpec",
+    "EnqueuedTask", "PROFILES", "RetryResult", "TaskRecord", "QueueFull", "SchemaMismatch", "SchemaMissing", "Settings", "TaskDefinition", "TaskNotFound", "TaskSpec",
     "cancel", "enqueue", "enqueue_many", "load_settings", "task",
 ]

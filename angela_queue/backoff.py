@@ -46,7 +46,9 @@ class Backoff:
 
     def delay_for(self, failures: int) -> float:
         """The wait after the ``failures``-th refusal in a row: exponential, capped, jittered (50-100%)."""
-        raw = min(self.max_s, self.first_s * 2 ** max(0, failures - 1))
+        # The exponent is capped: 2**1024 does not fit a float, and the delay
+        # stopped growing at max_s long before.
+        raw = min(self.max_s, self.first_s * 2.0 ** min(max(0, failures - 1), 60))
         return raw * (0.5 + 0.5 * self.rng.random())
 
     def failed(self, error: str) -> float:

@@ -7,6 +7,8 @@ first use.
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -17,9 +19,10 @@ from psycopg.rows import dict_row
 from . import db, schema
 from .config import ENQUEUE_FULL_WAIT_S
 from .registry import TaskDefinition
-from .tasks import (CancelResult, EnqueuedTask, Flow, Listen, Query, TaskSpec, WaitForSpace, cancel_flow,
-                    check_task_id,
-                    enqueue_flow, enqueue_many_flow, get_flow)
+from .schema import SCHEMA_RECHECK_S
+from .tasks import (CancelResult, EnqueuedTask, Flow, Listen, Query, RetryResult, TaskRecord, TaskSpec,
+                    WaitForSpace, cancel_flow, check_task_id, enqueue_flow, enqueue_many_flow, get_flow, list_flow,
+                    pause_flow, purge_flow, resume_flow, retry_flow, retry_many_flow)
 
 PendingTask = TaskSpec | Mapping[str, Any]
 
@@ -71,26 +74,39 @@ class Client:
         self.full_queue_wait_s = full_queue_wait_s
         self._pool = ConnectionPool(self.dsn, min_size=1, max_size=pool_size, kwargs=_pool_kwargs(),
                                     open=False, name="angela-queue-client")
+        self._schema_checked_until = 0.0
 
     def __enter__(self) -> "Client":
+        """Open the pool now: a bad DSN or a schema of another revision fails here, at once."""
+        self.open()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def open(self) -> None:
+        """Connect and check the schema; calls before this open the pool themselves."""
+        if not self._pool.closed:
+            return
+        # Hazard: the pool retries a refused connection in the background and
+        # open(wait=True) only reports "pool initialization incomplete" after
+        # its timeout. One direct connection first fails at once with the
+        # server's reason (DatabaseUnavailable).
+        with db.connect(self.dsn, application_name="angela-queue-client") as probe:
+            schema.check(probe)   # SchemaMissing / SchemaMismatch: one clear line
+        self._schema_checked_until = time.monotonic() + SCHEMA_RECHECK_S
+        self._pool.open(wait=True, timeout=10)
+
     def close(self) -> None:
         self._pool.close()
 
     def _run(self, flow: Flow) -> Any:
-        if self._pool.closed:
-            # Hazard: the pool retries a refused connection in the background
-            # and open(wait=True) only reports "pool initialization
-            # incomplete" after its timeout. One direct connection first
-            # fails at once with the server's reason (DatabaseUnavailable).
-            with db.connect(self.dsn, application_name="angela-queue-client") as probe:
-                schema.check(probe)   # SchemaMissing / SchemaMismatch: one clear line
-            self._pool.open(wait=True, timeout=10)
+        self.open()
         with self._pool.connection() as conn:
+            if time.monotonic() >= self._schema_checked_until:
+                # Someone may have migrated since: old code must not write to a newer schema.
+                schema.check(conn)
+                self._schema_checked_until = time.monotonic() + SCHEMA_RECHECK_S
             return _drive_sync(conn, flow)
 
     def enqueue(self, kind: str | TaskDefinition, payload: Mapping[str, Any] | None = None,
@@ -103,11 +119,38 @@ class Client:
         return self._run(enqueue_many_flow(_specs(tasks), self.full_queue_wait_s))
 
     def cancel(self, task_id: int) -> CancelResult:
-        """Cancel a task that has not started; ``cancelled`` is False if it already ran or runs."""
+        """Cancel a task: at once if it has not started; a running one is asked to
+        stop (``requested``), and its outcome is recorded as cancelled."""
         return self._run(cancel_flow(check_task_id(task_id)))
 
-    def get(self, task_id: int) -> dict[str, Any]:
+    def get(self, task_id: int) -> TaskRecord:
+        """The task, every column (TaskNotFound if there is none, or it is not yours to see)."""
         return self._run(get_flow(check_task_id(task_id)))
+
+    def retry(self, task_id: int) -> RetryResult:
+        """Put a failed, cancelled or dropped task back in its queue, attempts reset."""
+        return self._run(retry_flow(check_task_id(task_id)))
+
+    def retry_many(self, status: str = "failed", *, kind: str | None = None, queue: str | None = None) -> int:
+        """Retry every task of that status (and kind, and queue); returns how many."""
+        return self._run(retry_many_flow(status, kind, queue))
+
+    def pause(self, queue: str) -> bool:
+        """Pause a queue (it keeps accepting tasks; none starts); False if it was paused already."""
+        return self._run(pause_flow(queue))
+
+    def resume(self, queue: str) -> bool:
+        """Resume a paused queue; its workers wake at once. False if it was not paused."""
+        return self._run(resume_flow(queue))
+
+    def purge(self, status: str, older_than: float | dt.timedelta) -> int:
+        """Delete finished tasks of that status older than ``older_than`` (seconds); returns how many."""
+        return self._run(purge_flow(status, older_than))
+
+    def list_tasks(self, *, status: str | None = None, kind: str | None = None, queue: str | None = None,
+                   since: dt.datetime | None = None, limit: int = 50) -> list[TaskRecord]:
+        """Tasks, newest first (a summary: payload and result are in ``get``)."""
+        return self._run(list_flow(status=status, kind=kind, queue=queue, since=since, limit=limit))
 
 
 class AsyncClient:
@@ -119,26 +162,36 @@ class AsyncClient:
         self.full_queue_wait_s = full_queue_wait_s
         self._pool = AsyncConnectionPool(self.dsn, min_size=1, max_size=pool_size, kwargs=_pool_kwargs(),
                                          open=False, name="angela-queue-async-client")
+        self._schema_checked_until = 0.0
 
     async def __aenter__(self) -> "AsyncClient":
+        await self.open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def open(self) -> None:
+        """See Client.open: fail fast, with the reason, on a bad DSN or schema."""
+        if not self._pool.closed:
+            return
+        probe = await db.aconnect(self.dsn, application_name="angela-queue-client")
+        try:
+            await schema.acheck(probe)
+        finally:
+            await probe.close()
+        self._schema_checked_until = time.monotonic() + SCHEMA_RECHECK_S
+        await self._pool.open(wait=True, timeout=10)
+
     async def close(self) -> None:
         await self._pool.close()
 
     async def _run(self, flow: Flow) -> Any:
-        if self._pool.closed:
-            # See Client._run: fail fast, with the reason, on a bad DSN.
-            probe = await db.aconnect(self.dsn, application_name="angela-queue-client")
-            try:
-                await schema.acheck(probe)
-            finally:
-                await probe.close()
-            await self._pool.open(wait=True, timeout=10)
+        await self.open()
         async with self._pool.connection() as conn:
+            if time.monotonic() >= self._schema_checked_until:
+                await schema.acheck(conn)
+                self._schema_checked_until = time.monotonic() + SCHEMA_RECHECK_S
             return await _drive_async(conn, flow)
 
     async def enqueue(self, kind: str | TaskDefinition, payload: Mapping[str, Any] | None = None,
@@ -151,8 +204,27 @@ class AsyncClient:
     async def cancel(self, task_id: int) -> CancelResult:
         return await self._run(cancel_flow(check_task_id(task_id)))
 
-    async def get(self, task_id: int) -> dict[str, Any]:
+    async def get(self, task_id: int) -> TaskRecord:
         return await self._run(get_flow(check_task_id(task_id)))
+
+    async def retry(self, task_id: int) -> RetryResult:
+        return await self._run(retry_flow(check_task_id(task_id)))
+
+    async def retry_many(self, status: str = "failed", *, kind: str | None = None, queue: str | None = None) -> int:
+        return await self._run(retry_many_flow(status, kind, queue))
+
+    async def pause(self, queue: str) -> bool:
+        return await self._run(pause_flow(queue))
+
+    async def resume(self, queue: str) -> bool:
+        return await self._run(resume_flow(queue))
+
+    async def purge(self, status: str, older_than: float | dt.timedelta) -> int:
+        return await self._run(purge_flow(status, older_than))
+
+    async def list_tasks(self, *, status: str | None = None, kind: str | None = None, queue: str | None = None,
+                         since: dt.datetime | None = None, limit: int = 50) -> list[TaskRecord]:
+        return await self._run(list_flow(status=status, kind=kind, queue=queue, since=since, limit=limit))
 
 
 # --- Drivers ------------------------------------------------------------------

@@ -44,10 +44,18 @@ ENQUEUE_FULL_WAIT_S = 5.0
 # NOTIFY channels (payload: the queue name).
 CHANNEL_INSERT = "angela_queue_insert"
 CHANNEL_SPACE = "angela_queue_space"
+# Payload: the id of a running task that was asked to stop.
+CHANNEL_CANCEL = "angela_queue_cancel"
 
 # A heartbeat must fit this many times into the limits that judge it, or a
 # healthy worker can look dead or stuck between two beats.
 HEARTBEATS_PER_LIMIT = 3
+# Failed rows (the dead letters) are kept at least this long by default.
+FAILED_RETENTION_DEFAULT_S = 30 * 24 * 3600.0
+# The shortest intervals that make sense: below them a worker or a
+# supervisor spends its CPU (and the database's) on beating and polling.
+MIN_INTERVAL_S = {"poll_fast_s": 0.01, "poll_medium_s": 0.01, "poll_slow_s": 0.01,
+                  "heartbeat_interval_s": 0.05, "scale_interval_s": 0.1}
 
 
 def default_max_workers() -> int:
@@ -118,7 +126,8 @@ class Settings:
     # Maintenance (the leader: a supervisor, or a standalone worker)
     retention_s: float = 7 * 24 * 3600.0
     # Failed rows are the dead-letter record: kept longer than the rest.
-    retention_failed_s: float = 30 * 24 * 3600.0
+    # None: 30 days, or the retention of the rest if that is longer.
+    retention_failed_s: float | None = None
     # Seconds a maintenance leader's lease lasts unless renewed (it renews
     # every heartbeat). None: 15 s, or three heartbeats if that is longer.
     leader_lease_s: float | None = None
@@ -131,6 +140,12 @@ class Settings:
         problems = _problems(self)
         if problems:
             raise ConfigError("; ".join(problems))
+
+    @property
+    def failed_retention_s(self) -> float:
+        if self.retention_failed_s is not None:
+            return self.retention_failed_s
+        return max(FAILED_RETENTION_DEFAULT_S, self.retention_s)
 
     @property
     def lease_s(self) -> float:
@@ -208,7 +223,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("retention_s", "--retention",
            "Seconds finished tasks are kept before the leader prunes them (default 7 days).", "maintenance"),
     Option("retention_failed_s", "--retention-failed",
-           "Seconds failed tasks (the dead letters) are kept (default 30 days).", "maintenance"),
+           "Seconds failed tasks (the dead letters) are kept (default 30 days, or --retention if longer).",
+           "maintenance"),
     Option("profile", "--profile",
            "The plan's profiles: low (2/2/4 workers, queue 20, every 300s), current (4/2/6, 50, 60s), "
            "high (6/4/8, 100, 30s). Explicit flags override it.", "supervisor", choices=tuple(PROFILES)),
@@ -258,11 +274,15 @@ def _problems(s: Settings) -> list[str]:
     if s.min_workers > s.max_workers:
         problems.append(f"--min-workers ({s.min_workers}) exceeds --max-workers ({s.max_workers})")
     for name in ("poll_fast_s", "poll_medium_s", "poll_slow_s", "heartbeat_interval_s", "stuck_after_s",
-                 "dead_after_s", "scale_interval_s", "retention_s", "retention_failed_s",
+                 "dead_after_s", "scale_interval_s", "retention_s",
                  "backoff_base_s", "backoff_max_s"):
         value = getattr(s, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             bad(name, "must be a positive, finite number of seconds")
+        elif value < MIN_INTERVAL_S.get(name, 0):
+            bad(name, f"must be at least {MIN_INTERVAL_S[name]:g} seconds")
+    if s.retention_failed_s is not None and not (math.isfinite(s.retention_failed_s) and s.retention_failed_s > 0):
+        bad("retention_failed_s", "must be a positive, finite number of seconds")
     for name in ("batch_wait_s", "shutdown_grace_s"):
         value = getattr(s, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -365,6 +385,11 @@ def load_settings(flags: Mapping | None = None, environ: Mapping[str, str] | Non
 def dsn_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     """ANGELA_QUEUE_DSN, then DATABASE_URL, else None (the embedded server)."""
     return from_env(environ).get("dsn")
+
+
+def inherited_environment() -> dict[str, str]:
+    """A copy of this process's environment, for the worker processes a supervisor starts."""
+    return dict(os.environ)
 
 
 def embedded_dir_from_env(environ: Mapping[str, str] | None = None) -> str | None:

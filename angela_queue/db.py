@@ -51,6 +51,31 @@ async def aconnect(dsn: str, *, autocommit: bool = True, application_name: str =
     return conn
 
 
+# SQLSTATEs that end the session: the server is shutting down or restarting.
+_SESSION_ENDING = ("57P01", "57P02", "57P03")
+
+
+def is_connection_lost(exc: BaseException, conn: psycopg.Connection | psycopg.AsyncConnection | None = None) -> bool:
+    """Whether an error means the connection is gone (reconnect), rather than a
+    statement the server refused (back off and retry on the same connection).
+
+    Hazard: psycopg raises many refusals as OperationalError too: disk full,
+    out of memory (class 53), a statement or lock timeout (57014, 55P03), a
+    program limit (54). Taken for a lost connection, they would be retried
+    at once after a reconnect that succeeds: a hot loop. So: the connection
+    class (08), a session-ending shutdown, an error with no SQLSTATE at all
+    (the socket broke), or a connection that says it is broken.
+    """
+    if conn is not None and (conn.closed or conn.broken):
+        return True
+    if isinstance(exc, psycopg.InterfaceError):
+        return True
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in _SESSION_ENDING
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -107,10 +132,11 @@ def fetch_one(conn: psycopg.Connection, name: str, params: Mapping[str, Any] | N
     return rows[0] if rows else None
 
 
-def execute_script(conn: psycopg.Connection, text: str) -> None:
-    """Run SQL text from a file under sql/ (DDL, grants) as it is: no parameters,
-    so no placeholder parsing of PL/pgSQL bodies. Never prepared: a prepared
-    statement holds one command, a script many."""
+def execute_script(conn: psycopg.Connection, text: str | pgsql.Composable) -> None:
+    """Run SQL text from a file under sql/ (DDL, grants), or DDL composed with
+    quoted identifiers, as it is: no parameters, so no placeholder parsing of
+    PL/pgSQL bodies. Never prepared: a prepared statement holds one command,
+    a script many."""
     conn.execute(text, prepare=False)
 
 

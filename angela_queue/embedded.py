@@ -296,7 +296,7 @@ class EmbeddedServer:
             if db.fetch_one(conn, "admin_database_exists", {"name": name})["present"]:
                 return False
             try:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                db.execute_script(conn, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
             except psycopg.errors.DuplicateDatabase:
                 # Someone outside our lock (psql, another tool) was faster.
                 return False
@@ -425,11 +425,11 @@ class EmbeddedServer:
                 # never reaches the server, its log or pg_stat_activity.
                 verifier = conn.pgconn.encrypt_password(password.encode(), SUPERUSER.encode(),
                                                         b"scram-sha-256").decode()
-                conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                db.execute_script(conn, sql.SQL("ALTER ROLE {} PASSWORD {}").format(
                     sql.Identifier(SUPERUSER), sql.Literal(verifier)))
                 self._write_hba(runtime)
-                loaded = conn.execute("SELECT pg_conf_load_time()").fetchone()["pg_conf_load_time"]
-                conn.execute("SELECT pg_reload_conf()")
+                loaded = db.fetch_one(conn, "admin_conf_load_time")["loaded_at"]
+                db.fetch_one(conn, "admin_reload_conf")
             self._wait_for_reload(dsn, loaded)
         except (DatabaseUnavailable, psycopg.Error) as exc:
             raise EmbeddedError(f"cannot set a password on the embedded server in {self.data_dir}: "
@@ -445,7 +445,7 @@ class EmbeddedServer:
         deadline = time.monotonic() + RELOAD_TIMEOUT_S
         while True:
             with db.connect(dsn, application_name="angela-queue embedded") as conn:
-                if conn.execute("SELECT pg_conf_load_time() > %s AS reloaded", [before]).fetchone()["reloaded"]:
+                if db.fetch_one(conn, "admin_conf_reloaded_since", {"since": before})["reloaded"]:
                     return
             if time.monotonic() > deadline:
                 raise EmbeddedError(f"the embedded server in {self.data_dir} did not reload its "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import os
 import sys
 import traceback
@@ -56,14 +57,16 @@ def task(kind: str, *, priority: int = DEFAULT_PRIORITY, queue: str = DEFAULT_QU
     The handler is called with the payload's keys as keyword arguments; with
     ``batch=True`` it is called once with a list of payloads instead.
     """
-    if not isinstance(kind, str) or not kind.strip():
-        raise ValueError(f"task kind must be a non-empty string (got {kind!r})")
-    if not 1 <= int(priority) <= 10:
-        raise ValueError(f"priority must be between 1 and 10 (got {priority})")
-    if max_attempts < 1:
-        raise ValueError(f"max_attempts must be at least 1 (got {max_attempts})")
-    if timeout is not None and timeout <= 0:
-        raise ValueError(f"timeout must be positive seconds (got {timeout})")
+    if not isinstance(kind, str) or not kind.strip() or len(kind.encode("utf-8", "surrogatepass")) > 255:
+        raise ValueError(f"task kind must be a non-empty string of at most 255 bytes (got {kind!r})")
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 10:
+        raise ValueError(f"priority must be an integer between 1 and 10 (got {priority!r})")
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not 1 <= max_attempts <= 1_000_000:
+        raise ValueError(f"max_attempts must be an integer between 1 and 1000000 (got {max_attempts!r})")
+    for name, value in (("timeout", timeout), ("backoff_base", backoff_base), ("backoff_max", backoff_max)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value <= 0):
+            raise ValueError(f"{name} must be a positive, finite number of seconds (got {value!r})")
 
     def register(func: Callable[..., Any]) -> TaskDefinition:
         existing = _REGISTRY.get(kind)

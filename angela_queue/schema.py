@@ -15,8 +15,12 @@ import psycopg
 from . import db
 from .errors import SchemaMismatch, SchemaMissing
 
+# How often a long-running process (worker, supervisor, client) re-reads the
+# revision: the most an old process can go on writing after a migration.
+SCHEMA_RECHECK_S = 60.0
+
 # The Alembic revision (alembic/versions/) this code reads and writes.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 
 
 def describe(found: str | None, dsn_text: str) -> SchemaMismatch | None:

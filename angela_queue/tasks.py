@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import time
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -81,9 +82,13 @@ class TaskSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or not self.kind.strip():
             raise ValueError(f"a task needs a kind: a non-empty string (got {self.kind!r})")
-        for name, value in (("kind", self.kind), ("queue", self.queue), ("dedup_key", self.dedup_key)):
-            if isinstance(value, str) and "\x00" in value:
-                raise ValueError(f"{name} must not contain a NUL character (Postgres text cannot hold one)")
+        for name, value, limit in (("kind", self.kind, 255), ("queue", self.queue, 255),
+                                   ("dedup_key", self.dedup_key, 2000)):
+            if isinstance(value, str):
+                if "\x00" in value:
+                    raise ValueError(f"{name} must not contain a NUL character (Postgres text cannot hold one)")
+                if len(value.encode("utf-8", "surrogatepass")) > limit:
+                    raise ValueError(f"{name} must be at most {limit} bytes")
         if not isinstance(self.payload, Mapping):
             raise ValueError(f"payload must be a JSON object (a dict), got {type(self.payload).__name__}")
         try:
@@ -101,11 +106,12 @@ class TaskSpec:
         # look-ups (by this spec's queue) never find the row stored under the
         # trimmed name and the enqueue fails with "could not settle dedup key".
         object.__setattr__(self, "queue", self.queue.strip())
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, as an integer (got {self.max_attempts!r})")
+        if (isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int)
+                or not 1 <= self.max_attempts <= 1_000_000):
+            raise ValueError(f"max_attempts must be an integer between 1 and 1000000 (got {self.max_attempts!r})")
         for name, value in (("timeout", self.timeout_s), ("delay", self.delay_s)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or value != value or value in (float("inf"), float("-inf"))):
+                                      or not _finite(value)):
                 raise ValueError(f"{name} must be a finite number of seconds (got {value!r})")
         # One type per column: a bulk insert sends each as one typed array
         # (psycopg cannot dump [0.2, 5]: a list mixing float and int).
@@ -168,6 +174,14 @@ def many_params(specs: list[TaskSpec]) -> dict[str, Any]:
         "max_attempts": [s.max_attempts for s in specs], "timeouts_s": [s.timeout_s for s in specs],
         "dedup_keys": [s.dedup_key for s in specs],
     }
+
+
+def _finite(value: int | float) -> bool:
+    """A number that is finite as a float (an int too big for one is not)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 # --- Operations the flows yield to their driver --------------------------------
@@ -338,9 +352,80 @@ def _match_bulk_rows(specs: list[TaskSpec], rows: list[Mapping[str, Any]]) -> Fl
 
 @dataclass(frozen=True)
 class CancelResult:
+    """What a cancel did. ``cancelled``: the task is cancelled now. ``requested``:
+    it was running, and was asked to stop (its outcome will be recorded as
+    cancelled). Neither: it had already finished."""
+
     id: int
     cancelled: bool
     status: str
+    requested: bool = False
+
+
+@dataclass(frozen=True)
+class RetryResult:
+    """What a retry did: ``retried`` (back in its queue), else why not: its
+    status does not allow it, or its dedup key is held by a newer task."""
+
+    id: int
+    retried: bool
+    status: str
+    outcome: str
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """One task as stored: every column, plus how long it waited and ran."""
+
+    id: int
+    queue: str
+    kind: str
+    status: str
+    priority: int
+    tier: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    boost: int = 0
+    boost_rules: list[str] = field(default_factory=list)
+    created_at: dt.datetime | None = None
+    run_at: dt.datetime | None = None
+    deadline: dt.datetime | None = None
+    attempts: int = 0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout_s: float | None = None
+    dedup_key: str | None = None
+    worker_id: Any = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    result: Any = None
+    last_error: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    failed_at: dt.datetime | None = None
+    cancel_requested_at: dt.datetime | None = None
+    enqueued_by: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "TaskRecord":
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in row.items() if k in names})
+
+    def __getitem__(self, name: str) -> Any:
+        """``record["status"]``: the columns by name, as a row would give them."""
+        if name not in self.__dataclass_fields__:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    @property
+    def waited_s(self) -> float | None:
+        """From ready (greatest(run_at, created_at)) to the start of the latest attempt."""
+        if self.started_at is None or self.run_at is None or self.created_at is None:
+            return None
+        return (self.started_at - max(self.run_at, self.created_at)).total_seconds()
+
+    @property
+    def ran_s(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
 
 
 def check_task_id(task_id: object) -> int:
@@ -357,7 +442,68 @@ def cancel_flow(task_id: int) -> Flow:
         raise TaskNotFound(f"no task with id {task_id}")
     row = rows[0]
     # Cancelling a cancelled task is a no-op that reports success (idempotent).
-    return CancelResult(id=row["id"], cancelled=row["status"] == "cancelled", status=row["status"])
+    return CancelResult(id=row["id"], cancelled=row["status"] == "cancelled", status=row["status"],
+                        requested=row["outcome"] == "cancel_requested")
+
+
+def retry_flow(task_id: int) -> Flow:
+    check_task_id(task_id)
+    rows = yield Query("tasks_retry", {"id": task_id})
+    if not rows:
+        raise TaskNotFound(f"no task with id {task_id}")
+    row = rows[0]
+    return RetryResult(id=row["id"], retried=row["outcome"] == "retried", status=row["status"],
+                       outcome=row["outcome"])
+
+
+RETRYABLE_STATUSES = ("failed", "cancelled", "dropped")
+
+
+def retry_many_flow(status: str = "failed", kind: str | None = None, queue: str | None = None) -> Flow:
+    if status not in RETRYABLE_STATUSES:
+        raise ValueError(f"only {', '.join(RETRYABLE_STATUSES)} tasks can be retried (got {status!r})")
+    rows = yield Query("tasks_retry_many", {"status": status, "kind": kind, "queue": queue})
+    return rows[0]["retried"]
+
+
+def _queue_name(name: object) -> str:
+    if not isinstance(name, str) or not name.strip() or "\x00" in name:
+        raise ValueError(f"a queue name must be a non-empty string (got {name!r})")
+    return name.strip()
+
+
+def pause_flow(queue: str) -> Flow:
+    rows = yield Query("queues_pause", {"name": _queue_name(queue)})
+    return rows[0]["changed"]
+
+
+def resume_flow(queue: str) -> Flow:
+    rows = yield Query("queues_resume", {"name": _queue_name(queue)})
+    return rows[0]["changed"]
+
+
+def purge_flow(status: str, older_than: float | dt.timedelta) -> Flow:
+    if status not in FINAL_STATUSES:
+        raise ValueError(f"only finished tasks can be purged: status must be one of {', '.join(FINAL_STATUSES)} "
+                         f"(got {status!r})")
+    seconds = older_than.total_seconds() if isinstance(older_than, dt.timedelta) else older_than
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < 1e11:
+        raise ValueError(f"older_than must be a duration of 0 or more (got {older_than!r})")
+    rows = yield Query("tasks_purge", {"status": status, "older_than_s": float(seconds)})
+    return rows[0]["purged"]
+
+
+def list_flow(*, status: str | None = None, kind: str | None = None, queue: str | None = None,
+              since: dt.datetime | None = None, limit: int = 50) -> Flow:
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}; one of {', '.join(STATUSES)}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100_000:
+        raise ValueError(f"limit must be between 1 and 100,000 (got {limit!r})")
+    if since is not None and (not isinstance(since, dt.datetime) or since.tzinfo is None):
+        raise ValueError("since must be a timezone-aware datetime")
+    rows = yield Query("tasks_list", {"status": status, "kind": kind, "queue": queue, "since": since,
+                                      "limit": limit})
+    return [TaskRecord.from_row(r) for r in rows]
 
 
 def get_flow(task_id: int) -> Flow:
@@ -365,4 +511,4 @@ def get_flow(task_id: int) -> Flow:
     rows = yield Query("tasks_get", {"id": task_id})
     if not rows:
         raise TaskNotFound(f"no task with id {task_id}")
-    return rows[0]
+    return TaskRecord.from_row(rows[0])

@@ -280,10 +280,11 @@ def analyse(conn: Conn, expected: int | None = None) -> dict[str, Any]:
 
 # --- processes ----------------------------------------------------------------
 
-def supervisor_command(dsn: str, flags: list[str] = SUPERVISOR_FLAGS) -> list[str]:
-    """A real supervisor, started the way users start one."""
-    return [sys.executable, "-m", "angela_queue", "--dsn", dsn, "--log-level", "WARNING", "run", "--app", APP,
-            *flags]
+def supervisor_command(flags: list[str] = SUPERVISOR_FLAGS) -> list[str]:
+    """A real supervisor, started the way users start one. Its DSN (which
+    carries the embedded server's password) is in its environment,
+    ANGELA_QUEUE_DSN: argv is readable by every local user."""
+    return [sys.executable, "-m", "angela_queue", "--log-level", "WARNING", "run", "--app", APP, *flags]
 
 
 def alive(pid: int) -> bool:
@@ -312,14 +313,14 @@ class Fleet:
         self.dsn = dsn
         self.log_dir = log_dir
         self.flags = flags
-        self.env = child_env({**SUPERVISOR_ENV, "AQ_CHAOS_DSN": dsn})
+        self.env = child_env({**SUPERVISOR_ENV, "AQ_CHAOS_DSN": dsn, "ANGELA_QUEUE_DSN": dsn})
         self.sups: list[Sup] = []
         self.worker_pids: set[int] = set()
 
     def spawn(self) -> Sup:
         path = self.log_dir / f"supervisor-{len(self.sups)}.log"
         with open(path, "wb") as out:
-            proc = subprocess.Popen(supervisor_command(self.dsn, self.flags), cwd=REPO_ROOT, env=self.env,
+            proc = subprocess.Popen(supervisor_command(self.flags), cwd=REPO_ROOT, env=self.env,
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         sup = Sup(proc, path, time.monotonic())
         self.sups.append(sup)

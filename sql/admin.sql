@@ -36,3 +36,16 @@ SELECT rolname AS role FROM pg_roles WHERE rolname = ANY(%(roles)s::text[]);
 -- name: admin_migration_lock
 -- Take the migration lock until the end of the transaction.
 SELECT pg_advisory_xact_lock(%(key)s) IS NULL AS locked;
+
+-- name: admin_conf_load_time
+-- When the server last loaded its configuration files (pg_hba.conf included).
+SELECT pg_conf_load_time() AS loaded_at;
+
+-- name: admin_reload_conf
+-- Ask the postmaster to reload its configuration (it does so a moment later).
+SELECT pg_reload_conf() AS signalled;
+
+-- name: admin_conf_reloaded_since
+-- Whether the configuration was loaded after %(since)s (a new session reports
+-- the postmaster's load time).
+SELECT pg_conf_load_time() > %(since)s::timestamptz AS reloaded;

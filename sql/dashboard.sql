@@ -119,3 +119,11 @@ WHERE h.status NOT IN ('stopped', 'dead')
 ORDER BY h.status IN ('stopped', 'dead'), h.host, h.pid, h.id;
 
 
+
+-- name: dashboard_tier_sla
+-- SLA attainment per tier over the last hour, summed over queues: the
+-- tier_sla view, which `angela-queue status` reads too, so the two agree.
+SELECT s.tier, sum(s.started)::bigint AS started, sum(s.on_time)::bigint AS on_time,
+       round(100.0 * sum(s.on_time) / nullif(sum(s.started), 0), 2)::double precision AS attainment_pct
+FROM angela_queue.tier_sla s
+GROUP BY s.tier;

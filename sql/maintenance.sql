@@ -3,12 +3,11 @@
 -- the maintenance leader reclaims whatever no live process holds any more
 -- (a host that died with its supervisor) and prunes old rows.
 --
--- Reclaiming counts the attempt: a task is claimed with attempts already
--- incremented, so it goes back to 'queued' while attempts < max_attempts and
--- to 'failed' (final) once they are spent. A task that kills its worker every
--- time therefore stops after max_attempts instead of looping forever.
--- Every reclaim is guarded on status = 'running' AND worker_id = the lost
--- worker: a completion that commits first wins, and the reclaim skips it.
+-- Every reclaim goes through angela_queue.reclaim_tasks (schema.sql): the
+-- attempt stays counted (a task that kills its worker every time stops after
+-- max_attempts), a task asked to stop is cancelled, and each task is guarded
+-- on status = 'running' AND worker_id = the worker it was found with: a
+-- completion that commits first wins, and the reclaim skips it.
 -- %(now)s lets tests move time instead of sleeping; NULL means now().
 
 -- name: workers_reclaim_exited
@@ -24,23 +23,16 @@ WITH marked AS (
     SET status = %(status)s, stopped_at = coalesce(w.stopped_at, now()), current_tasks = '{}'
     WHERE w.id = %(worker_id)s AND w.status NOT IN ('stopped', 'dead')
     RETURNING w.id
-), reclaimed AS (
-    UPDATE angela_queue.tasks t
-    SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' END,
-        worker_id = CASE WHEN t.attempts >= t.max_attempts THEN t.worker_id END,
-        started_at = CASE WHEN t.attempts >= t.max_attempts THEN t.started_at END,
-        finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
-        last_error = format('%%s (attempt %%s of %%s)', %(reason)s::text, t.attempts, t.max_attempts)
-    WHERE t.status = 'running' AND t.worker_id = %(worker_id)s
-    RETURNING t.id, t.queue, t.status
-), woken AS (
-    SELECT pg_notify('angela_queue_insert', q.queue)
-    FROM (SELECT DISTINCT queue FROM reclaimed WHERE status = 'queued') q
+), held AS MATERIALIZED (
+    SELECT t.id FROM angela_queue.tasks t WHERE t.status = 'running' AND t.worker_id = %(worker_id)s
+), reclaimed AS MATERIALIZED (
+    SELECT r.* FROM angela_queue.reclaim_tasks(
+        ARRAY(SELECT id FROM held), array_fill(%(worker_id)s::uuid, ARRAY[(SELECT count(*) FROM held)::int]),
+        array_fill(%(reason)s::text, ARRAY[(SELECT count(*) FROM held)::int])) r
 )
 SELECT (SELECT count(*) FROM marked) AS marked,
        coalesce((SELECT array_agg(id ORDER BY id) FROM reclaimed WHERE status = 'queued'), '{}') AS requeued,
-       coalesce((SELECT array_agg(id ORDER BY id) FROM reclaimed WHERE status = 'failed'), '{}') AS failed,
-       (SELECT count(*) FROM woken) AS notified;
+       coalesce((SELECT array_agg(id ORDER BY id) FROM reclaimed WHERE status <> 'queued'), '{}') AS failed;
 
 -- name: workers_reclaim_stuck
 -- Mark a live worker 'stuck' and reclaim its tasks, but only if it has made
@@ -60,24 +52,17 @@ WITH marked AS (
       AND NOT EXISTS (SELECT 1 FROM angela_queue.tasks n
                       WHERE n.status = 'running' AND n.worker_id = w.id AND n.started_at > %(progress_at)s)
     RETURNING w.id
-), reclaimed AS (
-    UPDATE angela_queue.tasks t
-    SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' END,
-        worker_id = CASE WHEN t.attempts >= t.max_attempts THEN t.worker_id END,
-        started_at = CASE WHEN t.attempts >= t.max_attempts THEN t.started_at END,
-        finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
-        last_error = format('%%s (attempt %%s of %%s)', %(reason)s::text, t.attempts, t.max_attempts)
-    WHERE t.status = 'running' AND t.worker_id = %(worker_id)s
-      AND EXISTS (SELECT 1 FROM marked)
-    RETURNING t.id, t.queue, t.status
-), woken AS (
-    SELECT pg_notify('angela_queue_insert', q.queue)
-    FROM (SELECT DISTINCT queue FROM reclaimed WHERE status = 'queued') q
+), held AS MATERIALIZED (
+    SELECT t.id FROM angela_queue.tasks t
+    WHERE t.status = 'running' AND t.worker_id = %(worker_id)s AND EXISTS (SELECT 1 FROM marked)
+), reclaimed AS MATERIALIZED (
+    SELECT r.* FROM angela_queue.reclaim_tasks(
+        ARRAY(SELECT id FROM held), array_fill(%(worker_id)s::uuid, ARRAY[(SELECT count(*) FROM held)::int]),
+        array_fill(%(reason)s::text, ARRAY[(SELECT count(*) FROM held)::int])) r
 )
 SELECT (SELECT count(*) FROM marked) AS marked,
        coalesce((SELECT array_agg(id ORDER BY id) FROM reclaimed WHERE status = 'queued'), '{}') AS requeued,
-       coalesce((SELECT array_agg(id ORDER BY id) FROM reclaimed WHERE status = 'failed'), '{}') AS failed,
-       (SELECT count(*) FROM woken) AS notified;
+       coalesce((SELECT array_agg(id ORDER BY id) FROM reclaimed WHERE status <> 'queued'), '{}') AS failed;
 
 -- name: maintenance_reclaim_lost_workers
 -- Leader only. Mark 'dead' every live worker row that has been silent for
@@ -111,7 +96,7 @@ WITH lost AS (
           < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => w.dead_after_s)
     RETURNING w.id
 ), orphaned AS MATERIALIZED (
-    SELECT t.id
+    SELECT t.id, t.worker_id
     FROM angela_queue.tasks t
     WHERE t.status = 'running'
       AND (t.worker_id IS NULL
@@ -121,26 +106,17 @@ WITH lost AS (
     ORDER BY t.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-), reclaimed AS (
-    UPDATE angela_queue.tasks t
-    SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' END,
-        worker_id = CASE WHEN t.attempts >= t.max_attempts THEN t.worker_id END,
-        started_at = CASE WHEN t.attempts >= t.max_attempts THEN t.started_at END,
-        finished_at = CASE WHEN t.attempts >= t.max_attempts THEN coalesce(%(now)s::timestamptz, now()) END,
-        last_error = format('its worker %%s was lost (no heartbeat, or it exited holding the task) '
-                            '(attempt %%s of %%s)', coalesce(t.worker_id::text, '(none)'),
-                            t.attempts, t.max_attempts)
-    FROM orphaned
-    WHERE t.id = orphaned.id AND t.status = 'running'
-    RETURNING t.id, t.queue, t.status
-), woken AS (
-    SELECT pg_notify('angela_queue_insert', q.queue)
-    FROM (SELECT DISTINCT queue FROM reclaimed WHERE status = 'queued') q
+), reclaimed AS MATERIALIZED (
+    SELECT r.* FROM angela_queue.reclaim_tasks(
+        ARRAY(SELECT o.id FROM orphaned o ORDER BY o.id),
+        ARRAY(SELECT o.worker_id FROM orphaned o ORDER BY o.id),
+        ARRAY(SELECT format('its worker %%s was lost (no heartbeat, or it exited holding the task)',
+                            coalesce(o.worker_id::text, '(none)')) FROM orphaned o ORDER BY o.id),
+        %(now)s::timestamptz) r
 )
 SELECT coalesce((SELECT array_agg(id) FROM lost), '{}') AS dead_workers,
        coalesce((SELECT array_agg(id ORDER BY id) FROM reclaimed WHERE status = 'queued'), '{}') AS requeued,
-       coalesce((SELECT array_agg(id ORDER BY id) FROM reclaimed WHERE status = 'failed'), '{}') AS failed,
-       (SELECT count(*) FROM woken) AS notified;
+       coalesce((SELECT array_agg(id ORDER BY id) FROM reclaimed WHERE status <> 'queued'), '{}') AS failed;
 
 -- name: maintenance_mark_lost_supervisors
 -- Leader only. A supervisor silent for longer than %(dead_after_s)s is marked

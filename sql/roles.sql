@@ -43,3 +43,9 @@ GRANT SELECT ON angela_queue.boost_rules, angela_queue.queued_tasks, angela_queu
 GRANT SELECT ON angela_queue.tasks, angela_queue.queues, angela_queue.boost_rules, angela_queue.workers,
     angela_queue.supervisors, angela_queue.leader, angela_queue.queued_tasks, angela_queue.queue_depth,
     angela_queue.worker_health, angela_queue.sla_attainment TO angela_queue_reader;
+
+-- The operator's views (revision 0004). Retrying, pausing, resuming and
+-- purging run with the caller's rights: the worker role's UPDATE and DELETE
+-- on tasks and queues allow them; the reader's SELECT does not.
+GRANT SELECT ON angela_queue.tier_sla, angela_queue.throughput, angela_queue.recent_failures,
+    angela_queue.kind_stats TO angela_queue_worker, angela_queue_reader;

@@ -16,7 +16,10 @@ CREATE SCHEMA IF NOT EXISTS angela_queue;
 -- ---------------------------------------------------------------------------
 CREATE TABLE angela_queue.queues (
     name        text PRIMARY KEY
-                CONSTRAINT queue_name_not_empty CHECK (name <> ''),
+                CONSTRAINT queue_name_not_empty CHECK (name <> '')
+                -- A queue name travels as a NOTIFY payload (at most 8000 bytes)
+                -- and in index keys: bounded, so no name can break either.
+                CONSTRAINT queue_name_length CHECK (octet_length(name) <= 255),
     -- NULL means unbounded. Counted against the tasks waiting in the queue:
     -- status 'queued' or 'scheduled'.
     max_size    integer
@@ -31,7 +34,10 @@ CREATE TABLE angela_queue.queues (
     -- deadline + sla_grace can never leave the timestamp range in a view.
     sla_grace   interval NOT NULL DEFAULT interval '1 second'
                 CONSTRAINT queue_sla_grace_in_range CHECK (sla_grace >= interval '0' AND sla_grace <= interval '7 days'),
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- Set while the queue is paused (angela_queue.pause_queue): it keeps
+    -- accepting tasks, but none is claimed, and none counts as overdue.
+    paused_at   timestamptz
 );
 
 INSERT INTO angela_queue.queues (name) VALUES ('default');
@@ -73,8 +79,13 @@ INSERT INTO angela_queue.boost_rules (name, condition, boost, description) VALUE
 -- ---------------------------------------------------------------------------
 CREATE TABLE angela_queue.tasks (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    queue           text NOT NULL DEFAULT 'default',
-    kind            text NOT NULL,
+    -- Bounded (255 bytes), like kind: both are index keys (a btree entry
+    -- holds at most 2704 bytes) and the queue a NOTIFY payload; one row over
+    -- either limit would fail every statement that moves it.
+    queue           text NOT NULL DEFAULT 'default'
+                    CONSTRAINT task_queue_length CHECK (octet_length(queue) <= 255),
+    kind            text NOT NULL
+                    CONSTRAINT task_kind_length CHECK (octet_length(kind) <= 255),
     payload         jsonb NOT NULL DEFAULT '{}'::jsonb,
     priority        integer NOT NULL DEFAULT 5
                     CONSTRAINT task_priority_between_1_and_10 CHECK (priority BETWEEN 1 AND 10),
@@ -115,10 +126,14 @@ CREATE TABLE angela_queue.tasks (
     -- because the now() term is the same for every row; start is
     -- greatest(run_at, created_at). Set by trigger.
     priority_key    double precision NOT NULL DEFAULT 0,
+    -- Bounded well inside an integer: the claim adds one, and an overflow
+    -- there would fail every claim of the queue.
     attempts        integer NOT NULL DEFAULT 0
-                    CONSTRAINT task_attempts_not_negative CHECK (attempts >= 0),
+                    CONSTRAINT task_attempts_not_negative CHECK (attempts >= 0)
+                    CONSTRAINT task_attempts_in_range CHECK (attempts <= 1000000),
     max_attempts    integer NOT NULL DEFAULT 5
-                    CONSTRAINT task_max_attempts_positive CHECK (max_attempts >= 1),
+                    CONSTRAINT task_max_attempts_positive CHECK (max_attempts >= 1)
+                    CONSTRAINT task_max_attempts_in_range CHECK (max_attempts <= 1000000),
     -- Seconds a single attempt may run; NULL means the handler's or worker's
     -- default. NaN passes "> 0" in Postgres (NaN sorts above every number),
     -- hence the upper bound.
@@ -127,7 +142,8 @@ CREATE TABLE angela_queue.tasks (
                     CHECK (timeout_s IS NULL OR (timeout_s > 0 AND timeout_s < 'Infinity')),
     -- While a task with this key is waiting or running, another enqueue with
     -- the same (queue, dedup_key) returns the existing task.
-    dedup_key       text,
+    dedup_key       text
+                    CONSTRAINT task_dedup_key_length CHECK (octet_length(dedup_key) <= 2000),
     worker_id       uuid,
     -- Set by the claim and by the outcome; the range checks (cheap, unlike a
     -- trigger on the hot path) keep a hand-edited row readable.
@@ -142,7 +158,19 @@ CREATE TABLE angela_queue.tasks (
     -- The login that enqueued the task (session_user, set by the insert
     -- trigger). A login with only angela_queue_producer sees its own tasks
     -- and no others (the tasks_visible policy).
-    enqueued_by     text
+    enqueued_by     text,
+    -- The last 20 failed attempts, oldest first: [{"attempt", "at", "worker",
+    -- "error"}] (angela_queue.error_history). last_error is the newest.
+    errors          jsonb NOT NULL DEFAULT '[]'::jsonb,
+    -- When the newest failed attempt ended (recent_failures walks an index on it).
+    failed_at       timestamptz,
+    -- Set when a running task is asked to stop (angela_queue.cancel_task):
+    -- whatever its attempt's outcome, it is recorded as cancelled, and it is
+    -- never retried.
+    cancel_requested_at timestamptz,
+    -- A task in a final status has finished: retention goes by finished_at.
+    CONSTRAINT task_final_has_finished_at
+        CHECK (status NOT IN ('succeeded', 'failed', 'cancelled', 'dropped') OR finished_at IS NOT NULL)
 )
 -- Queue rows churn: every task is inserted, updated two or three times and
 -- deleted by the pruner. Free space on each page (fillfactor) lets the new row
@@ -178,6 +206,10 @@ CREATE INDEX tasks_running_idx ON angela_queue.tasks (worker_id)
 -- final rows are in it, so enqueue and claim never write to it.
 CREATE INDEX tasks_finished_idx ON angela_queue.tasks (status, finished_at)
     WHERE status IN ('succeeded', 'failed', 'cancelled', 'dropped');
+-- The latest failed attempts, newest first (recent_failures, status, the
+-- dashboard). Only tasks that ever failed an attempt are in it.
+CREATE INDEX tasks_failed_at_idx ON angela_queue.tasks (failed_at DESC)
+    WHERE failed_at IS NOT NULL;
 -- Deduplication: one unfinished task per (queue, dedup_key).
 CREATE UNIQUE INDEX tasks_dedup_idx ON angela_queue.tasks (queue, dedup_key)
     WHERE dedup_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running');
@@ -224,6 +256,18 @@ BEGIN
 END
 $$;
 
+-- The attempt history after one more failed attempt: the newest 20 kept,
+-- oldest first. Every writer of a failure (the worker's outcomes, the
+-- reclaims) goes through this one function.
+CREATE FUNCTION angela_queue.error_history(p_errors jsonb, p_attempt integer, p_at timestamptz,
+                                           p_worker uuid, p_error text) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT jsonb_path_query_array(
+        coalesce(p_errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
+            'attempt', p_attempt, 'at', p_at, 'worker', p_worker, 'error', p_error)),
+        '$[last - 19 to last]')
+$$;
+
 -- A timeout the worker can wait for: positive and finite (NaN is neither).
 CREATE FUNCTION angela_queue.check_task_timeout(p_value double precision) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
@@ -265,9 +309,19 @@ BEGIN
         RAISE EXCEPTION 'angela_queue: a new task must be queued or scheduled (got %)', quote_literal(NEW.status)
             USING ERRCODE = 'check_violation', COLUMN = 'status';
     END IF;
-    IF NEW.max_attempts IS NULL OR NEW.max_attempts < 1 THEN
-        RAISE EXCEPTION 'angela_queue: max_attempts must be at least 1 (got %)', coalesce(NEW.max_attempts::text, 'NULL')
+    IF NEW.max_attempts IS NULL OR NEW.max_attempts NOT BETWEEN 1 AND 1000000 THEN
+        RAISE EXCEPTION 'angela_queue: max_attempts must be between 1 and 1000000 (got %)',
+                        coalesce(NEW.max_attempts::text, 'NULL')
             USING ERRCODE = 'check_violation', COLUMN = 'max_attempts';
+    END IF;
+    IF octet_length(NEW.kind) > 255 OR octet_length(NEW.queue) > 255 THEN
+        RAISE EXCEPTION 'angela_queue: kind and queue must be at most 255 bytes (got % and %)',
+                        octet_length(NEW.kind), octet_length(NEW.queue)
+            USING ERRCODE = 'string_data_right_truncation';
+    END IF;
+    IF octet_length(NEW.dedup_key) > 2000 THEN
+        RAISE EXCEPTION 'angela_queue: dedup_key must be at most 2000 bytes (got %)', octet_length(NEW.dedup_key)
+            USING ERRCODE = 'string_data_right_truncation', COLUMN = 'dedup_key';
     END IF;
 
     PERFORM angela_queue.check_task_time('run_at', NEW.run_at);
@@ -463,22 +517,33 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
       AND t.status IN ('scheduled', 'queued', 'running')
 $$;
 
--- Cancel a task that has not started: the one implementation, for psql, the
--- CLI and the Python client. Returns the task's status afterwards and the
--- outcome ('cancelled', or 'unchanged' when it is running or finished); no
--- row when there is no such task, or the caller may not see it (a producer
--- cancels its own tasks only). The row lock waits for a claim in progress,
--- so the status returned is the truth, never a stale 'queued'. Wakes
--- enqueuers waiting for space in the queue.
+-- Cancel a task: the one implementation, for psql, the CLI, the dashboard
+-- and the Python client. A scheduled or queued task is cancelled at once. A
+-- running one is asked to stop (cancel_requested_at, and a NOTIFY to its
+-- worker): an async handler is cancelled at the worker's next turn, a sync
+-- one finishes; either way its outcome is recorded as cancelled and it is
+-- not retried. Returns the status afterwards and the outcome ('cancelled',
+-- 'cancel_requested', or 'unchanged' for a finished task); no row when there
+-- is no such task or the caller may not see it (a producer cancels its own
+-- tasks only). The row lock waits for a claim in progress, so the status
+-- returned is never a stale 'queued'. Wakes enqueuers waiting for space.
 CREATE FUNCTION angela_queue.cancel_task(p_id bigint)
 RETURNS TABLE (id bigint, status text, outcome text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t record;
 BEGIN
-    SELECT k.id, k.queue, k.status, k.enqueued_by INTO t
+    SELECT k.id, k.queue, k.status, k.enqueued_by, k.worker_id, k.cancel_requested_at INTO t
     FROM angela_queue.tasks k WHERE k.id = p_id FOR UPDATE;
     IF NOT FOUND OR NOT (t.enqueued_by = session_user::text OR angela_queue.reads_all_tasks(session_user)) THEN
+        RETURN;
+    END IF;
+    IF t.status = 'running' THEN
+        IF t.cancel_requested_at IS NULL THEN
+            UPDATE angela_queue.tasks k SET cancel_requested_at = now() WHERE k.id = p_id;
+            PERFORM pg_notify('angela_queue_cancel', p_id::text);
+        END IF;
+        RETURN QUERY SELECT t.id, t.status, 'cancel_requested'::text;
         RETURN;
     END IF;
     IF t.status NOT IN ('scheduled', 'queued') THEN
@@ -489,6 +554,240 @@ BEGIN
     WHERE k.id = p_id;
     PERFORM pg_notify('angela_queue_space', t.queue);
     RETURN QUERY SELECT t.id, 'cancelled'::text, 'cancelled'::text;
+END
+$$;
+
+-- Reclaim running tasks whose worker can no longer finish them (it exited, is
+-- stuck, or was lost): the one implementation behind every reclaim. Each id
+-- comes with the worker the caller found holding it, and is reclaimed only if
+-- it is still running there (a completion that committed first wins). The
+-- attempt stays counted: back to 'queued' while attempts remain, 'failed'
+-- once spent (a task that kills its worker each time stops), 'cancelled' if
+-- it was asked to stop. A task claimed unstarted (held in a collecting
+-- batch) never ran: no attempt, no entry in its history. Wakes the workers
+-- of each queue that got work back.
+-- Hazard (visibility): callers compute the ids in the same statement, in a
+-- CTE; this function's UPDATE runs on a newer snapshot, so its own guard
+-- (status and worker) is what decides, never the caller's read.
+CREATE FUNCTION angela_queue.reclaim_tasks(p_ids bigint[], p_workers uuid[], p_reasons text[],
+                                           p_now timestamptz DEFAULT NULL)
+RETURNS TABLE (id bigint, queue text, status text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    at timestamptz := coalesce(p_now, now());
+BEGIN
+    RETURN QUERY
+    WITH reclaimed AS (
+        UPDATE angela_queue.tasks t
+        SET status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                          WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'queued' END,
+            worker_id = CASE WHEN t.cancel_requested_at IS NOT NULL OR t.attempts >= t.max_attempts
+                             THEN t.worker_id END,
+            started_at = CASE WHEN t.cancel_requested_at IS NOT NULL OR t.attempts >= t.max_attempts
+                              THEN t.started_at END,
+            finished_at = CASE WHEN t.cancel_requested_at IS NOT NULL OR t.attempts >= t.max_attempts
+                               THEN at END,
+            last_error = CASE WHEN t.started_at IS NULL
+                              THEN format('%s, before its handler started (no attempt counted)', d.reason)
+                              ELSE format('%s (attempt %s of %s)', d.reason, t.attempts, t.max_attempts) END,
+            errors = CASE WHEN t.started_at IS NULL THEN t.errors
+                          ELSE angela_queue.error_history(t.errors, t.attempts, at, t.worker_id, d.reason) END,
+            failed_at = CASE WHEN t.started_at IS NULL THEN t.failed_at ELSE at END
+        FROM unnest(p_ids, p_workers, p_reasons) AS d(id, worker, reason)
+        WHERE t.id = d.id AND t.status = 'running' AND t.worker_id IS NOT DISTINCT FROM d.worker
+        RETURNING t.id, t.queue, t.status
+    ), woken AS (
+        SELECT pg_notify('angela_queue_insert', w.queue)
+        FROM (SELECT DISTINCT r.queue FROM reclaimed r WHERE r.status = 'queued') w
+    )
+    -- A CTE runs only if referenced: the count is what sends the NOTIFYs.
+    SELECT r.id, r.queue, r.status FROM reclaimed r WHERE (SELECT count(*) FROM woken) >= 0;
+END
+$$;
+
+-- The tasks that finished after p_since, whatever their final status: one
+-- range of tasks_finished_idx per status. The views read finished rows
+-- through this. Hazard: `status IN (all four) AND finished_at > x` matches the
+-- partial index's predicate exactly, so the planner drops the status test and
+-- is left with a range on the second column: a walk of the whole index (no
+-- skip scan before Postgres 18). One arm per status keeps each a range.
+-- Plain SQL, STABLE, no SET: the planner inlines it into the view.
+CREATE FUNCTION angela_queue.tasks_finished_since(p_since timestamptz)
+RETURNS SETOF angela_queue.tasks
+LANGUAGE sql STABLE AS $$
+    SELECT * FROM angela_queue.tasks t WHERE t.status = 'succeeded' AND t.finished_at > p_since
+    UNION ALL
+    SELECT * FROM angela_queue.tasks t WHERE t.status = 'failed' AND t.finished_at > p_since
+    UNION ALL
+    SELECT * FROM angela_queue.tasks t WHERE t.status = 'cancelled' AND t.finished_at > p_since
+    UNION ALL
+    SELECT * FROM angela_queue.tasks t WHERE t.status = 'dropped' AND t.finished_at > p_since
+$$;
+
+-- ---------------------------------------------------------------------------
+-- Operations on tasks and queues: the single implementation behind psql,
+-- the CLI, the dashboard and the Python client. Each is a guarded UPDATE
+-- (it names the statuses it may move a task from) and sends the NOTIFY that
+-- wakes whoever must act. They run with the caller's rights: retrying,
+-- pausing and purging take UPDATE or DELETE on tasks (angela_queue_worker
+-- has them; a producer or a reader does not).
+-- ---------------------------------------------------------------------------
+
+-- Put a failed, cancelled or dropped task back in its queue: queued now,
+-- with a fresh deadline (the update trigger recomputes it from run_at) and
+-- its attempts reset. Its attempt history (errors) stays. Returns the status
+-- afterwards and the outcome ('retried' or 'unchanged'); no row if there is
+-- no such task.
+CREATE FUNCTION angela_queue.retry_task(p_id bigint)
+RETURNS TABLE (id bigint, status text, outcome text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+BEGIN
+    SELECT k.id, k.queue, k.status, k.dedup_key INTO t FROM angela_queue.tasks k WHERE k.id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF t.status NOT IN ('failed', 'cancelled', 'dropped') THEN
+        RETURN QUERY SELECT t.id, t.status, 'unchanged'::text;
+        RETURN;
+    END IF;
+    -- Its dedup key may have been taken by a newer task since it finished.
+    IF t.dedup_key IS NOT NULL AND EXISTS (
+            SELECT 1 FROM angela_queue.tasks u
+            WHERE u.queue = t.queue AND u.dedup_key = t.dedup_key
+              AND u.status IN ('scheduled', 'queued', 'running')) THEN
+        RETURN QUERY SELECT t.id, t.status, 'dedup_key_held'::text;
+        RETURN;
+    END IF;
+    UPDATE angela_queue.tasks k
+    SET status = 'queued', run_at = now(), attempts = 0, finished_at = NULL, started_at = NULL,
+        worker_id = NULL, result = NULL, cancel_requested_at = NULL
+    WHERE k.id = p_id;
+    PERFORM pg_notify('angela_queue_insert', t.queue);
+    RETURN QUERY SELECT t.id, 'queued'::text, 'retried'::text;
+END
+$$;
+
+-- Retry every task in a final status that can be retried ('failed',
+-- 'cancelled' or 'dropped'), of one kind and one queue, or of any (NULL).
+-- Returns how many went back. One NOTIFY per queue that got work.
+CREATE FUNCTION angela_queue.retry_tasks(p_status text, p_kind text DEFAULT NULL, p_queue text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+    queues_woken bigint;
+BEGIN
+    IF p_status IS NULL OR p_status NOT IN ('failed', 'cancelled', 'dropped') THEN
+        RAISE EXCEPTION 'angela_queue: only failed, cancelled or dropped tasks can be retried (got %)',
+                        coalesce(quote_literal(p_status), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Of several with one dedup key, the newest goes back; none whose key an
+    -- unfinished task holds (the key is unique among unfinished tasks).
+    WITH candidates AS MATERIALIZED (
+        SELECT k.id, k.queue, k.dedup_key,
+               row_number() OVER (PARTITION BY k.queue, k.dedup_key ORDER BY k.id DESC) AS nth
+        FROM angela_queue.tasks k
+        WHERE k.status IN ('succeeded', 'failed', 'cancelled', 'dropped') AND k.status = p_status
+          AND (p_kind IS NULL OR k.kind = p_kind) AND (p_queue IS NULL OR k.queue = p_queue)
+    ), retried AS (
+        UPDATE angela_queue.tasks k
+        SET status = 'queued', run_at = now(), attempts = 0, finished_at = NULL, started_at = NULL,
+            worker_id = NULL, result = NULL, cancel_requested_at = NULL
+        FROM candidates c
+        WHERE k.id = c.id AND k.status = p_status
+          AND (c.dedup_key IS NULL OR (c.nth = 1 AND NOT EXISTS (
+                SELECT 1 FROM angela_queue.tasks u
+                WHERE u.queue = c.queue AND u.dedup_key = c.dedup_key
+                  AND u.status IN ('scheduled', 'queued', 'running'))))
+        RETURNING k.queue
+    ), woken AS (
+        SELECT pg_notify('angela_queue_insert', w.queue) FROM (SELECT DISTINCT r.queue FROM retried r) w
+    )
+    -- A CTE runs only if referenced: counting `woken` is what sends the NOTIFYs.
+    SELECT (SELECT count(*) FROM retried), (SELECT count(*) FROM woken) INTO n, queues_woken;
+    RETURN n;
+END
+$$;
+
+-- Pause a queue: it keeps accepting tasks, but none is claimed (running ones
+-- finish), and none counts as overdue while it is paused. Returns whether it
+-- was running before (false: already paused). An unknown queue is created,
+-- paused, so that a pause can come before the first task.
+CREATE FUNCTION angela_queue.pause_queue(p_name text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    paused timestamptz;
+BEGIN
+    IF p_name IS NULL OR btrim(p_name) = '' THEN
+        RAISE EXCEPTION 'angela_queue: a queue needs a name' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO angela_queue.queues (name) VALUES (btrim(p_name)) ON CONFLICT (name) DO NOTHING;
+    SELECT q.paused_at INTO paused FROM angela_queue.queues q WHERE q.name = btrim(p_name) FOR UPDATE;
+    IF paused IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    UPDATE angela_queue.queues q SET paused_at = now() WHERE q.name = btrim(p_name);
+    RETURN true;
+END
+$$;
+
+-- Resume a paused queue, and wake the workers that serve it at once.
+-- Returns whether it was paused; an unknown queue is an error.
+CREATE FUNCTION angela_queue.resume_queue(p_name text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    was_paused boolean;
+BEGIN
+    SELECT q.paused_at IS NOT NULL INTO was_paused FROM angela_queue.queues q WHERE q.name = btrim(p_name)
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'angela_queue: no queue named %', quote_literal(p_name)
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    UPDATE angela_queue.queues q SET paused_at = NULL WHERE q.name = btrim(p_name);
+    PERFORM pg_notify('angela_queue_insert', btrim(p_name));
+    RETURN was_paused;
+END
+$$;
+
+-- Delete finished tasks of one final status that finished longer ago than
+-- p_older_than, in chunks of 10,000 through tasks_finished_idx (each chunk
+-- one short DELETE; SKIP LOCKED passes over rows being changed). Returns the
+-- count. Unfinished tasks are never touched.
+CREATE FUNCTION angela_queue.purge_tasks(p_status text, p_older_than interval) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    total bigint := 0;
+    n bigint;
+BEGIN
+    IF p_status IS NULL OR p_status NOT IN ('succeeded', 'failed', 'cancelled', 'dropped') THEN
+        RAISE EXCEPTION 'angela_queue: only finished tasks can be purged: status must be succeeded, failed, '
+                        'cancelled or dropped (got %)', coalesce(quote_literal(p_status), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_older_than IS NULL OR p_older_than < interval '0' THEN
+        RAISE EXCEPTION 'angela_queue: older_than must be an interval of 0 or more (got %)',
+                        coalesce(p_older_than::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    LOOP
+        DELETE FROM angela_queue.tasks k
+        WHERE k.id = ANY (ARRAY(
+            SELECT d.id FROM angela_queue.tasks d
+            WHERE d.status IN ('succeeded', 'failed', 'cancelled', 'dropped') AND d.status = p_status
+              AND d.finished_at < now() - p_older_than
+            ORDER BY d.finished_at
+            LIMIT 10000
+            FOR UPDATE SKIP LOCKED))
+          AND k.status = p_status;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        total := total + n;
+        EXIT WHEN n < 10000;
+    END LOOP;
+    RETURN total;
 END
 $$;
 

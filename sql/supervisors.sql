@@ -47,6 +47,8 @@ SELECT greatest(peers.n, 1) AS live_supervisors,
        (SELECT count(*) FROM (
             SELECT 1 FROM angela_queue.tasks t
             WHERE t.status = 'queued' AND t.queue = ANY(%(queues)s::text[])
+              -- a paused queue's backlog needs no workers
+              AND t.queue NOT IN (SELECT p.name FROM angela_queue.queues p WHERE p.paused_at IS NOT NULL)
             LIMIT %(cap_per_supervisor)s * greatest(peers.n, 1)) AS waiting) AS depth
 FROM peers;
 
@@ -77,14 +79,25 @@ RETURNING name, max_size;
 
 -- name: status_queues
 -- `angela-queue status`: per queue and tier, what waits and runs, how long
--- the oldest has waited, and the SLA attainment of the last 24 hours.
-SELECT d.queue, q.max_size, d.tier, d.queued, d.scheduled, d.running, d.oldest_wait_s,
-       coalesce(s.started, 0) AS started_24h, coalesce(s.on_time, 0) AS on_time_24h,
-       s.attainment_pct, s.p50_start_ms, s.p99_start_ms
+-- the oldest has waited, whether the queue is paused, and the SLA of the
+-- last hour (tier_sla: the dashboard reads the same view, so they agree).
+SELECT d.queue, d.max_size, d.paused, d.tier, d.queued, d.scheduled, d.running, d.overdue, d.oldest_wait_s,
+       coalesce(s.started, 0) AS started_1h, coalesce(s.on_time, 0) AS on_time_1h,
+       s.attainment_pct, s.wait_p50_ms, s.wait_p95_ms, s.wait_p99_ms
 FROM angela_queue.queue_depth d
-JOIN angela_queue.queues q ON q.name = d.queue
-LEFT JOIN angela_queue.sla_attainment s ON s.queue = d.queue AND s.tier = d.tier
+LEFT JOIN angela_queue.tier_sla s ON s.queue = d.queue AND s.tier = d.tier
 ORDER BY d.queue, CASE d.tier WHEN 'critical' THEN 1 WHEN 'high' THEN 2 WHEN 'medium' THEN 3 ELSE 4 END;
+
+-- name: status_failures
+-- Failed attempts of the last hour, grouped by kind, queue and the first
+-- line of the error: trouble first (recent_failures, through its index).
+SELECT f.kind, f.queue, f.error, count(*) AS tasks, max(f.at) AS last_at, max(f.id) AS latest_id,
+       count(*) FILTER (WHERE f.status = 'failed') AS failed_for_good
+FROM angela_queue.recent_failures f
+WHERE f.at > now() - interval '1 hour'
+GROUP BY f.kind, f.queue, f.error
+ORDER BY count(*) DESC, max(f.at) DESC
+LIMIT %(limit)s;
 
 -- name: supervisors_health
 -- Supervisors for `angela-queue status` and the dashboard: whether each holds
@@ -151,3 +164,11 @@ WHERE t.status = 'dropped'
   AND t.finished_at > now() - make_interval(secs => %(window_s)s::double precision)
 GROUP BY t.queue
 ORDER BY dropped DESC, t.queue;
+
+-- name: supervisors_live_count
+-- How many supervisors are alive (running, heartbeat younger than
+-- %(dead_after_s)s): while any is, standalone workers leave the maintenance
+-- lease to them (a supervisor's retention and settings are the deployment's).
+SELECT count(*) AS live FROM angela_queue.supervisors s
+WHERE s.status = 'running'
+  AND s.last_heartbeat >= now() - make_interval(secs => %(dead_after_s)s::double precision);

@@ -79,6 +79,9 @@ SELECT id, status, outcome FROM angela_queue.cancel_task(%(id)s);
 WITH picked AS MATERIALIZED (
     SELECT c.id, c.effective_priority
     FROM unnest(%(queues)s::text[]) AS q(name)
+    -- A paused queue is skipped (one primary-key probe per queue served).
+    CROSS JOIN LATERAL (SELECT 1 WHERE NOT EXISTS (
+        SELECT 1 FROM angela_queue.queues p WHERE p.name = q.name AND p.paused_at IS NOT NULL)) AS running
     CROSS JOIN LATERAL (
         SELECT t.id,
                t.priority + t.boost + t.aging_rate
@@ -86,6 +89,9 @@ WITH picked AS MATERIALIZED (
                    AS effective_priority
         FROM angela_queue.tasks t
         WHERE t.status = 'queued' AND t.queue = q.name AND t.run_at <= now()
+          -- A row whose attempts are spent (set by hand) is passed over, not
+          -- claimed past its max_attempts.
+          AND t.attempts < t.max_attempts
         ORDER BY t.priority_key DESC, t.id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -124,7 +130,8 @@ WITH picked AS MATERIALIZED (
     SELECT t.id
     FROM angela_queue.tasks t
     WHERE t.status = 'queued' AND t.queue = %(queue)s AND t.kind = %(kind)s
-      AND t.priority < 5 AND t.run_at <= now()
+      AND t.priority < 5 AND t.run_at <= now() AND t.attempts < t.max_attempts
+      AND NOT EXISTS (SELECT 1 FROM angela_queue.queues p WHERE p.name = %(queue)s AND p.paused_at IS NOT NULL)
     ORDER BY t.priority_key DESC, t.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -162,9 +169,15 @@ RETURNING t.id, t.attempts;
 -- Record the successes of one worker in one statement. %(outcomes)s is one
 -- JSON array of {"id", "result", "finished_at" (epoch seconds)}. Guarded: a
 -- task that was reclaimed meanwhile (no longer running here) is left alone
--- and simply missing from the returned ids.
+-- and simply missing from the returned ids. A task asked to stop while it
+-- ran is recorded as cancelled, its result kept.
 UPDATE angela_queue.tasks t
-SET status = 'succeeded', finished_at = to_timestamp(d.finished_at), result = d.result, last_error = NULL
+SET status = CASE WHEN t.cancel_requested_at IS NULL THEN 'succeeded' ELSE 'cancelled' END,
+    -- The worker's clock says when the handler ended; clamped to the
+    -- database's [started_at, now()], so a skewed host cannot date a
+    -- result into the future or before its start (retention reads it).
+    finished_at = least(greatest(to_timestamp(d.finished_at), t.started_at), now()), result = d.result,
+    last_error = CASE WHEN t.cancel_requested_at IS NULL THEN NULL ELSE 'cancelled while running' END
 FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS d(id bigint, result jsonb, finished_at double precision)
 WHERE t.id = d.id AND t.status = 'running' AND t.worker_id = %(worker_id)s
 RETURNING t.id;
@@ -173,22 +186,41 @@ RETURNING t.id;
 -- Record failed attempts of one worker in one statement: each task goes back
 -- to 'scheduled' after its backoff while attempts remain, else to 'failed'
 -- (final). %(retry_in_s)s holds each task's backoff; NULL forces 'failed'
--- (e.g. an unknown kind). Guarded like tasks_complete_many.
+-- (a payload that cannot be decoded, a result that cannot be stored). A task
+-- asked to stop is 'cancelled' instead, never retried. Each failure is
+-- added to the task's attempt history. Guarded like tasks_complete_many.
 UPDATE angela_queue.tasks t
-SET status = CASE WHEN d.retry_in_s IS NOT NULL AND t.attempts < t.max_attempts
-                  THEN 'scheduled' ELSE 'failed' END,
-    run_at = CASE WHEN d.retry_in_s IS NOT NULL AND t.attempts < t.max_attempts
+SET status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                  WHEN d.retry_in_s IS NOT NULL AND t.attempts < t.max_attempts THEN 'scheduled'
+                  ELSE 'failed' END,
+    run_at = CASE WHEN t.cancel_requested_at IS NULL AND d.retry_in_s IS NOT NULL AND t.attempts < t.max_attempts
                   THEN d.failed_at + make_interval(secs => d.retry_in_s) ELSE t.run_at END,
-    finished_at = CASE WHEN d.retry_in_s IS NOT NULL AND t.attempts < t.max_attempts
+    finished_at = CASE WHEN t.cancel_requested_at IS NULL AND d.retry_in_s IS NOT NULL
+                            AND t.attempts < t.max_attempts
                        THEN NULL ELSE d.failed_at END,
-    worker_id = CASE WHEN d.retry_in_s IS NOT NULL AND t.attempts < t.max_attempts
+    worker_id = CASE WHEN t.cancel_requested_at IS NULL AND d.retry_in_s IS NOT NULL
+                          AND t.attempts < t.max_attempts
                      THEN NULL ELSE t.worker_id END,
-    last_error = d.error
-FROM unnest(%(ids)s::bigint[], %(errors)s::text[], %(retry_in_s)s::double precision[],
-            %(failed_ats)s::timestamptz[])
-     AS d(id, error, retry_in_s, failed_at)
+    last_error = d.error,
+    errors = angela_queue.error_history(t.errors, t.attempts, d.failed_at, %(worker_id)s, d.error),
+    failed_at = d.failed_at
+FROM (SELECT u.id, u.error, u.retry_in_s,
+             -- the worker's clock, never later than the database's
+             least(u.failed_at, now()) AS failed_at
+      FROM unnest(%(ids)s::bigint[], %(errors)s::text[], %(retry_in_s)s::double precision[],
+                  %(failed_ats)s::timestamptz[]) AS u(id, error, retry_in_s, failed_at)) AS d
 WHERE t.id = d.id AND t.status = 'running' AND t.worker_id = %(worker_id)s
 RETURNING t.id, t.status, t.attempts, t.max_attempts, t.run_at;
+
+-- name: tasks_cancelled_many
+-- Record tasks of one worker that stopped on request (cancel_task) before
+-- their handler ended: cancelled, never retried. Guarded like
+-- tasks_complete_many.
+UPDATE angela_queue.tasks t
+SET status = 'cancelled', finished_at = least(greatest(d.finished_at, t.started_at), now()), last_error = d.error
+FROM unnest(%(ids)s::bigint[], %(errors)s::text[], %(finished_ats)s::timestamptz[]) AS d(id, error, finished_at)
+WHERE t.id = d.id AND t.status = 'running' AND t.worker_id = %(worker_id)s
+RETURNING t.id;
 
 -- name: tasks_release_many
 -- Give tasks back untouched (graceful stop): back to 'queued' with the attempt
@@ -205,10 +237,13 @@ RETURNING t.id;
 -- Move scheduled tasks whose run_at has come to 'queued', and wake workers.
 -- SKIP LOCKED so that many workers promoting at once never block each other.
 -- %(now)s lets tests move time instead of sleeping; NULL means now().
+-- %(queues)s: only these queues (a worker promotes what it serves); NULL: all
+-- (the leader).
 WITH due AS MATERIALIZED (
     SELECT t.id
     FROM angela_queue.tasks t
     WHERE t.status = 'scheduled' AND t.run_at <= coalesce(%(now)s::timestamptz, now())
+      AND (%(queues)s::text[] IS NULL OR t.queue = ANY(%(queues)s::text[]))
     ORDER BY t.run_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -234,5 +269,48 @@ WHERE t.status = 'scheduled' AND t.queue = ANY(%(queues)s::text[]);
 SELECT count(*) AS depth FROM (
     SELECT 1 FROM angela_queue.tasks t
     WHERE t.status = 'queued' AND t.queue = ANY(%(queues)s::text[])
+      AND t.queue NOT IN (SELECT p.name FROM angela_queue.queues p WHERE p.paused_at IS NOT NULL)
     LIMIT %(cap)s
 ) AS waiting;
+
+-- name: tasks_cancel_requested_for_worker
+-- The tasks running on this worker that someone asked to stop (the NOTIFY
+-- on angela_queue_cancel wakes the worker; this is the poll's backstop).
+SELECT t.id FROM angela_queue.tasks t
+WHERE t.status = 'running' AND t.worker_id = %(worker_id)s AND t.cancel_requested_at IS NOT NULL;
+
+-- name: tasks_retry
+-- Retry one failed, cancelled or dropped task (angela_queue.retry_task).
+SELECT id, status, outcome FROM angela_queue.retry_task(%(id)s);
+
+-- name: tasks_retry_many
+-- Retry every task of a status, optionally of one kind and queue (angela_queue.retry_tasks).
+SELECT angela_queue.retry_tasks(%(status)s, %(kind)s, %(queue)s) AS retried;
+
+-- name: tasks_purge
+-- Delete finished tasks of one status older than an interval (angela_queue.purge_tasks).
+SELECT angela_queue.purge_tasks(%(status)s, make_interval(secs => %(older_than_s)s::double precision)) AS purged;
+
+-- name: tasks_list
+-- Tasks, newest first, filtered by status, kind, queue and enqueue time
+-- (each filter NULL: any). Row-level security applies: a producer lists its
+-- own tasks. Walks the primary key backwards; a rare filter on a huge table
+-- reads further, so `since` bounds the walk to the tasks enqueued since then.
+SELECT t.id, t.queue, t.kind, t.status, t.priority, t.tier, t.attempts, t.max_attempts, t.created_at,
+       t.run_at, t.started_at, t.finished_at,
+       split_part(t.last_error, E'\n', 1) AS last_error   -- its first line: a list, not the traceback
+FROM angela_queue.tasks t
+WHERE (%(status)s::text IS NULL OR t.status = %(status)s::text)
+  AND (%(kind)s::text IS NULL OR t.kind = %(kind)s::text)
+  AND (%(queue)s::text IS NULL OR t.queue = %(queue)s::text)
+  AND (%(since)s::timestamptz IS NULL OR t.created_at >= %(since)s::timestamptz)
+ORDER BY t.id DESC
+LIMIT %(limit)s;
+
+-- name: queues_pause
+-- Pause a queue (angela_queue.pause_queue): true if it was running.
+SELECT angela_queue.pause_queue(%(name)s) AS changed;
+
+-- name: queues_resume
+-- Resume a queue (angela_queue.resume_queue): true if it was paused.
+SELECT angela_queue.resume_queue(%(name)s) AS changed;

@@ -106,8 +106,8 @@ def test_fail_retries_with_backoff_then_fails_for_good(conn):
     assert task["last_error"] == "boom" and task["worker_id"] is None
     # Its deadline (medium tier: 5 minutes) follows the new run_at.
     assert (task["deadline"] - task["run_at"]).total_seconds() == 300
-    assert db.fetch_one(conn, "tasks_promote_due", {"now": None, "limit": 10})["promoted"] == 0
-    promoted = db.fetch_one(conn, "tasks_promote_due", {"now": task["run_at"], "limit": 10})
+    assert db.fetch_one(conn, "tasks_promote_due", {"now": None, "limit": 10, "queues": None})["promoted"] == 0
+    promoted = db.fetch_one(conn, "tasks_promote_due", {"now": task["run_at"], "limit": 10, "queues": None})
     assert promoted["promoted"] == 1
     # Travel to its run_at rather than sleeping through the backoff.
     conn.execute("UPDATE angela_queue.tasks SET run_at = now() WHERE id = %s", (tid,))

@@ -142,17 +142,17 @@ def test_cancel_a_queued_task(dsn, conn):
 
 
 def test_cancel_refusals(dsn, conn):
-    running = conn.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('k') RETURNING id").fetchone()["id"]
-    conn.execute("UPDATE angela_queue.tasks SET status = 'running' WHERE id = %s", (running,))
+    done = conn.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('k') RETURNING id").fetchone()["id"]
+    conn.execute("UPDATE angela_queue.tasks SET status = 'succeeded', finished_at = now() WHERE id = %s", (done,))
     procs = {
-        "running": (start("--dsn", dsn, "cancel", str(running)), ["running"]),
-        "unknown": (start("--dsn", dsn, "cancel", "999999"), ["no task", "999999"]),
+        "finished": (start("--dsn", dsn, "cancel", str(done)), ["succeeded", "already finished"]),
+        "unknown": (start("--dsn", dsn, "cancel", "999999"), ["no such task", "999999"]),
         "not a number": (start("--dsn", dsn, "cancel", "abc"), ["abc"]),
         "zero": (start("--dsn", dsn, "cancel", "0"), ["0"]),
     }
     for label, (proc, words) in procs.items():
         assert_one_line_error(finish(proc), *words, label=label)
-    assert tasks(conn)[0]["status"] == "running"
+    assert tasks(conn)[0]["status"] == "succeeded"
 
 
 # --- migrate -----------------------------------------------------------------------

@@ -113,7 +113,7 @@ def test_a_supervisor_built_in_python_hands_its_settings_to_its_workers(dsn, app
         settings = Settings(dsn=os.environ["AQ_TEST_DSN"], app="handoff_app", min_workers=1, base_workers=1,
                             max_workers=1, dead_after_s=10.0, stuck_after_s=9.0, heartbeat_interval_s=0.5,
                             room_max_cpu_percent=101)
-        sys.exit(Supervisor(settings, environ=dict(os.environ)).run())
+        sys.exit(Supervisor(settings).run())   # no environ given: the workers inherit this process's
     """)
     env = {**os.environ, "AQ_TEST_DSN": dsn, "PYTHONPATH": str(app_dir)}
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=app_dir, env=env, stdout=subprocess.PIPE,

@@ -78,11 +78,16 @@ def test_ids_are_distinct_and_increasing(conn):
 def test_status_accepts_exactly_the_spec_statuses(conn):
     task_id = insert(conn, "INSERT INTO angela_queue.tasks (kind) VALUES ('k') RETURNING id")["id"]
     for status in sorted(STATUSES):
-        conn.execute("UPDATE angela_queue.tasks SET status = %s WHERE id = %s", (status, task_id))
+        conn.execute("UPDATE angela_queue.tasks SET status = %s, finished_at = now() WHERE id = %s", (status, task_id))
         assert insert(conn, "SELECT status FROM angela_queue.tasks WHERE id = %s", (task_id,))["status"] == status
     with pytest.raises(psycopg.errors.CheckViolation):
         with conn.transaction():
             conn.execute("UPDATE angela_queue.tasks SET status = 'paused' WHERE id = %s", (task_id,))
+    # A final status without finished_at would never be pruned: refused.
+    with pytest.raises(psycopg.errors.CheckViolation, match="task_final_has_finished_at"):
+        with conn.transaction():
+            conn.execute("UPDATE angela_queue.tasks SET status = 'failed', finished_at = NULL WHERE id = %s",
+                         (task_id,))
 
 
 @pytest.mark.parametrize("priority, tier, window_s", [
@@ -299,7 +304,7 @@ def test_queued_tasks_view_shows_only_queued(conn):
         INSERT INTO angela_queue.tasks (kind, run_at) VALUES
             ('now', now()), ('later', now() + interval '1 hour')""")
     conn.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('gone')")
-    conn.execute("UPDATE angela_queue.tasks SET status = 'cancelled' WHERE kind = 'gone'")
+    conn.execute("UPDATE angela_queue.tasks SET status = 'cancelled', finished_at = now() WHERE kind = 'gone'")
     kinds = [r["kind"] for r in conn.execute("SELECT kind FROM angela_queue.queued_tasks").fetchall()]
     assert kinds == ["now"]
 
@@ -325,7 +330,7 @@ def test_queue_depth_counts_queued_per_queue_and_tier(conn):
     conn.execute("INSERT INTO angela_queue.tasks (kind, priority, run_at) VALUES ('k', 10, now() + interval '1 day')")
     conn.execute("INSERT INTO angela_queue.tasks (kind, priority) VALUES ('run', 10), ('done', 1)")
     conn.execute("UPDATE angela_queue.tasks SET status = 'running' WHERE kind = 'run'")
-    conn.execute("UPDATE angela_queue.tasks SET status = 'succeeded' WHERE kind = 'done'")
+    conn.execute("UPDATE angela_queue.tasks SET status = 'succeeded', finished_at = now() WHERE kind = 'done'")
 
     d = depth(conn)
     assert len(d) == 8  # two queues x four tiers, zeros included

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from angela_queue import db
 from angela_queue.maintenance import lease as leader
 from angela_queue.cli import main
-from angela_queue.inspect.status import age, format_table
+from angela_queue.inspect.status import age
 
 
 def status(dsn: str, *args: str) -> str:
@@ -80,7 +80,5 @@ def test_status_of_an_empty_database_says_how_to_start(dsn):
     assert "SUPERVISORS (0)" in out and "angela-queue run --app MODULE" in out
 
 
-def test_table_and_age_formatting():
-    table = format_table(["NAME", "N"], [["a", "1"], ["longer", "100"]], [False, True])
-    assert table.splitlines() == ["NAME      N", "------  ---", "a         1", "longer  100"]
+def test_age_formatting():
     assert (age(None), age(3.21), age(90), age(7200), age(172800)) == ("-", "3.2s", "1.5m", "2.0h", "2.0d")

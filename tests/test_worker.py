@@ -77,15 +77,21 @@ def test_runs_sync_and_async_handlers_and_stores_results(dsn, client, write_app,
 
 def test_unknown_kind_is_retried_with_backoff_and_the_worker_keeps_going(dsn, client, write_app, start_worker):
     """A rolling deploy gives old workers kinds they do not know yet: the task is
-    retried with the normal backoff (a worker that knows it may take it), and
-    fails only once its attempts are spent."""
+    retried with backoff, at least 30 s apart (long enough for a worker that
+    knows it to come up), and fails only once its attempts are spent."""
     app = write_app(BASIC_APP)
     unknown = client.enqueue("no_such_kind", max_attempts=3)
     ok = client.enqueue("add", {"a": 1, "b": 1})
     start_worker(app, *FAST, "--backoff-base", "0.05", "--backoff-max", "0.1")
+    for attempt in (1, 2):
+        row = wait_until(lambda: query(dsn, "SELECT *, run_at - failed_at AS delay FROM angela_queue.tasks "
+                                            "WHERE id = %s AND status = 'scheduled' AND attempts = %s",
+                                       (unknown.id, attempt)))[0]
+        assert row["delay"].total_seconds() >= 14.9          # 30 s, doubling, with 50-100% jitter
+        assert "no_such_kind" in row["last_error"] and "add" in row["last_error"]
+        query(dsn, "UPDATE angela_queue.tasks SET run_at = now() WHERE id = %s", (unknown.id,))  # travel in time
     row = wait_status(dsn, unknown.id, "failed")
-    assert row["attempts"] == 3
-    assert "no_such_kind" in row["last_error"] and "add" in row["last_error"] and "retried" in row["last_error"]
+    assert row["attempts"] == 3 and len(row["errors"]) == 3
     assert wait_status(dsn, ok.id, "succeeded")["result"] == 2
 
 

@@ -23,7 +23,16 @@ import psycopg
 from .. import __version__
 from ..config import LOG_LEVELS, OPTIONS, Settings, from_env, load_settings
 from ..errors import AngelaQueueError
-from ..terminal import safe
+from ..terminal import safe, safe_lines
+
+
+class TerminalSafeFormatter(logging.Formatter):
+    """Log lines carry kinds, queue names and handler errors: data from the
+    database, escaped like everything else the CLI prints (newlines kept,
+    for tracebacks)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return safe_lines(super().format(record))
 
 
 @dataclass
@@ -139,8 +148,9 @@ def main(ctx: click.Context, dsn: str | None, verbose: bool, log_level: str | No
         raise click.BadParameter(f"ANGELA_QUEUE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}",
                                  param_hint="--log-level")
     st.log_level = level
-    logging.basicConfig(level=getattr(logging, level),
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TerminalSafeFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level), handlers=[handler])
     if not verbose:
         # Alembic narrates every plugin and step at INFO; migrate prints its own summary.
         logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -1,18 +1,25 @@
-"""``angela-queue status``: queues, supervisors and workers as aligned text tables.
+"""``angela-queue status``: trouble first, then queues, supervisors and workers.
 
-Everything shown comes from the inspection views (queue_depth,
-sla_attainment, worker_health) and the supervisors and leader tables, read
-in one snapshot, so the numbers agree with what SQL users see.
+Everything shown comes from the inspection views (queue_depth, tier_sla,
+recent_failures, worker_health) and the supervisors and leader tables, read
+in one snapshot, so the numbers agree with what SQL users and the dashboard
+see. Tables are drawn with rich; every cell from the database is made
+terminal-safe and shown as plain text (never as rich markup).
 """
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psycopg
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
 
 from .. import db
 from ..maintenance.lease import MAINTENANCE_LEASE
@@ -21,6 +28,9 @@ from ..terminal import safe
 # Dropped tasks are counted over this window.
 DROPPED_WINDOW_S = 3600.0
 UNSERVED_LIMIT = 20
+FAILURE_GROUPS = 10
+# Wide enough that a piped `status` keeps one line per row.
+PLAIN_WIDTH = 200
 
 
 @dataclass
@@ -30,6 +40,11 @@ class Snapshot:
     workers: list[dict[str, Any]] = field(default_factory=list)
     unserved: list[dict[str, Any]] = field(default_factory=list)
     dropped: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def paused(self) -> list[str]:
+        return sorted({q["queue"] for q in self.queues if q["paused"]})
 
 
 def collect(conn: psycopg.Connection, *, include_stopped: bool = False, dead_after_s: float = 30.0) -> Snapshot:
@@ -46,25 +61,8 @@ def collect(conn: psycopg.Connection, *, include_stopped: bool = False, dead_aft
             workers=db.fetch_all(conn, "status_workers", {"all": include_stopped}),
             unserved=db.fetch_all(conn, "status_unserved_kinds", {"limit": UNSERVED_LIMIT}),
             dropped=db.fetch_all(conn, "status_dropped", {"window_s": DROPPED_WINDOW_S}),
+            failures=db.fetch_all(conn, "status_failures", {"limit": FAILURE_GROUPS}),
         )
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
-    """Columns padded to their widest cell; numbers (``right``) aligned right. Every
-    cell is made terminal-safe: names come from the database, and may be hostile."""
-    rows = [[safe(cell) for cell in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)]
-        return "  ".join(parts).rstrip()
-
-    out = [line(headers), line(["-" * w for w in widths])]
-    out.extend(line(row) for row in rows)
-    return "\n".join(out)
 
 
 def age(seconds: float | None) -> str:
@@ -91,68 +89,100 @@ def task_list(ids: Sequence[int] | None, limit: int = 3) -> str:
     return shown + (f" +{len(ids) - limit}" if len(ids) > limit else "")
 
 
-def render(snap: Snapshot) -> str:
-    sections = []
+def ms(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.0f}"
 
-    trouble = []
+
+def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[bool]) -> Table:
+    """A plain table (no vertical lines, so a row reads as words), every cell terminal-safe text."""
+    t = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+              show_edge=False, header_style="bold")
+    for header, r in zip(headers, right, strict=True):
+        t.add_column(header, justify="right" if r else "left", no_wrap=True)
+    for row in rows:
+        t.add_row(*[Text(safe(cell)) for cell in row])
+    return t
+
+
+def trouble(snap: Snapshot) -> list[str]:
+    """What needs a person, most urgent first: failures, unserved kinds, paused queues, drops."""
+    lines = []
+    for f in snap.failures:
+        final = f" ({f['failed_for_good']} for good)" if f["failed_for_good"] else ""
+        lines.append(f"{f['tasks']} task(s) of kind {f['kind']!r} in queue {f['queue']!r} failed in the last "
+                     f"hour{final}: {f['error']} (latest: task {f['latest_id']}; `angela-queue tasks show "
+                     f"{f['latest_id']}`)")
     for u in snap.unserved:
         who = "no live worker has a handler for it" if u["queue_served"] else "no live worker serves the queue"
-        trouble.append(f"  {u['waiting']} task(s) of kind {safe(repr(u['kind']))} wait in queue "
-                       f"{safe(repr(u['queue']))}: {who}")
+        lines.append(f"{u['waiting']} task(s) of kind {u['kind']!r} wait in queue {u['queue']!r}: {who}")
+    for name in snap.paused:
+        waiting = sum(q["queued"] + q["scheduled"] for q in snap.queues if q["queue"] == name)
+        lines.append(f"queue {name!r} is paused ({waiting} waiting); `angela-queue resume {name}` starts it again")
     for d in snap.dropped:
-        trouble.append(f"  {d['dropped']} task(s) dropped in queue {safe(repr(d['queue']))} in the last hour: "
-                       f"{safe(d['last_reason'] or '')}")
-    if trouble:
-        sections.append("TROUBLE\n" + "\n".join(trouble))
+        lines.append(f"{d['dropped']} task(s) dropped in queue {d['queue']!r} in the last hour: "
+                     f"{d['last_reason'] or ''}")
+    return lines
+
+
+def renderable(snap: Snapshot) -> RenderableType:
+    parts: list[RenderableType] = []
+    problems = trouble(snap)
+    if problems:
+        body = Text("TROUBLE\n", style="bold red")
+        for line in problems:
+            body.append("  " + safe(line) + "\n")
+        parts.append(body)
 
     rows = []
     for q in snap.queues:
         rows.append([
-            q["queue"], "-" if q["max_size"] is None else str(q["max_size"]), q["tier"],
-            str(q["queued"]), str(q["scheduled"]), str(q["running"]),
-            age(q["oldest_wait_s"]) if q["queued"] else "-",
-            str(q["started_24h"]),
+            q["queue"] + (" (paused)" if q["paused"] else ""), "-" if q["max_size"] is None else q["max_size"],
+            q["tier"], q["queued"], q["scheduled"], q["running"], q["overdue"],
+            age(q["oldest_wait_s"]) if q["queued"] else "-", q["started_1h"],
             "-" if q["attainment_pct"] is None else f"{float(q['attainment_pct']):.1f}%",
-            "-" if q["p50_start_ms"] is None else f"{float(q['p50_start_ms']):.0f}",
-            "-" if q["p99_start_ms"] is None else f"{float(q['p99_start_ms']):.0f}",
+            ms(q["wait_p50_ms"]), ms(q["wait_p95_ms"]), ms(q["wait_p99_ms"]),
         ])
     total_q = sum(q["queued"] for q in snap.queues)
     total_r = sum(q["running"] for q in snap.queues)
-    sections.append(f"QUEUES ({total_q} queued, {total_r} running; SLA over the last 24 h)\n" + format_table(
-        ["QUEUE", "MAX", "TIER", "QUEUED", "SCHEDULED", "RUNNING", "OLDEST WAIT", "STARTED", "ON TIME",
-         "P50 START MS", "P99 START MS"],
-        rows, [False, True, False, True, True, True, True, True, True, True, True]))
+    parts.append(table(
+        f"QUEUES ({total_q} queued, {total_r} running; SLA over the last hour)",
+        ["QUEUE", "MAX", "TIER", "QUEUED", "SCHEDULED", "RUNNING", "OVERDUE", "OLDEST WAIT", "STARTED", "ON TIME",
+         "WAIT P50 MS", "P95", "P99"],
+        rows, [False, True, False, True, True, True, True, True, True, True, True, True, True]))
 
-    rows = []
-    for s in snap.supervisors:
-        rows.append([
-            short(s["id"]), s["host"], str(s["pid"]), s["status"], "yes" if s["leader"] else "",
-            f"{s['workers_live']}/{s['workers_target']}", age(s["heartbeat_age_s"]), ",".join(s["queues"]),
-            s["last_decision"] or "",
-        ])
+    rows = [[short(s["id"]), s["host"], s["pid"], s["status"], "yes" if s["leader"] else "",
+             f"{s['workers_live']}/{s['workers_target']}", age(s["heartbeat_age_s"]), ",".join(s["queues"]),
+             s["last_decision"] or ""] for s in snap.supervisors]
     if rows:
-        sections.append(f"SUPERVISORS ({len(rows)})\n" + format_table(
-            ["ID", "HOST", "PID", "STATUS", "LEADER", "WORKERS", "HEARTBEAT", "QUEUES", "LAST DECISION"],
-            rows, [False, False, True, False, False, True, True, False, False]))
+        parts.append(table(f"SUPERVISORS ({len(rows)})",
+                           ["ID", "HOST", "PID", "STATUS", "LEADER", "WORKERS", "HEARTBEAT", "QUEUES",
+                            "LAST DECISION"],
+                           rows, [False, False, True, False, False, True, True, False, False]))
     else:
-        sections.append("SUPERVISORS (0)\n(none running: start one with `angela-queue run --app MODULE`)")
+        parts.append(Text("SUPERVISORS (0)\n(none running: start one with `angela-queue run --app MODULE`)\n"))
 
-    rows = []
-    for w in snap.workers:
-        rows.append([
-            short(w["id"]), short(w["supervisor_id"]), w["host"], str(w["pid"]), w["status"],
-            str(w["tasks_completed"]), str(w["tasks_failed"]), f"{float(w['avg_processing_time_ms']):.1f}",
-            task_list(w["current_tasks"]), age(w["heartbeat_age_s"]),
-        ])
+    rows = [[short(w["id"]), short(w["supervisor_id"]), w["host"], w["pid"], w["status"], w["tasks_completed"],
+             w["tasks_failed"], f"{float(w['avg_processing_time_ms']):.1f}", task_list(w["current_tasks"]),
+             age(w["heartbeat_age_s"])] for w in snap.workers]
     if rows:
-        sections.append(f"WORKERS ({len(rows)})\n" + format_table(
-            ["ID", "SUPERVISOR", "HOST", "PID", "STATUS", "COMPLETED", "FAILED", "AVG MS", "CURRENT TASK",
-             "HEARTBEAT"],
-            rows, [False, False, False, True, False, True, True, True, False, True]))
+        parts.append(table(f"WORKERS ({len(rows)})",
+                           ["ID", "SUPERVISOR", "HOST", "PID", "STATUS", "COMPLETED", "FAILED", "AVG MS",
+                            "CURRENT TASK", "HEARTBEAT"],
+                           rows, [False, False, False, True, False, True, True, True, False, True]))
     else:
-        sections.append("WORKERS (0)")
-    return "\n\n".join(sections)
+        parts.append(Text("WORKERS (0)"))
+    return Group(*parts)
+
+
+def render(snap: Snapshot, width: int = PLAIN_WIDTH) -> str:
+    """The snapshot as plain text (no colours): what `status` prints when piped."""
+    out = io.StringIO()
+    Console(file=out, width=width, color_system=None, force_terminal=False, highlight=False).print(renderable(snap))
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines()).strip("\n")
 
 
 def to_json(snap: Snapshot) -> str:
-    return json.dumps(asdict(snap), default=str, indent=2)
+    data = asdict(snap)
+    data["paused"] = snap.paused
+    data["trouble"] = trouble(snap)
+    return json.dumps(data, default=str, indent=2)

@@ -22,7 +22,7 @@ PROMOTE_LIMIT = 1000
 def promote_due(conn: psycopg.Connection, *, now: dt.datetime | None = None,
                 limit: int = PROMOTE_LIMIT) -> int:
     """Scheduled tasks whose run_at has come become queued (workers do this too while they poll)."""
-    row = db.fetch_one(conn, "tasks_promote_due", {"now": now, "limit": limit})
+    row = db.fetch_one(conn, "tasks_promote_due", {"now": now, "limit": limit, "queues": None})
     return row["promoted"] if row else 0
 
 

@@ -55,8 +55,9 @@ import psutil
 import psycopg
 
 from .. import db, maintenance, schema
+from ..schema import SCHEMA_RECHECK_S
 from ..backoff import Backoff
-from ..config import HANDOFF_ENV, Settings
+from ..config import HANDOFF_ENV, Settings, inherited_environment
 from ..errors import SchemaMismatch
 from ..maintenance.health import DbHealth
 from ..maintenance.lease import Lease
@@ -77,8 +78,6 @@ SHUTDOWN_KILL_MARGIN_S = 5.0
 # The depth is counted up to this many tasks per live supervisor: enough for
 # readable logs, bounded so a huge backlog costs the same as a small one.
 DEPTH_COUNT_CAP = 1000
-# How often a running supervisor re-reads the schema revision.
-SCHEMA_RECHECK_S = 60.0
 
 
 @dataclass
@@ -157,7 +156,9 @@ class Supervisor:
         self.verbose = verbose
         self.log_level = settings.log_level
         # The environment the workers inherit (the CLI passes os.environ).
-        self.environ = dict(environ if environ is not None else {})
+        # The workers inherit this environment (PATH, PYTHONPATH, the app's own
+        # configuration); by default this process's.
+        self.environ = dict(environ if environ is not None else inherited_environment())
         self.handler_timeout = handler_timeout
         self.id = uuid.uuid4()
         self.pid = os.getpid()
@@ -171,7 +172,7 @@ class Supervisor:
                                    batch_wait_s=settings.batch_wait_s)
         self.lease = Lease(self.id, settings.lease_s)
         self.maintenance = maintenance.Maintenance(retention_s=settings.retention_s,
-                                                   retention_failed_s=settings.retention_failed_s,
+                                                   retention_failed_s=settings.failed_retention_s,
                                                    dead_after_s=settings.dead_after_s)
 
         self.children: dict[uuid.UUID, Child] = {}
@@ -195,6 +196,7 @@ class Supervisor:
         self.connect_backoff = Backoff(f"supervisor {self.short_id} connecting to the database", log,
                                        level=logging.WARNING)
         self.tick_backoff = Backoff(f"supervisor {self.short_id}'s database work", log)
+        self.lead_backoff = Backoff(f"supervisor {self.short_id}'s maintenance round", log)
         self._next_schema_check = 0.0
         self._reconnecting = False
 
@@ -252,13 +254,14 @@ class Supervisor:
                     self._register()
                     self.tick_backoff.succeeded()
                     return True
-                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                    self._db_lost(exc)
                 except SchemaMismatch:
                     raise
                 except psycopg.Error as exc:
-                    self._db_retry_at = now + self.tick_backoff.failed(db.first_line(exc))
-                    self._drop_conn()
+                    if db.is_connection_lost(exc, self.conn):
+                        self._db_lost(exc)
+                    else:
+                        self._db_retry_at = now + self.tick_backoff.failed(db.first_line(exc))
+                        self._drop_conn()
             time.sleep(max(TICK_S, min(1.0, self._db_retry_at - time.monotonic())))
         return False
 
@@ -272,8 +275,16 @@ class Supervisor:
         size = self.settings.max_queue_size
         if size is None or self.conn is None:
             return
-        db.fetch_all(self.conn, "supervisors_apply_max_queue_size",
-                     {"queues": list(self.settings.queues), "max_size": size})
+        try:
+            db.fetch_all(self.conn, "supervisors_apply_max_queue_size",
+                         {"queues": list(self.settings.queues), "max_size": size})
+        except psycopg.Error as exc:
+            # Not a reason to leave the workers unstarted: say so and go on.
+            log.error("could not bound queues %s to max_size %d: %s", ",".join(self.settings.queues), size,
+                      db.first_line(exc))
+            if db.is_connection_lost(exc, self.conn):
+                self._db_lost(exc)
+            return
         log.info("queues %s bounded to max_size %d%s; the bound is stored in angela_queue.queues and stays "
                  "after this supervisor exits (UPDATE angela_queue.queues SET max_size = NULL to lift it)",
                  ",".join(self.settings.queues), size,
@@ -291,16 +302,21 @@ class Supervisor:
                 if now >= self.next_heartbeat:
                     self.next_heartbeat = now + self.settings.heartbeat_interval_s
                     self._heartbeat()
-                    self._lead()
                     self._watch_health()
                     self._recheck_schema(now)
+                    # Last, and on its own: a maintenance step the database
+                    # refuses (a poison row) must not stop the stuck check
+                    # and the scaling of this supervisor's own workers.
+                    self._lead_guarded()
                 if now >= self.next_scale:
                     self.next_scale = now + self.settings.scale_interval_s
                     self._scale()
                 self.tick_backoff.succeeded()
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                self._db_lost(exc)
             except psycopg.Error as exc:
+                if db.is_connection_lost(exc, self.conn):
+                    self._db_lost(exc)
+                    self._converge(time.monotonic())
+                    return
                 # Any other database error (read-only after a failover, a
                 # revoked privilege, a statement timeout) must not take the
                 # workers down with us, nor be retried at full speed: back off.
@@ -415,6 +431,17 @@ class Supervisor:
         if row is None:
             log.warning("supervisor row %s was missing or marked stopped; registering again", self.short_id)
             self._register()
+
+    def _lead_guarded(self) -> None:
+        try:
+            self._lead()
+            self.lead_backoff.succeeded()
+        except psycopg.Error as exc:
+            if db.is_connection_lost(exc, self.conn):
+                raise
+            # The refused statement rolled back; the lease is re-checked next time.
+            self.lead_backoff.failed(f"{type(exc).__name__}: {db.first_line(exc)}")
+            self.lease.held = False
 
     def _lead(self) -> None:
         """Take or renew the maintenance lease; if held, run a maintenance round.
@@ -599,8 +626,17 @@ class Supervisor:
                     if now >= self.next_heartbeat:
                         self.next_heartbeat = now + self.settings.heartbeat_interval_s
                         self._heartbeat()
-                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                    self._db_lost(exc)
+                except psycopg.Error as exc:
+                    # Never a reason to abandon the children mid-grace: the
+                    # reclaims stay owed, and the waiting goes on.
+                    if db.is_connection_lost(exc, self.conn):
+                        self._db_lost(exc)
+                    else:
+                        log.error("database error while shutting down (%s); still waiting for the workers",
+                                  db.first_line(exc))
+                        self.next_heartbeat = now + self.settings.heartbeat_interval_s
+                        self._drop_conn()
+                        self._db_retry_at = now + self.tick_backoff.failed(db.first_line(exc))
             if self.children:
                 time.sleep(TICK_S)
         self._final_words()
@@ -619,8 +655,12 @@ class Supervisor:
                     if self.lease.resign(self.conn):
                         log.info("supervisor %s resigned the maintenance lease", self.short_id)
                     return
-                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                    self._db_lost(exc)
+                except psycopg.Error as exc:
+                    if db.is_connection_lost(exc, self.conn):
+                        self._db_lost(exc)
+                    else:
+                        log.error("database error while finishing the shutdown (%s)", db.first_line(exc))
+                        self._drop_conn()
             if now >= deadline:
                 log.error("could not reach the database to finish the shutdown; the leader will reclaim "
                           "any task left running")

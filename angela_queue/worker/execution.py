@@ -26,6 +26,8 @@ from .handler_threads import BaseExceptionRaised, HandlerThreads
 
 # Keep last_error readable: the message plus the innermost frames.
 TRACEBACK_LIMIT_CHARS = 4000
+# The least retry delay of a task whose kind this worker does not know.
+UNKNOWN_KIND_MIN_DELAY_S = 30.0
 
 
 @dataclass
@@ -78,6 +80,8 @@ class Outcome:
     retry_in_s: float | None = None
     duration_ms: float = 0.0
     finished_at: float = 0.0     # time.time()
+    # Stopped on request (angela_queue.cancel_task) before the handler ended.
+    cancelled: bool = False
 
     @property
     def retry(self) -> bool:
@@ -102,7 +106,16 @@ class ExecutionPolicy:
         return task.timeout_s or definition.timeout or self.default_timeout_s
 
     def retry_in(self, task: "ClaimedTask", definition: TaskDefinition | None) -> float:
-        """The backoff before this task's next attempt: its handler's, else the worker's."""
+        """The backoff before this task's next attempt: its handler's, else the worker's.
+
+        A kind this worker has no handler for waits at least
+        UNKNOWN_KIND_MIN_DELAY_S, doubling: long enough for a rolling deploy
+        to bring up a worker that knows it (30 s, 60 s, 2 min... with the
+        default 5 attempts, about 7 minutes before it fails for good).
+        """
+        if definition is None:
+            return backoff_seconds(task.attempts, max(self.backoff_base_s, UNKNOWN_KIND_MIN_DELAY_S),
+                                   max(self.backoff_max_s, UNKNOWN_KIND_MIN_DELAY_S))
         base = definition.backoff_base if definition and definition.backoff_base is not None else self.backoff_base_s
         cap = definition.backoff_max if definition and definition.backoff_max is not None else self.backoff_max_s
         return backoff_seconds(task.attempts, base, cap)
@@ -123,23 +136,31 @@ def backoff_seconds(attempt: int, base_s: float, max_s: float, rng: random.Rando
     they don't all come back in the same instant.
     """
     rng = rng or random
-    raw = min(max_s, base_s * (2 ** max(0, attempt - 1)))
+    raw = min(max_s, base_s * 2.0 ** min(max(0, attempt - 1), 60))  # capped: 2**1024 is no float
     return raw * (0.5 + 0.5 * rng.random())
 
 
 def clean_text(text: str) -> str:
-    """Postgres text cannot hold NUL; an exception message may."""
-    return text.replace("\x00", "\\x00")
+    """Text Postgres can store: no NUL, and no lone surrogate (an undecodable
+    file name in an exception message is one), both shown as escapes."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def describe_exception(exc: BaseException) -> str:
     """``Type: message`` then a trimmed traceback (innermost frames kept)."""
     if isinstance(exc, BaseExceptionRaised):
         exc = exc.original
-    head = f"{type(exc).__name__}: {exc}"
+    try:
+        message = str(exc)
+    except Exception as broken:  # noqa: BLE001 - an exception's own __str__ may raise
+        message = f"<its message could not be read: {type(broken).__name__}>"
+    head = f"{type(exc).__name__}: {message}"
     if not isinstance(exc, Exception):
         head += " (a BaseException raised by the handler: this attempt fails, and the worker goes on)"
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:  # noqa: BLE001 - as above
+        tb = ""
     if len(tb) > TRACEBACK_LIMIT_CHARS:
         tb = "...\n" + tb[-TRACEBACK_LIMIT_CHARS:]
     return clean_text(f"{head}\n{tb}")

@@ -9,10 +9,12 @@ measures. The same thread watches what could end the worker from outside:
 * its supervisor gone (the parent pid changed): stop;
 * the schema moved to another revision under it (someone migrated): stop,
   because old code must not write to a newer schema;
-* for a standalone worker (no supervisor), the maintenance lease: workers
-  without a supervisor share the lease with supervisors, and the one that
-  holds it reclaims the tasks of dead workers, promotes and prunes. A
-  SIGKILLed standalone worker's tasks are thus recovered by its peers.
+* for a standalone worker (no supervisor), the maintenance lease: while no
+  supervisor is alive, standalone workers take the lease among themselves,
+  and the one that holds it reclaims the tasks of dead workers, promotes
+  and prunes. A SIGKILLed standalone worker's tasks are thus recovered by
+  its peers. When supervisors run, they lead: their retention and settings
+  are the deployment's, not those of an ad-hoc worker.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 import psycopg
 
 from .. import db, schema
+from ..schema import SCHEMA_RECHECK_S
 from ..backoff import Backoff
 from ..config import Settings
 from ..errors import SchemaMismatch
@@ -37,8 +40,6 @@ from ..maintenance.health import DbHealth
 
 log = logging.getLogger("angela_queue.worker")
 
-# How often a running worker re-reads the schema revision.
-SCHEMA_RECHECK_S = 60.0
 
 
 class Heartbeat:
@@ -55,7 +56,7 @@ class Heartbeat:
         self.stop = stop
         self.lease = Lease(worker_id, settings.lease_s) if lead else None
         self.maintenance = Maintenance(retention_s=settings.retention_s,
-                                       retention_failed_s=settings.retention_failed_s,
+                                       retention_failed_s=settings.failed_retention_s,
                                        dead_after_s=settings.dead_after_s) if lead else None
         self.health = DbHealth(settings.heartbeat_interval_s, settings.dead_after_s)
         self.backoff = Backoff("the heartbeat", log, level=logging.WARNING)
@@ -93,6 +94,7 @@ class Heartbeat:
         if self._conn is None or self._conn.closed:
             self._conn = self.health.watch(db.connect(
                 self.settings.dsn or "", application_name=f"angela-queue-heartbeat-{str(self.worker_id)[:8]}"))
+            self._next_schema_check = 0.0   # a new session: check at once (a migration may be why)
         return self._conn
 
     def _beat(self) -> None:
@@ -116,6 +118,12 @@ class Heartbeat:
             self._lead(conn)
 
     def _lead(self, conn: psycopg.Connection) -> None:
+        supervisors = db.fetch_one(conn, "supervisors_live_count", {"dead_after_s": self.settings.dead_after_s})
+        if supervisors and supervisors["live"]:
+            if self.lease.held:
+                log.info("worker %s hands the maintenance lease to the live supervisors", str(self.worker_id)[:8])
+                self.lease.resign(conn)
+            return
         was = self.lease.held
         held = self.lease.attempt(conn)
         healthy_for_s = self.health.healthy_for()

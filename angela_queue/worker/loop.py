@@ -45,7 +45,8 @@ import psycopg
 
 from .. import db, schema
 from ..backoff import Backoff
-from ..config import CHANNEL_INSERT, Settings
+from ..config import CHANNEL_CANCEL, CHANNEL_INSERT, Settings
+from ..errors import ConfigError, SchemaMismatch
 from ..registry import lookup, registered_kinds
 from .execution import ClaimedTask, ExecutionPolicy, Outcome, clean_text, execute_batch, execute_one
 from .handler_threads import HandlerThreads
@@ -118,11 +119,35 @@ def poll_interval(depth: int, settings: Settings) -> float:
 OUTCOME_FAULT_CLASSES = ("22", "23", "54")
 
 
-def is_outcome_fault(exc: psycopg.Error) -> bool:
-    return (getattr(exc, "sqlstate", None) or "")[:2] in OUTCOME_FAULT_CLASSES
+def is_outcome_fault(exc: BaseException) -> bool:
+    """Whether a failed store is the outcome's own fault: a data error from the
+    server, or parameters that could not even be sent (an encoding error)."""
+    if not isinstance(exc, psycopg.Error):
+        return isinstance(exc, (ValueError, TypeError))  # UnicodeEncodeError is a ValueError
+    return (exc.sqlstate or "")[:2] in OUTCOME_FAULT_CLASSES
 
 
-CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+def _contain_base_exceptions(loop: asyncio.AbstractEventLoop, coro, **kwargs) -> asyncio.Task:
+    """The event loop's task factory: every task runs its coroutine inside a
+    wrapper that turns SystemExit and KeyboardInterrupt into an ordinary
+    exception before it leaves the task.
+
+    Hazard: asyncio re-raises those two out of any task that lets them escape,
+    straight out of the event loop, so an async handler whose child task
+    (asyncio.gather, create_task, wait_for) raised SystemExit would end the
+    worker mid-flight, its task released without its attempt counted: the
+    task would loop forever. Contained, the exception reaches the handler's
+    await like any other, and the attempt fails with it.
+    """
+    return asyncio.Task(_contained(coro), loop=loop, **kwargs)
+
+
+async def _contained(coro):
+    try:
+        return await coro
+    except (SystemExit, KeyboardInterrupt) as exc:
+        from .handler_threads import BaseExceptionRaised
+        raise BaseExceptionRaised(exc) from exc
 
 
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
@@ -157,11 +182,17 @@ class Worker:
         self.ready: collections.deque[Batch] = collections.deque()
         self.outcomes: list[Outcome] = []
         self.flushing: list[Outcome] = []
+        # Tasks asked to stop (angela_queue.cancel_task) while held here, and
+        # the asyncio job running each single task (cancelling it stops an
+        # async handler).
+        self.cancel_requested: set[int] = set()
+        self.jobs: dict[int, asyncio.Task] = {}
         self.depth = 0
         self.next_scheduled_at: float | None = None      # time.monotonic()
         self.housekeeping_due = 0.0                       # time.monotonic(); 0: at the first turn
 
         self.stopping = False
+        self.crashed = False
         self.stop_deadline: float | None = None
         self.retiring = False
         self.exit_code = 0
@@ -170,6 +201,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: HandlerThreads | None = None  # made on the loop, in _main
         self.turn_backoff = Backoff(f"worker {self.short_id}'s turn", log)
+        self.housekeeping_backoff = Backoff(f"worker {self.short_id}'s poll (promotion of delayed tasks)", log)
         self.connect_backoff = Backoff(f"worker {self.short_id} connecting to the database", log,
                                        level=logging.WARNING)
 
@@ -224,6 +256,7 @@ class Worker:
 
     async def _main(self) -> int:
         self._loop = asyncio.get_running_loop()
+        self._loop.set_task_factory(_contain_base_exceptions)
         self._wake = asyncio.Event()
         # Two spare threads: a sync handler that overran its timeout keeps its
         # thread while the worker finishes its other tasks before retiring.
@@ -242,6 +275,10 @@ class Worker:
         self._stopped = asyncio.Event()
         if self.stopping:
             self._stopped.set()
+        if not registered_kinds():
+            # Claiming with no handler would fail every task it takes.
+            raise ConfigError("this worker has no @task handlers registered: import the module that defines "
+                              "them first (the CLI's --app)")
         self.conn = await self._connect_with_retry()
         if self.conn is None:
             return self.exit_code       # stopped before the database ever answered
@@ -260,6 +297,12 @@ class Worker:
         listener = asyncio.create_task(self._listen())
         try:
             await self._loop_until_stopped()
+        except BaseException:
+            # A bug in the loop: what ran must keep its attempt (released, a
+            # task that crashes the worker would loop forever); the reclaim
+            # counts it once this worker is marked stopped.
+            self.crashed = True
+            raise
         finally:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
@@ -290,14 +333,15 @@ class Worker:
                     "kinds": registered_kinds()})
                 backoff.succeeded()
                 return True
-            except CONNECTION_ERRORS as exc:
+            except psycopg.Error as exc:
+                if not db.is_connection_lost(exc, self.conn):
+                    await self._pause(backoff.failed(db.first_line(exc)))
+                    continue
                 log.warning("database connection lost while registering (%s); reconnecting", db.first_line(exc))
                 await self._drop_connection()
                 self.conn = await self._connect_with_retry()
                 if self.conn is None:
                     return False
-            except psycopg.Error as exc:
-                await self._pause(backoff.failed(db.first_line(exc)))
         return False
 
     async def _pause(self, seconds: float) -> None:
@@ -318,6 +362,13 @@ class Worker:
             except psycopg.Error as exc:
                 await self._after_failed_turn(exc)
                 continue
+            except (ValueError, TypeError) as exc:
+                # Parameters that could not be sent (an encoding error in an
+                # outcome): nothing reached the server. Treated as a refused
+                # turn, the outcomes then go one by one and the bad one fails.
+                log.error("a turn could not be sent (%s: %s)", type(exc).__name__, exc)
+                await self._after_failed_turn(exc)
+                continue
             self.turn_backoff.succeeded()
             self._collect_due_batches()
             if (asked and claimed >= asked) or (self.ready and self.free_slots() > 0 and not self.stopping):
@@ -329,25 +380,31 @@ class Worker:
                 continue
             await self._wait()
 
-    async def _after_failed_turn(self, exc: psycopg.Error) -> None:
+    async def _after_failed_turn(self, exc: Exception) -> None:
         """A turn failed. A lost connection: reconnect. Anything else means the
         server refused something we sent: back off (the same refusal, retried
         at once, would spin a core), then store the outcomes one by one, so
         that one outcome the database cannot take cannot hold the others, or
         the worker, hostage; and settle any task the database says we hold
         but we never got (a claim whose rows we could not read)."""
-        if not isinstance(exc, CONNECTION_ERRORS):
+        if not db.is_connection_lost(exc, self.conn):
             await self._pause(self.turn_backoff.failed(db.first_line(exc)))
             try:
                 await self._flush_one_by_one()
                 await self._settle_unknown_claims(f"the worker could not take it after claiming it "
                                                   f"({db.first_line(exc)})")
                 return
-            except CONNECTION_ERRORS as lost:
-                exc = lost
-            except psycopg.Error:
-                return  # still refused: the next turn backs off further
+            except psycopg.Error as again:
+                if not db.is_connection_lost(again, self.conn):
+                    return  # still refused: the next turn backs off further
+                exc = again
         log.warning("database connection lost (%s); reconnecting", db.first_line(exc))
+        # Counted like a refusal: a connection that breaks at every turn (a
+        # pooler dropping us, a server in recovery) is backed off from too.
+        if self.turn_backoff.failing:
+            await self._pause(self.turn_backoff.failed(db.first_line(exc)))
+        else:
+            self.turn_backoff.failed(db.first_line(exc))
         await self._recover_connection()
 
     async def _turn(self) -> tuple[int, int]:
@@ -370,7 +427,7 @@ class Worker:
         housekeeping = now >= self.housekeeping_due or (
             self.next_scheduled_at is not None and now >= self.next_scheduled_at)
         if housekeeping:
-            statements.extend(self._housekeeping_statements())
+            await self._housekeeping()
         # Batches whose collection is over start in the free slots: their
         # tasks were claimed unstarted, so the start (the attempt) is recorded
         # first, in this trip, and only the tasks still ours then run.
@@ -406,8 +463,6 @@ class Worker:
             self.ready.extendleft(reversed(starting))
             raise
         self._outcomes_stored(flush, results[:n_flush])
-        if housekeeping:
-            self._housekeeping_done(results[n_flush:n_flush + 3])
         if starting:
             self._start_batches(starting, results[n_before_fills - 1])
         for batch, rows in zip(fills, results[n_before_fills:n_before_fills + len(fills)]):
@@ -441,7 +496,7 @@ class Worker:
                     self.held.pop(task.id, None)
             if kept:
                 batch.tasks = kept
-                self._start(self._run_batch(batch))
+                self._start(self._run_batch(batch), list(kept))
 
     def _claim_size(self, starting: int = 0) -> tuple[int, float | None]:
         """How many tasks to claim now, and the least effective priority to take.
@@ -483,13 +538,34 @@ class Worker:
         await asyncio.sleep(0)
         await asyncio.sleep(0)
 
+    async def _housekeeping(self) -> None:
+        """The poll, in a round trip and a transaction of its own: the backstop
+        for lost NOTIFYs, promotion of due delayed tasks, the depth that sets
+        the next poll interval, and cancel requests.
+
+        Hazard: kept out of the turn's transaction, a due row the database
+        cannot promote (whatever is wrong with it) costs this poll, never the
+        claim and the outcomes; and only the queues this worker serves are
+        promoted here.
+        """
+        assert self.conn is not None
+        try:
+            self._housekeeping_done(await db.apipeline(self.conn, self._housekeeping_statements()))
+            self.housekeeping_backoff.succeeded()
+        except psycopg.Error as exc:
+            if db.is_connection_lost(exc, self.conn):
+                raise
+            delay = self.housekeeping_backoff.failed(db.first_line(exc))
+            self.housekeeping_due = time.monotonic() + max(delay, poll_interval(self.depth, self.settings))
+            self.next_scheduled_at = None
+
     def _housekeeping_statements(self) -> list[tuple[str, dict[str, Any]]]:
-        """The poll: the backstop for lost NOTIFYs, promotion of due delayed
-        tasks, and the depth reading that sets the next poll interval."""
         return [
-            ("tasks_promote_due", {"now": None, "limit": 1000}),
+            ("tasks_promote_due", {"now": None, "limit": 1000, "queues": self.queues}),
             ("tasks_next_scheduled_at", {"queues": self.queues}),
             ("tasks_queued_depth", {"queues": self.queues, "cap": DEPTH_FAST + 1}),
+            # The backstop for a lost cancel NOTIFY.
+            ("tasks_cancel_requested_for_worker", {"worker_id": self.id}),
         ]
 
     def _housekeeping_done(self, results: list[list[dict[str, Any]]]) -> None:
@@ -504,6 +580,9 @@ class Worker:
             self.next_scheduled_at = None
         self.depth = results[2][0]["depth"] if results[2] else 0
         self.housekeeping_due = time.monotonic() + poll_interval(self.depth, self.settings)
+        for row in results[3]:
+            if row["id"] in self.held and row["id"] not in self.cancel_requested:
+                self._cancel_requested(row["id"])
 
     async def _listen(self) -> None:
         """Wake the loop on inserts into our queues. Reconnects on its own."""
@@ -512,10 +591,14 @@ class Worker:
             try:
                 async with await db.aconnect(self.dsn, application_name="angela-queue-listen") as conn:
                     await db.alisten(conn, CHANNEL_INSERT)
+                    await db.alisten(conn, CHANNEL_CANCEL)
                     delay = 0.1
                     self.wake()  # anything inserted while we were not listening
                     async for note in conn.notifies():
-                        if note.payload in self.queues:
+                        if note.channel == CHANNEL_CANCEL:
+                            if note.payload.isdigit() and int(note.payload) in self.held:
+                                self._cancel_requested(int(note.payload))
+                        elif note.payload in self.queues:
                             self.wake()
             except asyncio.CancelledError:
                 raise
@@ -548,9 +631,9 @@ class Worker:
         if definition is not None and definition.batch:
             # A batch handler takes a list whatever the priority or batch size:
             # alone, a list of one.
-            self._start(self._run_batch(Batch(task.queue, task.kind, [task])))
+            self._start(self._run_batch(Batch(task.queue, task.kind, [task])), [task])
             return
-        self._start(self._run_one(task))
+        self._start(self._run_one(task), [task])
 
     def _batch_maybe_ready(self, batch: Batch) -> None:
         key = (batch.queue, batch.kind)
@@ -566,11 +649,11 @@ class Worker:
         for batch in list(self.collecting.values()):
             self._batch_maybe_ready(batch)
 
-    def _start(self, coro) -> None:
-        job = asyncio.create_task(self._in_slot(coro))
+    def _start(self, coro, tasks: list[ClaimedTask]) -> None:
+        job = asyncio.create_task(self._in_slot(coro, tasks))
         self.executing.add(job)
 
-    async def _in_slot(self, coro) -> None:
+    async def _in_slot(self, coro, tasks: list[ClaimedTask]) -> None:
         # The slot frees the moment the handler's outcome is recorded, in the
         # same loop iteration, so the next turn flushes it *and* refills the
         # slot in one round trip (a done-callback would run one iteration
@@ -579,14 +662,65 @@ class Worker:
             await coro
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - a bug here must not kill the loop
+        except Exception as exc:  # noqa: BLE001 - a bug here must not kill the loop, nor orphan a task
             log.exception("internal error in task execution")
+            # Whatever escaped, each task still gets an outcome: held with none,
+            # it would sit 'running' and be released, its attempt never counted.
+            reported = {o.task_id for o in self.outcomes + self.flushing}
+            for task in tasks:
+                if task.id in self.held and task.id not in reported:
+                    self._record(task, Outcome(task.id, ok=False, finished_at=time.time(),
+                                               retry_in_s=self.policy.retry_in(task, lookup(task.kind)),
+                                               error=clean_text(f"internal error in the worker: "
+                                                                f"{type(exc).__name__}")))
         finally:
             self.executing.discard(asyncio.current_task())  # type: ignore[arg-type]
             self.wake()
 
+    def _cancel_requested(self, task_id: int) -> None:
+        """Someone asked this task to stop. Not started yet (in a collecting or
+        ready batch): it ends now. Running an async handler: the handler is
+        cancelled. Running a sync one (or inside a batch call): it finishes,
+        and the database records the outcome as cancelled either way."""
+        if task_id in self.cancel_requested:
+            return
+        self.cancel_requested.add(task_id)
+        task = self.held.get(task_id)
+        for batch in list(self.collecting.values()) + list(self.ready):
+            for waiting in list(batch.tasks):
+                if waiting.id == task_id:
+                    batch.tasks.remove(waiting)
+                    log.info("task %d cancelled before it started", task_id)
+                    self.outcomes.append(Outcome(task_id, ok=False, cancelled=True, finished_at=time.time(),
+                                                 error="cancelled before its batch started"))
+                    self.wake()
+        self.collecting = {k: b for k, b in self.collecting.items() if b.tasks}
+        self.ready = collections.deque(b for b in self.ready if b.tasks)
+        job = self.jobs.get(task_id)
+        if job is not None and not job.done() and task is not None and lookup(task.kind) is not None \
+                and lookup(task.kind).is_async:
+            log.info("task %d was asked to stop: cancelling its handler", task_id)
+            job.cancel("task cancelled")
+        else:
+            log.info("task %d was asked to stop: its outcome will be recorded as cancelled", task_id)
+
+    def is_cancel_requested(self, task_id: int) -> bool:
+        return task_id in self.cancel_requested
+
     async def _run_one(self, task: ClaimedTask) -> None:
-        outcome = await execute_one(lookup(task.kind), task, self.policy, self._threads, self._on_abandoned_thread)
+        self.jobs[task.id] = asyncio.current_task()  # type: ignore[assignment]
+        try:
+            outcome = await execute_one(lookup(task.kind), task, self.policy, self._threads,
+                                        self._on_abandoned_thread)
+        except asyncio.CancelledError:
+            if task.id not in self.cancel_requested or self.stopping:
+                raise
+            # Our own cancel of this one handler: the job goes on to record it.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            outcome = Outcome(task.id, ok=False, cancelled=True, finished_at=time.time(),
+                              error="cancelled while running (its async handler was cancelled)")
+        finally:
+            self.jobs.pop(task.id, None)
         self._record(task, outcome)
 
     async def _run_batch(self, batch: Batch) -> None:
@@ -607,8 +741,11 @@ class Worker:
         self.stats.record(outcome.ok, outcome.duration_ms)
         self.outcomes.append(outcome)
         if outcome.ok:
-            log.info("task %d %s p%d succeeded in %.1fms (attempt %d)", task.id, task.kind, task.priority,
-                     outcome.duration_ms, task.attempts)
+            log.info("task %d %s p%d succeeded in %.1fms (attempt %d)%s", task.id, task.kind, task.priority,
+                     outcome.duration_ms, task.attempts,
+                     "; recorded as cancelled (asked to stop)" if task.id in self.cancel_requested else "")
+        elif outcome.cancelled:
+            log.info("task %d %s p%d cancelled: %s", task.id, task.kind, task.priority, outcome.error)
         else:
             final = not outcome.retry or task.attempts >= task.max_attempts
             log.warning("task %d %s p%d failed in %.1fms (attempt %d/%d%s): %s", task.id, task.kind,
@@ -634,7 +771,8 @@ class Worker:
     def _outcome_statements(self, flush: list[Outcome]) -> list[tuple[str, dict[str, Any]]]:
         statements: list[tuple[str, dict[str, Any]]] = []
         ok = [o for o in flush if o.ok]
-        bad = [o for o in flush if not o.ok]
+        bad = [o for o in flush if not o.ok and not o.cancelled]
+        cancelled = [o for o in flush if o.cancelled]
         if ok:
             # One JSON document for the batch: each result was encoded once
             # already, and Postgres parses the document in C, where per-element
@@ -648,6 +786,11 @@ class Worker:
                 "errors": [o.error for o in bad],
                 "retry_in_s": [o.retry_in_s for o in bad],
                 "failed_ats": [_utc(o.finished_at) for o in bad]}))
+        if cancelled:
+            statements.append(("tasks_cancelled_many", {
+                "worker_id": self.id, "ids": [o.task_id for o in cancelled],
+                "errors": [o.error for o in cancelled],
+                "finished_ats": [_utc(o.finished_at) for o in cancelled]}))
         return statements
 
     def _outcomes_stored(self, flush: list[Outcome], results: list[list[dict[str, Any]]]) -> None:
@@ -660,6 +803,7 @@ class Worker:
                 log.warning("task %d was reclaimed while it ran here; its outcome was not recorded",
                             outcome.task_id)
             self.held.pop(outcome.task_id, None)
+            self.cancel_requested.discard(outcome.task_id)
         self.flushing = []
 
     # --- connection recovery ----------------------------------------------------
@@ -698,6 +842,14 @@ class Worker:
                     return
                 # A claim may have committed without its rows reaching us: give
                 # back whatever the database says we hold but we are not running.
+                # A migration may be why the connection went: check the schema.
+                try:
+                    await schema.acheck(self.conn)
+                except SchemaMismatch as exc:
+                    log.error("%s; stopping", exc)
+                    self.exit_code = 1
+                    self.request_stop()
+                    return
                 orphans = await self._unknown_claims()
                 if orphans:
                     released = await db.afetch_all(self.conn, "tasks_release_many",
@@ -755,8 +907,8 @@ class Worker:
         if pending:
             await asyncio.wait(pending, timeout=1.0)
         reported = {o.task_id for o in self.flushing + self.outcomes}
-        to_release = sorted(set(unstarted) | {tid for tid in self.held if tid not in reported})
-        await self._final_flush(to_release)
+        started = set() if self.crashed else {tid for tid in self.held if tid not in reported}
+        await self._final_flush(sorted(set(unstarted) | started))
 
     async def _final_flush(self, release_ids: list[int]) -> None:
         """Store the last outcomes and release the rest, retrying through a
@@ -774,9 +926,9 @@ class Worker:
                 if statements:
                     try:
                         results = await db.apipeline(self.conn, statements)
-                    except (psycopg.OperationalError, psycopg.InterfaceError):
-                        raise
-                    except psycopg.Error as exc:
+                    except (psycopg.Error, ValueError, TypeError) as exc:
+                        if isinstance(exc, psycopg.Error) and db.is_connection_lost(exc, self.conn):
+                            raise
                         log.error("the database refused the last outcomes (%s); storing them one by one",
                                   db.first_line(exc))
                         await self._flush_one_by_one()
@@ -805,7 +957,7 @@ class Worker:
         while remaining:
             try:
                 await self._store_one(remaining[0])
-            except psycopg.Error:
+            except (psycopg.Error, ValueError, TypeError):
                 self.outcomes = remaining + self.outcomes
                 raise
             remaining.pop(0)
@@ -815,7 +967,7 @@ class Worker:
         try:
             self._outcomes_stored([outcome], await db.apipeline(self.conn, self._outcome_statements([outcome])))
             return
-        except psycopg.Error as exc:
+        except (psycopg.Error, ValueError, TypeError) as exc:
             if not is_outcome_fault(exc):
                 raise
             reason = db.first_line(exc)
@@ -825,7 +977,7 @@ class Worker:
                           error=clean_text(f"the outcome could not be stored: {reason}"))
         try:
             self._outcomes_stored([failure], await db.apipeline(self.conn, self._outcome_statements([failure])))
-        except psycopg.Error as exc:
+        except (psycopg.Error, ValueError, TypeError) as exc:
             if not is_outcome_fault(exc):
                 raise
             log.error("task %d: not even its failure could be stored (%s); it will be reclaimed",

@@ -35,8 +35,8 @@ from typing import Any
 
 import psycopg
 
-from ... import db
-from ...errors import DatabaseUnavailable
+from ... import db, schema
+from ...errors import DatabaseUnavailable, SchemaMismatch
 from ...backoff import Backoff
 from ...maintenance.lease import MAINTENANCE_LEASE
 
@@ -250,6 +250,7 @@ class Collector:
         self._depth = _Section("dashboard_depth", refresh_s)
         self._recent = _Section("dashboard_recent_starts", RECENT_EVERY_S)
         self._unserved = _Section("status_unserved_kinds", RECENT_EVERY_S)
+        self._sla = _Section("dashboard_tier_sla", RECENT_EVERY_S)
         self._cond = threading.Condition()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -318,6 +319,9 @@ class Collector:
         if self._conn is None or self._conn.closed:
             conn = db.connect(self.dsn, application_name=APPLICATION_NAME, connect_timeout=CONNECT_TIMEOUT_S)
             try:
+                # Each new session checks the schema: a dashboard started while
+                # the database was away, or one that outlived a migration.
+                schema.check(conn)
                 db.fetch_all(conn, "dashboard_session", {"statement_timeout_ms": STATEMENT_TIMEOUT_MS})
                 # psycopg opens each transaction with BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY:
                 # one snapshot per tick, so depth, workers and supervisors agree with each other.
@@ -354,6 +358,8 @@ class Collector:
                         self._depth.run(conn, {})
                     if now >= self._unserved.due:
                         self._unserved.run(conn, {"limit": 20})
+                    if now >= self._sla.due:
+                        self._sla.run(conn, {})
                     if now >= self._recent.due:
                         self._recent.run(conn, {"row_limit": self.sample_rows, "lookback_s": LOOKBACK_S,
                                                 "latency_window_s": LATENCY_WINDOW_S,
@@ -363,7 +369,7 @@ class Collector:
             body = dumps(self._snapshot()) if watched else None
         except Exception as exc:  # noqa: BLE001 - nothing may kill the collector; the error is shown instead
             self._close()
-            from_database = isinstance(exc, (psycopg.Error, DatabaseUnavailable))
+            from_database = isinstance(exc, (psycopg.Error, DatabaseUnavailable, SchemaMismatch))
             message = describe_error(exc) if from_database else f"internal error: {type(exc).__name__}: {exc}"
             with self._cond:
                 if message != self._error:  # once per change of error, not once a second
@@ -394,6 +400,7 @@ class Collector:
         now = time.time()
         depth = self._depth.rows or []
         recent = {r["tier"]: r for r in (self._recent.rows or [])}
+        sla = {r["tier"]: r for r in (self._sla.rows or [])}
         workers = self._workers.rows or []
         supervisors = self._supervisors.rows or []
 
@@ -412,8 +419,9 @@ class Collector:
                 "oldest_wait_s": max(waits) if waits else None,
                 "latency": {"started": r.get("latency_started", 0), "p50_ms": r.get("p50_ms"),
                             "p99_ms": r.get("p99_ms"), "max_ms": r.get("max_ms")},
-                "sla": {"started": r.get("sla_started", 0), "on_time": r.get("on_time", 0),
-                        "attainment_pct": r.get("attainment_pct")},
+                # From the tier_sla view, as `status` shows it.
+                "sla": {"started": sla.get(tier, {}).get("started", 0), "on_time": sla.get(tier, {}).get("on_time", 0),
+                        "attainment_pct": sla.get(tier, {}).get("attainment_pct")},
             })
         first = next(iter(recent.values()), {})
         sample_rows = first.get("sample_rows", 0)
