@@ -7,6 +7,7 @@ first use.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import Iterable, Mapping
@@ -16,18 +17,19 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from psycopg.rows import dict_row
 
-from . import db, schema
+from . import db, schema, transactional, waiting
 from .config import ENQUEUE_FULL_WAIT_S
 from .registry import TaskDefinition
 from .schema import SCHEMA_RECHECK_S
-from .tasks import (CancelResult, EnqueuedTask, Flow, Listen, Query, RetryResult, TaskRecord, TaskSpec,
+from .tasks import (CancelResult, EnqueuedTask, Flow, Listen, Operation, Query, RetryResult, TaskRecord, TaskSpec,
                     WaitForSpace, cancel_flow, check_task_id, enqueue_flow, enqueue_many_flow, get_flow, list_flow,
-                    pause_flow, purge_flow, resume_flow, retry_flow, retry_many_flow)
+                    pause_flow, purge_flow, resume_flow, retry_flow, retry_many_flow, arun_flow,
+                    run_flow)
 
 PendingTask = TaskSpec | Mapping[str, Any]
 
 
-def _spec(kind: str | TaskDefinition, payload: Mapping[str, Any] | None, options: dict[str, Any]) -> TaskSpec:
+def _spec(kind: str | TaskDefinition, payload: Any, options: dict[str, Any]) -> TaskSpec:
     return TaskSpec.build(kind, payload, **options)
 
 
@@ -75,6 +77,7 @@ class Client:
         self._pool = ConnectionPool(self.dsn, min_size=1, max_size=pool_size, kwargs=_pool_kwargs(),
                                     open=False, name="angela-queue-client")
         self._schema_checked_until = 0.0
+        self._done = waiting.DoneListener(self.dsn)
 
     def __enter__(self) -> "Client":
         """Open the pool now: a bad DSN or a schema of another revision fails here, at once."""
@@ -98,6 +101,7 @@ class Client:
         self._pool.open(wait=True, timeout=10)
 
     def close(self) -> None:
+        self._done.close()
         self._pool.close()
 
     def _run(self, flow: Flow) -> Any:
@@ -109,14 +113,51 @@ class Client:
                 self._schema_checked_until = time.monotonic() + SCHEMA_RECHECK_S
             return _drive_sync(conn, flow)
 
-    def enqueue(self, kind: str | TaskDefinition, payload: Mapping[str, Any] | None = None,
+    def enqueue(self, kind: str | TaskDefinition, payload: Any = None, *, conn: Any = None,
                 **options: Any) -> EnqueuedTask:
-        """Store one task. Options: priority, queue, run_at, delay, max_attempts, timeout, dedup_key."""
-        return self._run(enqueue_flow(_spec(kind, payload, options), self.full_queue_wait_s))
+        """Store one task. Options: priority, queue, run_at, delay, max_attempts, timeout, dedup_key.
 
-    def enqueue_many(self, tasks: Iterable[PendingTask]) -> list[EnqueuedTask]:
-        """Store many tasks in one statement; results come back in input order."""
-        return self._run(enqueue_many_flow(_specs(tasks), self.full_queue_wait_s))
+        ``conn``: the application's connection (psycopg, SQLAlchemy Connection
+        or Session, Django's): the task is inserted in its open transaction,
+        and exists only if that commits. A full queue then raises QueueFull
+        at once instead of waiting.
+        """
+        spec = _spec(kind, payload, options)
+        if conn is not None:
+            return transactional.drive_sync(transactional.sync_connection(conn), enqueue_flow(spec, 0.0))
+        return self._run(enqueue_flow(spec, self.full_queue_wait_s))
+
+    def enqueue_many(self, tasks: Iterable[PendingTask], *, conn: Any = None) -> list[EnqueuedTask]:
+        """Store many tasks in one statement; results come back in input order.
+        ``conn`` as for enqueue: all of them in the caller's transaction."""
+        specs = _specs(tasks)
+        if conn is not None:
+            return transactional.drive_sync(transactional.sync_connection(conn), enqueue_many_flow(specs, 0.0))
+        return self._run(enqueue_many_flow(specs, self.full_queue_wait_s))
+
+    def wait(self, task_id: int, timeout: float | None = None) -> Any:
+        """Block until the task finishes; return its result.
+
+        Raises TaskFailed (carrying the final error) if it failed, was
+        cancelled or dropped; TimeoutError if it is still unfinished after
+        ``timeout`` seconds (None: wait as long as it takes); TaskNotFound if
+        there is no such task. Woken by the completion NOTIFY.
+        """
+        check_task_id(task_id)
+        limit = waiting.check_timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        self.open()
+        self._done.start()
+        with self._done.watching(task_id) as finished:
+            while True:
+                record = self.get(task_id)
+                if waiting.is_final(record):
+                    return waiting.outcome(record)
+                pause = waiting.next_look_in(deadline)
+                if pause <= 0:
+                    raise waiting.not_done(task_id, record, limit)
+                finished.wait(pause)
+                finished.clear()
 
     def cancel(self, task_id: int) -> CancelResult:
         """Cancel a task: at once if it has not started; a running one is asked to
@@ -163,6 +204,7 @@ class AsyncClient:
         self._pool = AsyncConnectionPool(self.dsn, min_size=1, max_size=pool_size, kwargs=_pool_kwargs(),
                                          open=False, name="angela-queue-async-client")
         self._schema_checked_until = 0.0
+        self._done = waiting.AsyncDoneListener(self.dsn)
 
     async def __aenter__(self) -> "AsyncClient":
         await self.open()
@@ -184,6 +226,7 @@ class AsyncClient:
         await self._pool.open(wait=True, timeout=10)
 
     async def close(self) -> None:
+        await self._done.close()
         await self._pool.close()
 
     async def _run(self, flow: Flow) -> Any:
@@ -194,12 +237,43 @@ class AsyncClient:
                 self._schema_checked_until = time.monotonic() + SCHEMA_RECHECK_S
             return await _drive_async(conn, flow)
 
-    async def enqueue(self, kind: str | TaskDefinition, payload: Mapping[str, Any] | None = None,
+    async def enqueue(self, kind: str | TaskDefinition, payload: Any = None, *, conn: Any = None,
                       **options: Any) -> EnqueuedTask:
-        return await self._run(enqueue_flow(_spec(kind, payload, options), self.full_queue_wait_s))
+        """See Client.enqueue; ``conn``: a psycopg AsyncConnection, or a SQLAlchemy
+        AsyncConnection or AsyncSession."""
+        spec = _spec(kind, payload, options)
+        if conn is not None:
+            return await transactional.drive_async(await transactional.async_connection(conn),
+                                                   enqueue_flow(spec, 0.0))
+        return await self._run(enqueue_flow(spec, self.full_queue_wait_s))
 
-    async def enqueue_many(self, tasks: Iterable[PendingTask]) -> list[EnqueuedTask]:
-        return await self._run(enqueue_many_flow(_specs(tasks), self.full_queue_wait_s))
+    async def enqueue_many(self, tasks: Iterable[PendingTask], *, conn: Any = None) -> list[EnqueuedTask]:
+        specs = _specs(tasks)
+        if conn is not None:
+            return await transactional.drive_async(await transactional.async_connection(conn),
+                                                   enqueue_many_flow(specs, 0.0))
+        return await self._run(enqueue_many_flow(specs, self.full_queue_wait_s))
+
+    async def wait(self, task_id: int, timeout: float | None = None) -> Any:
+        """See Client.wait."""
+        check_task_id(task_id)
+        limit = waiting.check_timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        await self.open()
+        await self._done.start()
+        async with self._done.watching(task_id) as finished:
+            while True:
+                record = await self.get(task_id)
+                if waiting.is_final(record):
+                    return waiting.outcome(record)
+                pause = waiting.next_look_in(deadline)
+                if pause <= 0:
+                    raise waiting.not_done(task_id, record, limit)
+                try:
+                    await asyncio.wait_for(finished.wait(), pause)
+                except asyncio.TimeoutError:
+                    pass
+                finished.clear()
 
     async def cancel(self, task_id: int) -> CancelResult:
         return await self._run(cancel_flow(check_task_id(task_id)))
@@ -228,50 +302,32 @@ class AsyncClient:
 
 
 # --- Drivers ------------------------------------------------------------------
-# Each runs a flow to completion: it executes the operation the flow yields and
-# sends the result back in; an exception from the database is thrown into the
-# flow so that the flow's own handlers (QueueFull -> wait) see it.
+# The operations of a flow (tasks.run_flow), on a pooled connection.
 
 def _drive_sync(conn: psycopg.Connection, flow: Flow) -> Any:
-    send: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            op = flow.throw(error) if error is not None else flow.send(send)
-        except StopIteration as done:
-            return done.value
-        send, error = None, None
-        try:
-            if isinstance(op, Query):
-                send = db.fetch_all(conn, op.name, op.params)
-            elif isinstance(op, Listen):
-                (db.listen if op.on else db.unlisten)(conn, op.channel)
-            elif isinstance(op, WaitForSpace):
-                for _ in conn.notifies(timeout=op.timeout_s, stop_after=1):
-                    pass
-        except Exception as exc:  # handed to the flow, which decides
-            error = exc
+    def perform(op: Operation) -> Any:
+        if isinstance(op, Query):
+            return db.fetch_all(conn, op.name, op.params)
+        if isinstance(op, Listen):
+            (db.listen if op.on else db.unlisten)(conn, op.channel)
+        elif isinstance(op, WaitForSpace):
+            for _ in conn.notifies(timeout=op.timeout_s, stop_after=1):
+                pass
+        return None
+    return run_flow(flow, perform)
 
 
 async def _drive_async(conn: psycopg.AsyncConnection, flow: Flow) -> Any:
-    send: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            op = flow.throw(error) if error is not None else flow.send(send)
-        except StopIteration as done:
-            return done.value
-        send, error = None, None
-        try:
-            if isinstance(op, Query):
-                send = await db.afetch_all(conn, op.name, op.params)
-            elif isinstance(op, Listen):
-                await (db.alisten if op.on else db.aunlisten)(conn, op.channel)
-            elif isinstance(op, WaitForSpace):
-                async for _ in conn.notifies(timeout=op.timeout_s, stop_after=1):
-                    pass
-        except Exception as exc:
-            error = exc
+    async def perform(op: Operation) -> Any:
+        if isinstance(op, Query):
+            return await db.afetch_all(conn, op.name, op.params)
+        if isinstance(op, Listen):
+            await (db.alisten if op.on else db.aunlisten)(conn, op.channel)
+        elif isinstance(op, WaitForSpace):
+            async for _ in conn.notifies(timeout=op.timeout_s, stop_after=1):
+                pass
+        return None
+    return await arun_flow(flow, perform)
 
 
 # --- Module-level convenience -----------------------------------------------
@@ -287,12 +343,24 @@ def default_client() -> Client:
     return _default_client
 
 
-def enqueue(kind: str | TaskDefinition, payload: Mapping[str, Any] | None = None, **options: Any) -> EnqueuedTask:
+def enqueue(kind: str | TaskDefinition, payload: Any = None, *, conn: Any = None,
+            **options: Any) -> EnqueuedTask:
+    """Client.enqueue on a process-wide client; with ``conn``, no client (nor
+    pool, nor DSN) is needed: the caller's connection does it all."""
+    if conn is not None:
+        return transactional.drive_sync(transactional.sync_connection(conn),
+                                        enqueue_flow(_spec(kind, payload, options), 0.0))
     return default_client().enqueue(kind, payload, **options)
 
 
-def enqueue_many(tasks: Iterable[PendingTask]) -> list[EnqueuedTask]:
+def enqueue_many(tasks: Iterable[PendingTask], *, conn: Any = None) -> list[EnqueuedTask]:
+    if conn is not None:
+        return transactional.drive_sync(transactional.sync_connection(conn), enqueue_many_flow(_specs(tasks), 0.0))
     return default_client().enqueue_many(tasks)
+
+
+def wait(task_id: int, timeout: float | None = None) -> Any:
+    return default_client().wait(task_id, timeout)
 
 
 def cancel(task_id: int) -> CancelResult:

@@ -46,6 +46,8 @@ CHANNEL_INSERT = "angela_queue_insert"
 CHANNEL_SPACE = "angela_queue_space"
 # Payload: the id of a running task that was asked to stop.
 CHANNEL_CANCEL = "angela_queue_cancel"
+# Tasks reached a final status (angela_queue.notify_done): ids, comma-separated, or "*".
+CHANNEL_DONE = "angela_queue_done"
 
 # A heartbeat must fit this many times into the limits that judge it, or a
 # healthy worker can look dead or stuck between two beats.

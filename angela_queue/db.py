@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import psycopg
@@ -130,6 +130,60 @@ def fetch_all(conn: psycopg.Connection, name: str, params: Mapping[str, Any] | N
 def fetch_one(conn: psycopg.Connection, name: str, params: Mapping[str, Any] | None = None) -> Row | None:
     rows = fetch_all(conn, name, params)
     return rows[0] if rows else None
+
+
+# --- On the caller's own connection (angela_queue.transactional) ---------------
+# A cursor of our own: the caller's cursor_factory (Django's client-side
+# binding cursors) and row factory stay theirs; prepare is left to the
+# connection's policy (behind PgBouncer it may not prepare at all).
+
+_SAVEPOINT = "angela_queue_statement"
+
+
+def _rows(cur: psycopg.Cursor | psycopg.AsyncCursor) -> bool:
+    return cur.pgresult is not None and cur.pgresult.status == pq.ExecStatus.TUPLES_OK
+
+
+def fetch_all_on_caller(conn: psycopg.Connection, name: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+    with translate_errors(), psycopg.Cursor(conn, row_factory=dict_row) as cur:
+        cur.execute(queries.query(name), params)
+        return cur.fetchall() if _rows(cur) else []
+
+
+async def afetch_all_on_caller(conn: psycopg.AsyncConnection, name: str,
+                               params: Mapping[str, Any] | None = None) -> list[Row]:
+    with translate_errors():
+        async with psycopg.AsyncCursor(conn, row_factory=dict_row) as cur:
+            await cur.execute(queries.query(name), params)
+            return await cur.fetchall() if _rows(cur) else []
+
+
+@contextlib.contextmanager
+def savepoint(conn: psycopg.Connection) -> Iterator[None]:
+    """A savepoint around the block: an error rolls back the block alone, and
+    the caller's transaction goes on."""
+    conn.execute(f"SAVEPOINT {_SAVEPOINT}", prepare=False)
+    try:
+        yield
+    except BaseException:
+        if not conn.closed and not conn.broken:
+            conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}", prepare=False)
+            conn.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}", prepare=False)
+        raise
+    conn.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}", prepare=False)
+
+
+@contextlib.asynccontextmanager
+async def asavepoint(conn: psycopg.AsyncConnection) -> AsyncIterator[None]:
+    await conn.execute(f"SAVEPOINT {_SAVEPOINT}", prepare=False)
+    try:
+        yield
+    except BaseException:
+        if not conn.closed and not conn.broken:
+            await conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}", prepare=False)
+            await conn.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}", prepare=False)
+        raise
+    await conn.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}", prepare=False)
 
 
 def execute_script(conn: psycopg.Connection, text: str | pgsql.Composable) -> None:

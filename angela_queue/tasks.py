@@ -8,18 +8,19 @@ same generators, so the two APIs cannot drift apart.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
 import math
 import time
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from .config import CHANNEL_SPACE, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE, ENQUEUE_FULL_WAIT_S
+from .config import CHANNEL_SPACE, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, ENQUEUE_FULL_WAIT_S
 from .errors import QueueFull, TaskNotFound
 from .registry import TaskDefinition, lookup
 
@@ -71,11 +72,13 @@ class TaskSpec:
 
     kind: str
     payload: Mapping[str, Any] = field(default_factory=dict)
-    priority: int = DEFAULT_PRIORITY
-    queue: str = DEFAULT_QUEUE
+    # None: unset, and the database fills it (the kind's default from
+    # angela_queue.kinds, then the queue's, then the global one).
+    priority: int | None = None
+    queue: str | None = None
     run_at: dt.datetime | None = None
     delay_s: float | None = None
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_attempts: int | None = None
     timeout_s: float | None = None
     dedup_key: str | None = None
 
@@ -98,15 +101,18 @@ class TaskSpec:
             raise ValueError(f"payload is not JSON-serialisable: {exc}") from None
         if "\\u0000" in text:
             raise ValueError("payload must not contain a NUL character (\\u0000): Postgres jsonb cannot store it")
-        if isinstance(self.priority, bool) or not isinstance(self.priority, int) or not 1 <= self.priority <= 10:
+        if self.priority is not None and (isinstance(self.priority, bool) or not isinstance(self.priority, int)
+                                          or not 1 <= self.priority <= 10):
             raise ValueError(f"priority must be an integer between 1 and 10 (got {self.priority!r})")
-        if not isinstance(self.queue, str) or not self.queue.strip():
-            raise ValueError(f"queue must be a non-empty string (got {self.queue!r})")
-        # The insert trigger trims the queue name; trim here too, or the dedup
-        # look-ups (by this spec's queue) never find the row stored under the
-        # trimmed name and the enqueue fails with "could not settle dedup key".
-        object.__setattr__(self, "queue", self.queue.strip())
-        if (isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int)
+        if self.queue is not None:
+            if not isinstance(self.queue, str) or not self.queue.strip():
+                raise ValueError(f"queue must be a non-empty string (got {self.queue!r})")
+            # The insert trigger trims the queue name; trim here too, or the dedup
+            # look-ups (by this spec's queue) never find the row stored under the
+            # trimmed name and the enqueue fails with "could not settle dedup key".
+            object.__setattr__(self, "queue", self.queue.strip())
+        if self.max_attempts is not None and (
+                isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int)
                 or not 1 <= self.max_attempts <= 1_000_000):
             raise ValueError(f"max_attempts must be an integer between 1 and 1000000 (got {self.max_attempts!r})")
         for name, value in (("timeout", self.timeout_s), ("delay", self.delay_s)):
@@ -143,20 +149,29 @@ class TaskSpec:
               priority: int | None = None, queue: str | None = None, run_at: dt.datetime | None = None,
               delay: float | dt.timedelta | None = None, max_attempts: int | None = None,
               timeout: float | None = None, dedup_key: str | None = None) -> "TaskSpec":
-        """A spec whose unset options come from the registered handler, then the defaults."""
+        """A spec whose unset options come from the handler registered in this
+        process, if any; what stays unset the database fills (the kind's
+        recorded defaults, then the queue's, then the global ones)."""
         definition = kind if isinstance(kind, TaskDefinition) else lookup(kind)
         kind_name = definition.kind if definition is not None else kind
         if isinstance(delay, dt.timedelta):
             delay = delay.total_seconds()
+        if payload is None:
+            payload = {}
+        if definition is not None and definition.model is not None:
+            from .models import payload_for_storage
+            payload = payload_for_storage(definition.model, payload)
+
+        def unset_or(value: Any, default: Any) -> Any:
+            return value if value is not None else default
+
         return cls(
-            kind=kind_name,
-            payload={} if payload is None else payload,
-            priority=priority if priority is not None else (definition.priority if definition else DEFAULT_PRIORITY),
-            queue=queue if queue is not None else (definition.queue if definition else DEFAULT_QUEUE),
+            kind=kind_name, payload=payload,
+            priority=unset_or(priority, definition.priority if definition else None),
+            queue=unset_or(queue, definition.queue if definition else None),
             run_at=run_at, delay_s=delay,
-            max_attempts=max_attempts if max_attempts is not None else (
-                definition.max_attempts if definition else DEFAULT_MAX_ATTEMPTS),
-            timeout_s=timeout if timeout is not None else (definition.timeout if definition else None),
+            max_attempts=unset_or(max_attempts, definition.max_attempts if definition else None),
+            timeout_s=unset_or(timeout, definition.timeout if definition else None),
             dedup_key=dedup_key)
 
     def params(self) -> dict[str, Any]:
@@ -214,9 +229,44 @@ class Listen:
 
 
 Flow = Generator[Query | WaitForSpace | Listen, Any, Any]
+Operation = Query | WaitForSpace | Listen
 
 
-def _with_overflow_wait(attempt: Generator, queue_of: str, wait_s: float) -> Flow:
+def run_flow(flow: Flow, perform: Callable[[Operation], Any]) -> Any:
+    """Run a flow to completion: perform each operation it yields and send the
+    result back in. An exception from the database is thrown into the flow,
+    so that its own handlers (QueueFull -> wait) see it."""
+    send: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = flow.throw(error) if error is not None else flow.send(send)
+        except StopIteration as done:
+            return done.value
+        send, error = None, None
+        try:
+            send = perform(op)
+        except Exception as exc:  # handed to the flow, which decides
+            error = exc
+
+
+async def arun_flow(flow: Flow, perform: Callable[[Operation], Awaitable[Any]]) -> Any:
+    """run_flow, with operations awaited."""
+    send: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = flow.throw(error) if error is not None else flow.send(send)
+        except StopIteration as done:
+            return done.value
+        send, error = None, None
+        try:
+            send = await perform(op)
+        except Exception as exc:
+            error = exc
+
+
+def _with_overflow_wait(attempt: Generator, queue_of: str | None, wait_s: float) -> Flow:
     """Run ``attempt`` (a flow that inserts); on QueueFull, wait for space and retry.
 
     The plan: a priority >= 5 task waits up to ``wait_s`` for space, then
@@ -233,19 +283,37 @@ def _with_overflow_wait(attempt: Generator, queue_of: str, wait_s: float) -> Flo
             except QueueFull as full:
                 remaining = give_up_at - time.monotonic()
                 if remaining <= 0:
-                    raise QueueFull(full.queue or queue_of, str(full), waited_s=wait_s) from None
+                    raise QueueFull(full.queue or queue_of or "", str(full), waited_s=wait_s) from None
                 if not listening:
                     # LISTEN before the retry: space freed from now on wakes us.
                     yield Listen(CHANNEL_SPACE)
                     listening = True
                     continue
-                yield WaitForSpace(queue_of, min(remaining, 0.25))
+                yield WaitForSpace(full.queue or queue_of or "", min(remaining, 0.25))
     finally:
         if listening:
             yield Listen(CHANNEL_SPACE, on=False)
 
 
+def _with_dedup_queues(specs: list[TaskSpec]) -> Flow:
+    """Specs whose dedup key needs a queue to be looked up by, given one.
+
+    A deduplicated task enqueued without a queue goes to its kind's recorded
+    queue (or 'default'); the look-ups of the task holding its key must use
+    that same queue, so it is read first: one query, and only for such specs.
+    """
+    unsettled = sorted({s.kind for s in specs if s.dedup_key is not None and s.queue is None})
+    if not unsettled:
+        return specs
+    rows = yield Query("kinds_default_queues", {"kinds": unsettled})
+    queue_of = {r["kind"]: r["queue"] for r in rows if r["queue"] is not None}
+    return [dataclasses.replace(s, queue=queue_of.get(s.kind, DEFAULT_QUEUE))
+            if s.dedup_key is not None and s.queue is None else s for s in specs]
+
+
 def enqueue_flow(spec: TaskSpec, wait_s: float = ENQUEUE_FULL_WAIT_S) -> Flow:
+    [spec] = yield from _with_dedup_queues([spec])
+
     def attempt() -> Flow:
         if spec.dedup_key is not None:
             rows = yield Query("tasks_find_unfinished_by_dedup_key",
@@ -276,7 +344,7 @@ def canonical_order(specs: list[TaskSpec]) -> list[int]:
     other's uncommitted row in the unique index; inserted in different orders
     they deadlock. Every insert taking keys in one global order cannot.
     """
-    return sorted(range(len(specs)), key=lambda i: (specs[i].dedup_key is None, specs[i].queue,
+    return sorted(range(len(specs)), key=lambda i: (specs[i].dedup_key is None, specs[i].queue or "",
                                                     specs[i].dedup_key or "", i))
 
 
@@ -287,6 +355,7 @@ def enqueue_many_flow(specs: Iterable[TaskSpec], wait_s: float = ENQUEUE_FULL_WA
     specs = list(specs)
     if not specs:
         return []
+    specs = yield from _with_dedup_queues(specs)
     order = canonical_order(specs)
     ordered = [specs[i] for i in order]
 

@@ -49,3 +49,9 @@ GRANT SELECT ON angela_queue.tasks, angela_queue.queues, angela_queue.boost_rule
 -- on tasks and queues allow them; the reader's SELECT does not.
 GRANT SELECT ON angela_queue.tier_sla, angela_queue.throughput, angela_queue.recent_failures,
     angela_queue.kind_stats TO angela_queue_worker, angela_queue_reader;
+
+-- Kinds' defaults (revision 0005): workers record them; a producer reads
+-- them to find the queue of a deduplicated task it enqueues without naming
+-- one; readers see them.
+GRANT SELECT ON angela_queue.kinds TO angela_queue_producer, angela_queue_reader;
+GRANT SELECT, INSERT, UPDATE, DELETE ON angela_queue.kinds TO angela_queue_worker;

@@ -37,10 +37,57 @@ CREATE TABLE angela_queue.queues (
     created_at  timestamptz NOT NULL DEFAULT now(),
     -- Set while the queue is paused (angela_queue.pause_queue): it keeps
     -- accepting tasks, but none is claimed, and none counts as overdue.
-    paused_at   timestamptz
+    paused_at   timestamptz,
+    -- What a task in this queue gets for a column its insert leaves unset
+    -- (NULL) when its kind has no default either: explicit value > kind
+    -- default (angela_queue.kinds) > these > the global 5 / 5 / no timeout.
+    default_priority     integer
+                         CONSTRAINT queue_default_priority_in_range CHECK (default_priority BETWEEN 1 AND 10),
+    default_max_attempts integer
+                         CONSTRAINT queue_default_max_attempts_in_range
+                         CHECK (default_max_attempts BETWEEN 1 AND 1000000),
+    -- NaN passes "> 0" in Postgres (it sorts above every number): hence the upper bound.
+    default_timeout_s    double precision
+                         CONSTRAINT queue_default_timeout_positive_and_finite
+                         CHECK (default_timeout_s > 0 AND default_timeout_s < 'Infinity')
 );
 
 INSERT INTO angela_queue.queues (name) VALUES ('default');
+
+-- ---------------------------------------------------------------------------
+-- kinds: each registered kind's defaults, as its @task decorator declares
+-- them. Workers record their kinds when they start (and `angela-queue kinds
+-- sync --app MODULE` does it from a deploy step), so an insert from psql,
+-- another language or the CLI that leaves a column unset gets what the
+-- Python code says. NULL: the kind sets nothing for that column. The code
+-- is the source of truth: an edit here lasts until a worker starts again.
+-- ---------------------------------------------------------------------------
+CREATE TABLE angela_queue.kinds (
+    kind           text PRIMARY KEY
+                   CONSTRAINT kind_name_not_empty CHECK (btrim(kind) <> '')
+                   CONSTRAINT kind_name_length CHECK (octet_length(kind) <= 255),
+    queue          text
+                   CONSTRAINT kind_queue_valid
+                   CHECK (queue = btrim(queue) AND queue <> '' AND octet_length(queue) <= 255),
+    priority       integer
+                   CONSTRAINT kind_priority_in_range CHECK (priority BETWEEN 1 AND 10),
+    max_attempts   integer
+                   CONSTRAINT kind_max_attempts_in_range CHECK (max_attempts BETWEEN 1 AND 1000000),
+    timeout_s      double precision
+                   CONSTRAINT kind_timeout_positive_and_finite CHECK (timeout_s > 0 AND timeout_s < 'Infinity'),
+    -- The worker's retry backoff for this kind (informational here: the
+    -- worker running the handler applies its own decorator's values).
+    backoff_base_s double precision
+                   CONSTRAINT kind_backoff_base_positive_and_finite
+                   CHECK (backoff_base_s > 0 AND backoff_base_s < 'Infinity'),
+    backoff_max_s  double precision
+                   CONSTRAINT kind_backoff_max_positive_and_finite
+                   CHECK (backoff_max_s > 0 AND backoff_max_s < 'Infinity'),
+    batch          boolean NOT NULL DEFAULT false,
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    -- Who recorded it: a worker's host and pid, or the login that ran kinds sync.
+    updated_by     text NOT NULL DEFAULT session_user
+);
 
 -- ---------------------------------------------------------------------------
 -- boost_rules: data, not code. Each rule is a SQL/JSON path predicate tested
@@ -82,12 +129,15 @@ CREATE TABLE angela_queue.tasks (
     -- Bounded (255 bytes), like kind: both are index keys (a btree entry
     -- holds at most 2704 bytes) and the queue a NOTIFY payload; one row over
     -- either limit would fail every statement that moves it.
-    queue           text NOT NULL DEFAULT 'default'
+    -- queue, priority and max_attempts have no column default: the insert
+    -- trigger fills an unset (NULL) one from the kind, then the queue, then
+    -- the global default ('default', 5, 5).
+    queue           text NOT NULL
                     CONSTRAINT task_queue_length CHECK (octet_length(queue) <= 255),
     kind            text NOT NULL
                     CONSTRAINT task_kind_length CHECK (octet_length(kind) <= 255),
     payload         jsonb NOT NULL DEFAULT '{}'::jsonb,
-    priority        integer NOT NULL DEFAULT 5
+    priority        integer NOT NULL
                     CONSTRAINT task_priority_between_1_and_10 CHECK (priority BETWEEN 1 AND 10),
     boost           integer NOT NULL DEFAULT 0,
     -- Names of the boost rules that fired at insert.
@@ -131,7 +181,7 @@ CREATE TABLE angela_queue.tasks (
     attempts        integer NOT NULL DEFAULT 0
                     CONSTRAINT task_attempts_not_negative CHECK (attempts >= 0)
                     CONSTRAINT task_attempts_in_range CHECK (attempts <= 1000000),
-    max_attempts    integer NOT NULL DEFAULT 5
+    max_attempts    integer NOT NULL
                     CONSTRAINT task_max_attempts_positive CHECK (max_attempts >= 1)
                     CONSTRAINT task_max_attempts_in_range CHECK (max_attempts <= 1000000),
     -- Seconds a single attempt may run; NULL means the handler's or worker's
@@ -281,13 +331,18 @@ $$;
 
 -- SECURITY DEFINER, with a pinned search_path (nothing a caller puts on its
 -- search_path can stand in for a function or operator here): a producer
--- that may only INSERT into tasks still gets its queue created, its boosts
--- applied and its bound checked, though it may not read queues, boost rules
--- or other tasks itself.
+-- that may only INSERT into tasks still gets its kind's defaults, its queue
+-- created, its boosts applied and its bound checked, though it may not read
+-- queues, boost rules or other tasks itself.
+-- Defaults: a NULL queue, priority, max_attempts or timeout_s is unset, and
+-- gets the kind's default (angela_queue.kinds), else the queue's, else the
+-- global one. Validation runs on the values that result, so a bad default
+-- can never slip in.
 CREATE FUNCTION angela_queue.tasks_before_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q          angela_queue.queues%ROWTYPE;
+    k          angela_queue.kinds%ROWTYPE;
     r_rule     record;
     n_queued   integer;
 BEGIN
@@ -297,8 +352,34 @@ BEGIN
         RAISE EXCEPTION 'angela_queue: a task needs a kind (got %)', coalesce(quote_literal(NEW.kind), 'NULL')
             USING ERRCODE = 'not_null_violation', COLUMN = 'kind';
     END IF;
-    IF NEW.priority IS NULL OR NEW.priority NOT BETWEEN 1 AND 10 THEN
-        RAISE EXCEPTION 'angela_queue: priority must be between 1 and 10 (got %)', coalesce(NEW.priority::text, 'NULL')
+    IF octet_length(NEW.kind) > 255 OR octet_length(NEW.queue) > 255 THEN
+        RAISE EXCEPTION 'angela_queue: kind and queue must be at most 255 bytes (got % and %)',
+                        octet_length(NEW.kind), octet_length(NEW.queue)
+            USING ERRCODE = 'string_data_right_truncation';
+    END IF;
+
+    -- The kind's defaults: one primary-key probe, skipped when the insert
+    -- sets every column a kind can default (the Python client with the
+    -- handler's module imported does).
+    NEW.queue := nullif(btrim(NEW.queue), '');
+    IF NEW.queue IS NULL OR NEW.priority IS NULL OR NEW.max_attempts IS NULL OR NEW.timeout_s IS NULL THEN
+        SELECT * INTO k FROM angela_queue.kinds WHERE kind = NEW.kind;
+    END IF;
+    NEW.queue := coalesce(NEW.queue, k.queue, 'default');
+
+    -- A task names its queue; an unknown queue is created with the defaults
+    -- (unbounded), so producers need no setup step.
+    SELECT * INTO q FROM angela_queue.queues WHERE name = NEW.queue;
+    IF NOT FOUND THEN
+        INSERT INTO angela_queue.queues (name) VALUES (NEW.queue) ON CONFLICT (name) DO NOTHING;
+        SELECT * INTO q FROM angela_queue.queues WHERE name = NEW.queue;
+    END IF;
+    NEW.priority := coalesce(NEW.priority, k.priority, q.default_priority, 5);
+    NEW.max_attempts := coalesce(NEW.max_attempts, k.max_attempts, q.default_max_attempts, 5);
+    NEW.timeout_s := coalesce(NEW.timeout_s, k.timeout_s, q.default_timeout_s);
+
+    IF NEW.priority NOT BETWEEN 1 AND 10 THEN
+        RAISE EXCEPTION 'angela_queue: priority must be between 1 and 10 (got %)', NEW.priority
             USING ERRCODE = 'check_violation', COLUMN = 'priority';
     END IF;
     IF NEW.payload IS NULL OR jsonb_typeof(NEW.payload) <> 'object' THEN
@@ -309,15 +390,9 @@ BEGIN
         RAISE EXCEPTION 'angela_queue: a new task must be queued or scheduled (got %)', quote_literal(NEW.status)
             USING ERRCODE = 'check_violation', COLUMN = 'status';
     END IF;
-    IF NEW.max_attempts IS NULL OR NEW.max_attempts NOT BETWEEN 1 AND 1000000 THEN
-        RAISE EXCEPTION 'angela_queue: max_attempts must be between 1 and 1000000 (got %)',
-                        coalesce(NEW.max_attempts::text, 'NULL')
+    IF NEW.max_attempts NOT BETWEEN 1 AND 1000000 THEN
+        RAISE EXCEPTION 'angela_queue: max_attempts must be between 1 and 1000000 (got %)', NEW.max_attempts
             USING ERRCODE = 'check_violation', COLUMN = 'max_attempts';
-    END IF;
-    IF octet_length(NEW.kind) > 255 OR octet_length(NEW.queue) > 255 THEN
-        RAISE EXCEPTION 'angela_queue: kind and queue must be at most 255 bytes (got % and %)',
-                        octet_length(NEW.kind), octet_length(NEW.queue)
-            USING ERRCODE = 'string_data_right_truncation';
     END IF;
     IF octet_length(NEW.dedup_key) > 2000 THEN
         RAISE EXCEPTION 'angela_queue: dedup_key must be at most 2000 bytes (got %)', octet_length(NEW.dedup_key)
@@ -327,21 +402,12 @@ BEGIN
     PERFORM angela_queue.check_task_time('run_at', NEW.run_at);
     PERFORM angela_queue.check_task_timeout(NEW.timeout_s);
 
-    NEW.queue := coalesce(nullif(btrim(NEW.queue), ''), 'default');
     NEW.run_at := coalesce(NEW.run_at, now());
     NEW.created_at := now();
     NEW.enqueued_by := session_user;
     NEW.boost := coalesce(NEW.boost, 0);
     NEW.boost_rules := coalesce(NEW.boost_rules, '{}');
     NEW.attempts := 0;
-
-    -- A task names its queue; an unknown queue is created with the defaults
-    -- (unbounded), so producers need no setup step.
-    SELECT * INTO q FROM angela_queue.queues WHERE name = NEW.queue;
-    IF NOT FOUND THEN
-        INSERT INTO angela_queue.queues (name) VALUES (NEW.queue) ON CONFLICT (name) DO NOTHING;
-        SELECT * INTO q FROM angela_queue.queues WHERE name = NEW.queue;
-    END IF;
 
     -- silent => true: a rule that errors on this payload (a strict path with
     -- a missing key, a division by zero) is a non-match, not a failed insert.
@@ -517,6 +583,23 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
       AND t.status IN ('scheduled', 'queued', 'running')
 $$;
 
+-- Tell whoever waits on tasks (Client.wait) that they reached a final
+-- status: one NOTIFY on 'angela_queue_done' per call, its payload the ids
+-- comma-separated, or '*' ("look again") when more than 300 would not fit
+-- in one notification (8000 bytes). Every statement that finishes tasks
+-- calls it once, so a flush of 500 outcomes costs one notification, not 500.
+CREATE FUNCTION angela_queue.notify_done(p_ids bigint[]) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF coalesce(cardinality(p_ids), 0) = 0 THEN
+        RETURN 0;
+    END IF;
+    PERFORM pg_notify('angela_queue_done',
+                      CASE WHEN cardinality(p_ids) <= 300 THEN array_to_string(p_ids, ',') ELSE '*' END);
+    RETURN cardinality(p_ids);
+END
+$$;
+
 -- Cancel a task: the one implementation, for psql, the CLI, the dashboard
 -- and the Python client. A scheduled or queued task is cancelled at once. A
 -- running one is asked to stop (cancel_requested_at, and a NOTIFY to its
@@ -553,6 +636,7 @@ BEGIN
     UPDATE angela_queue.tasks k SET status = 'cancelled', finished_at = now(), last_error = 'cancelled'
     WHERE k.id = p_id;
     PERFORM pg_notify('angela_queue_space', t.queue);
+    PERFORM angela_queue.notify_done(ARRAY[p_id]);
     RETURN QUERY SELECT t.id, 'cancelled'::text, 'cancelled'::text;
 END
 $$;
@@ -599,9 +683,13 @@ BEGIN
     ), woken AS (
         SELECT pg_notify('angela_queue_insert', w.queue)
         FROM (SELECT DISTINCT r.queue FROM reclaimed r WHERE r.status = 'queued') w
+    ), finished AS (
+        SELECT angela_queue.notify_done(array_agg(r.id)) AS n
+        FROM reclaimed r WHERE r.status IN ('failed', 'cancelled')
     )
-    -- A CTE runs only if referenced: the count is what sends the NOTIFYs.
-    SELECT r.id, r.queue, r.status FROM reclaimed r WHERE (SELECT count(*) FROM woken) >= 0;
+    -- A CTE runs only if referenced: the counts are what send the NOTIFYs.
+    SELECT r.id, r.queue, r.status FROM reclaimed r
+    WHERE (SELECT count(*) FROM woken) >= 0 AND (SELECT sum(f.n) FROM finished f) >= 0;
 END
 $$;
 

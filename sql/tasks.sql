@@ -112,10 +112,10 @@ WITH picked AS MATERIALIZED (
     FROM picked
     WHERE t.id = picked.id AND t.status = 'queued'
     RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.attempts, t.max_attempts, t.timeout_s,
-              picked.effective_priority
+              t.deadline, t.created_at, t.started_at, picked.effective_priority
 )
 SELECT c.id, c.queue, c.kind, c.payload::text AS payload, c.priority, c.attempts, c.max_attempts, c.timeout_s,
-       c.effective_priority,
+       c.deadline, c.created_at, c.started_at, c.effective_priority,
        (SELECT count(pg_notify('angela_queue_space', q.name))
         FROM angela_queue.queues q
         WHERE q.max_size IS NOT NULL AND q.name IN (SELECT queue FROM claimed)) AS space_notified
@@ -141,13 +141,13 @@ WITH picked AS MATERIALIZED (
     FROM picked
     WHERE t.id = picked.id AND t.status = 'queued'
     RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier,
-              t.attempts, t.max_attempts, t.timeout_s, t.run_at, t.deadline, t.priority_key,
+              t.attempts, t.max_attempts, t.timeout_s, t.run_at, t.deadline, t.created_at, t.priority_key,
               t.priority + t.boost + t.aging_rate
                   * greatest(extract(epoch FROM now() - greatest(t.run_at, t.created_at))::double precision, 0) / 60.0
                   AS effective_priority
 )
 SELECT c.id, c.queue, c.kind, c.payload::text AS payload, c.priority, c.boost, c.tier,
-       c.attempts, c.max_attempts, c.timeout_s, c.run_at, c.deadline, c.effective_priority,
+       c.attempts, c.max_attempts, c.timeout_s, c.run_at, c.deadline, c.created_at, c.effective_priority,
        (SELECT count(pg_notify('angela_queue_space', q.name))
         FROM angela_queue.queues q
         WHERE q.max_size IS NOT NULL AND q.name IN (SELECT queue FROM claimed)) AS space_notified
@@ -163,14 +163,16 @@ UPDATE angela_queue.tasks t
 SET attempts = t.attempts + 1, started_at = now()
 WHERE t.id = ANY(%(ids)s::bigint[]) AND t.status = 'running' AND t.worker_id = %(worker_id)s
   AND t.started_at IS NULL
-RETURNING t.id, t.attempts;
+RETURNING t.id, t.attempts, t.started_at;
 
 -- name: tasks_complete_many
 -- Record the successes of one worker in one statement. %(outcomes)s is one
 -- JSON array of {"id", "result", "finished_at" (epoch seconds)}. Guarded: a
 -- task that was reclaimed meanwhile (no longer running here) is left alone
 -- and simply missing from the returned ids. A task asked to stop while it
--- ran is recorded as cancelled, its result kept.
+-- ran is recorded as cancelled, its result kept. One NOTIFY on
+-- angela_queue_done names them all (angela_queue.notify_done: Client.wait).
+WITH done AS (
 UPDATE angela_queue.tasks t
 SET status = CASE WHEN t.cancel_requested_at IS NULL THEN 'succeeded' ELSE 'cancelled' END,
     -- The worker's clock says when the handler ended; clamped to the
@@ -180,7 +182,9 @@ SET status = CASE WHEN t.cancel_requested_at IS NULL THEN 'succeeded' ELSE 'canc
     last_error = CASE WHEN t.cancel_requested_at IS NULL THEN NULL ELSE 'cancelled while running' END
 FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS d(id bigint, result jsonb, finished_at double precision)
 WHERE t.id = d.id AND t.status = 'running' AND t.worker_id = %(worker_id)s
-RETURNING t.id;
+RETURNING t.id
+)
+SELECT d.id FROM done d WHERE (SELECT angela_queue.notify_done(array_agg(f.id)) FROM done f) >= 0;
 
 -- name: tasks_fail_many
 -- Record failed attempts of one worker in one statement: each task goes back
@@ -188,7 +192,9 @@ RETURNING t.id;
 -- (final). %(retry_in_s)s holds each task's backoff; NULL forces 'failed'
 -- (a payload that cannot be decoded, a result that cannot be stored). A task
 -- asked to stop is 'cancelled' instead, never retried. Each failure is
--- added to the task's attempt history. Guarded like tasks_complete_many.
+-- added to the task's attempt history. Guarded like tasks_complete_many;
+-- the ones that finished (failed or cancelled) are announced likewise.
+WITH done AS (
 UPDATE angela_queue.tasks t
 SET status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
                   WHEN d.retry_in_s IS NOT NULL AND t.attempts < t.max_attempts THEN 'scheduled'
@@ -210,17 +216,52 @@ FROM (SELECT u.id, u.error, u.retry_in_s,
       FROM unnest(%(ids)s::bigint[], %(errors)s::text[], %(retry_in_s)s::double precision[],
                   %(failed_ats)s::timestamptz[]) AS u(id, error, retry_in_s, failed_at)) AS d
 WHERE t.id = d.id AND t.status = 'running' AND t.worker_id = %(worker_id)s
-RETURNING t.id, t.status, t.attempts, t.max_attempts, t.run_at;
+RETURNING t.id, t.status, t.attempts, t.max_attempts, t.run_at
+)
+SELECT d.id, d.status, d.attempts, d.max_attempts, d.run_at FROM done d
+WHERE (SELECT angela_queue.notify_done(array_agg(f.id) FILTER (WHERE f.status IN ('failed', 'cancelled')))
+       FROM done f) >= 0;
 
 -- name: tasks_cancelled_many
 -- Record tasks of one worker that stopped on request (cancel_task) before
 -- their handler ended: cancelled, never retried. Guarded like
--- tasks_complete_many.
+-- tasks_complete_many, and announced likewise.
+WITH done AS (
 UPDATE angela_queue.tasks t
 SET status = 'cancelled', finished_at = least(greatest(d.finished_at, t.started_at), now()), last_error = d.error
 FROM unnest(%(ids)s::bigint[], %(errors)s::text[], %(finished_ats)s::timestamptz[]) AS d(id, error, finished_at)
 WHERE t.id = d.id AND t.status = 'running' AND t.worker_id = %(worker_id)s
-RETURNING t.id;
+RETURNING t.id
+)
+SELECT d.id FROM done d WHERE (SELECT angela_queue.notify_done(array_agg(f.id)) FROM done f) >= 0;
+
+-- name: tasks_snooze_many
+-- Handlers that raised Snooze(seconds): each task goes back to wait for its
+-- delay (queued at once for 0), with the attempt not counted and nothing
+-- added to its error history; its deadline counts again from the new run_at
+-- (tasks_before_update_order). A task asked to stop is cancelled instead.
+-- Guarded like tasks_complete_many.
+WITH done AS (
+UPDATE angela_queue.tasks t
+SET status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                  WHEN d.delay_s > 0 THEN 'scheduled' ELSE 'queued' END,
+    run_at = CASE WHEN t.cancel_requested_at IS NOT NULL THEN t.run_at
+                  ELSE now() + make_interval(secs => d.delay_s) END,
+    attempts = CASE WHEN t.cancel_requested_at IS NOT NULL OR t.started_at IS NULL THEN t.attempts
+                    ELSE greatest(t.attempts - 1, 0) END,
+    worker_id = CASE WHEN t.cancel_requested_at IS NOT NULL THEN t.worker_id END,
+    started_at = CASE WHEN t.cancel_requested_at IS NOT NULL THEN t.started_at END,
+    finished_at = CASE WHEN t.cancel_requested_at IS NOT NULL THEN now() END,
+    last_error = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled while running' ELSE t.last_error END
+FROM unnest(%(ids)s::bigint[], %(delays_s)s::double precision[]) AS d(id, delay_s)
+WHERE t.id = d.id AND t.status = 'running' AND t.worker_id = %(worker_id)s
+RETURNING t.id, t.status, t.queue
+), woken AS (
+    SELECT pg_notify('angela_queue_insert', w.queue) FROM (SELECT DISTINCT queue FROM done WHERE status = 'queued') w
+)
+SELECT d.id, d.status FROM done d
+WHERE (SELECT count(*) FROM woken) >= 0
+  AND (SELECT angela_queue.notify_done(array_agg(f.id) FILTER (WHERE f.status = 'cancelled')) FROM done f) >= 0;
 
 -- name: tasks_release_many
 -- Give tasks back untouched (graceful stop): back to 'queued' with the attempt
@@ -273,6 +314,18 @@ SELECT count(*) AS depth FROM (
     LIMIT %(cap)s
 ) AS waiting;
 
+-- name: tasks_due_count
+-- Whether anything in these queues is startable now or due (an in-process
+-- drain stops when nothing is): queued, or scheduled with its run_at come,
+-- in a queue that is not paused. Stops at the first.
+SELECT count(*) AS due FROM (
+    SELECT 1 FROM angela_queue.tasks t
+    WHERE t.queue = ANY(%(queues)s::text[]) AND t.attempts < t.max_attempts
+      AND (t.status = 'queued' OR (t.status = 'scheduled' AND t.run_at <= now()))
+      AND t.queue NOT IN (SELECT p.name FROM angela_queue.queues p WHERE p.paused_at IS NOT NULL)
+    LIMIT 1
+) AS due;
+
 -- name: tasks_cancel_requested_for_worker
 -- The tasks running on this worker that someone asked to stop (the NOTIFY
 -- on angela_queue_cancel wakes the worker; this is the poll's backstop).
@@ -314,3 +367,20 @@ SELECT angela_queue.pause_queue(%(name)s) AS changed;
 -- name: queues_resume
 -- Resume a queue (angela_queue.resume_queue): true if it was paused.
 SELECT angela_queue.resume_queue(%(name)s) AS changed;
+
+-- name: tasks_get_many
+-- Several task rows, whole (row-level security applies).
+SELECT * FROM angela_queue.tasks WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: tasks_matching
+-- Tasks of a kind (NULL: any) whose payload contains the given JSON object
+-- (jsonb @>), oldest first: angela_queue.testing's enqueued(). For tests:
+-- it reads every task of the kind.
+SELECT * FROM angela_queue.tasks t
+WHERE (%(kind)s::text IS NULL OR t.kind = %(kind)s::text) AND t.payload @> %(payload)s::jsonb
+ORDER BY t.id
+LIMIT 10000;
+
+-- name: queues_names
+-- Every queue's name.
+SELECT q.name FROM angela_queue.queues q ORDER BY q.name;

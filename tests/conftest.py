@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# pytester: test_testing_helpers runs a user's suite against the installed plugin.
+pytest_plugins = ["pytester"]
+
 from fix_db import *  # noqa: F401,F403  (server, database, dsn, conn fixtures)
 from fix_procs import *  # noqa: F401,F403  (worker processes, wait_until)
 

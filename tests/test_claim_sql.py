@@ -142,7 +142,7 @@ def test_tasks_bound_for_a_batch_are_claimed_unstarted_and_count_their_attempt_a
     assert conn.execute("SELECT attempts FROM angela_queue.tasks WHERE id = %s", (fill,)).fetchone()["attempts"] == 0
     # The batch starts: counted once, stamped, and only for rows still ours.
     started = db.fetch_all(conn, "tasks_start_many", {"ids": [low, high, fill], "worker_id": W1})
-    assert started == [{"id": low, "attempts": 1}]
+    assert [(r["id"], r["attempts"]) for r in started] == [(low, 1)] and started[0]["started_at"] is not None
     assert db.fetch_all(conn, "tasks_start_many", {"ids": [low], "worker_id": W1}) == []   # never twice
     assert conn.execute("SELECT started_at FROM angela_queue.tasks WHERE id = %s", (low,)).fetchone()["started_at"]
 

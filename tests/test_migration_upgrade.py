@@ -108,3 +108,27 @@ def test_the_upgraded_schema_refuses_unreadable_times(empty_dsn, bad):
     migrations.upgrade(empty_dsn)
     with pytest.raises(psycopg.Error, match="run_at must be a finite time between 1900-01-01 and 9999-01-01"):
         query(empty_dsn, f"INSERT INTO angela_queue.tasks (kind, run_at) VALUES ('k', {bad})")
+
+
+def test_upgrade_from_0004_keeps_rows_and_inserts_get_kind_defaults(empty_dsn):
+    """0005 (Integrate): the tasks' column defaults move into the insert trigger;
+    stored rows are untouched, and a cancel of a waiting task still notifies."""
+    migrations.upgrade(empty_dsn, "0004")
+    query(empty_dsn, """
+        INSERT INTO angela_queue.tasks (kind, payload, priority, queue) VALUES
+            ('a', '{"n": 1}', 9, 'q1'), ('b', '{"n": 2}', 2, 'default');
+        INSERT INTO angela_queue.tasks (kind) VALUES ('c');
+        UPDATE angela_queue.tasks SET status = 'failed', attempts = 5, finished_at = now(), last_error = 'no'
+            WHERE kind = 'c';
+    """)
+    before = all_tasks(empty_dsn)
+    migrations.upgrade(empty_dsn, "0005")
+    assert all_tasks(empty_dsn) == before
+    # No column default any more, the same values from the trigger.
+    row = query(empty_dsn, "INSERT INTO angela_queue.tasks (kind) VALUES ('plain') "
+                           "RETURNING queue, priority, max_attempts")[0]
+    assert row == {"queue": "default", "priority": 5, "max_attempts": 5}
+    query(empty_dsn, "INSERT INTO angela_queue.kinds (kind, priority, max_attempts) VALUES ('a', 8, 2)")
+    row = query(empty_dsn, "INSERT INTO angela_queue.tasks (kind) VALUES ('a') RETURNING priority, max_attempts")[0]
+    assert row == {"priority": 8, "max_attempts": 2}
+    assert scalar(empty_dsn, "SELECT count(*) FROM angela_queue.cancel_task(%s)", (before[0]["id"],)) == 1

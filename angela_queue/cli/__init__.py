@@ -165,8 +165,8 @@ def echo(text: str, **kwargs: Any) -> None:
 def _registered() -> bool:
     """Commands that live in their own modules. Imported here, at the end,
     because each module imports ``main`` and the helpers from this one."""
-    from . import dashboard, db, migrate, roles, status, supervisor, tasks, worker
-    for module in (migrate, tasks, db, worker, supervisor, status, dashboard, roles):
+    from . import dashboard, db, kinds, migrate, roles, status, supervisor, tasks, worker
+    for module in (migrate, tasks, db, worker, supervisor, status, dashboard, roles, kinds):
         module.register(main)
     return True
 

@@ -12,6 +12,8 @@ worker's loop, and nothing here touches the database.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import datetime as dt
 import functools
 import json
 import random
@@ -21,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..handler import Discard, Retry, Snooze, TaskContext, TaskControl, reset_current, set_current
 from ..registry import TaskDefinition, registered_kinds
 from .handler_threads import BaseExceptionRaised, HandlerThreads
 
@@ -44,6 +47,10 @@ class ClaimedTask:
     max_attempts: int
     timeout_s: float | None
     effective_priority: float = 0.0
+    deadline: dt.datetime | None = None
+    created_at: dt.datetime | None = None
+    # None while claimed unstarted (waiting in a collecting batch).
+    started_at: dt.datetime | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "ClaimedTask":
@@ -53,7 +60,18 @@ class ClaimedTask:
         return cls(id=row["id"], queue=row["queue"], kind=row["kind"], payload_json=payload,
                    priority=row["priority"], attempts=row["attempts"], max_attempts=row["max_attempts"],
                    timeout_s=row["timeout_s"],
-                   effective_priority=row.get("effective_priority") or row["priority"])
+                   effective_priority=row.get("effective_priority") or row["priority"],
+                   deadline=row.get("deadline"), created_at=row.get("created_at"),
+                   started_at=row.get("started_at"))
+
+    def context(self, cancel_requested: Callable[[int], bool],
+                batch: tuple[TaskContext, ...] = ()) -> TaskContext:
+        """What current_task() returns while this task's handler runs."""
+        return TaskContext(id=self.id, kind=self.kind, queue=self.queue, attempt=self.attempts,
+                           max_attempts=self.max_attempts, priority=self.priority,
+                           effective_priority=float(self.effective_priority), deadline=self.deadline,
+                           created_at=self.created_at, started_at=self.started_at, batch=batch,
+                           _cancel_requested=cancel_requested)
 
     def payload(self) -> dict[str, Any]:
         """The payload as a dict; raises PayloadError if Python cannot have it."""
@@ -82,10 +100,17 @@ class Outcome:
     finished_at: float = 0.0     # time.time()
     # Stopped on request (angela_queue.cancel_task) before the handler ended.
     cancelled: bool = False
+    # The handler raised Snooze: run again after this many seconds, the
+    # attempt not counted (neither a success nor a failure).
+    snooze_s: float | None = None
 
     @property
     def retry(self) -> bool:
         return self.retry_in_s is not None
+
+    @property
+    def snoozed(self) -> bool:
+        return self.snooze_s is not None
 
 
 @dataclass(frozen=True)
@@ -240,21 +265,71 @@ def _failed(task: ClaimedTask, error: str, started: float, retry_in_s: float | N
                    duration_ms=(time.perf_counter() - started) * 1000, finished_at=time.time())
 
 
+def _controlled(task: ClaimedTask, control: TaskControl, started: float, retry_in_s: float) -> Outcome:
+    """The outcome a handler asked for by raising Snooze, Discard or Retry."""
+    duration_ms = (time.perf_counter() - started) * 1000
+    if isinstance(control, Snooze):
+        return Outcome(task.id, ok=False, snooze_s=control.seconds, duration_ms=duration_ms,
+                       finished_at=time.time())
+    if isinstance(control, Discard):
+        return _failed(task, clean_text(f"Discard: {control.reason}"), started, None)
+    if isinstance(control, Retry):
+        return _failed(task, clean_text(f"Retry: {control.reason}"), started,
+                       retry_in_s if control.after is None else control.after)
+    return _failed(task, clean_text(f"{type(control).__name__}: {control}"), started, retry_in_s)
+
+
+def _handler_argument(definition: TaskDefinition, task: ClaimedTask) -> dict[str, Any] | Any:
+    """The payload as the handler takes it: a dict, or its model's instance.
+    Raises PayloadError if it cannot be had (retrying cannot help)."""
+    payload = task.payload()
+    if definition.model is None:
+        return payload
+    from ..models import instance_for_handler
+    try:
+        return instance_for_handler(definition.model, payload)
+    except ValueError as exc:      # pydantic's ValidationError is a ValueError
+        raise PayloadError(f"the payload does not match {definition.model.__name__}: "
+                           f"{str(exc)[:500]}") from None
+
+
+def _in_context(definition: TaskDefinition, call: Callable[[], Any]) -> Callable[[], Any]:
+    """A sync handler runs on a handler thread, which does not inherit the
+    loop's context variables: carry current_task() over."""
+    if definition.is_async:
+        return call
+    return functools.partial(contextvars.copy_context().run, call)
+
+
+def _never_cancelled(_task_id: int) -> bool:
+    return False
+
+
 async def execute_one(definition: TaskDefinition | None, task: ClaimedTask, policy: ExecutionPolicy,
-                      threads: HandlerThreads, on_abandoned: Callable[[], None]) -> Outcome:
-    """One task, one handler call with the payload's keys as keyword arguments."""
+                      threads: HandlerThreads, on_abandoned: Callable[[], None],
+                      cancel_requested: Callable[[int], bool] = _never_cancelled) -> Outcome:
+    """One task, one handler call with the payload's keys as keyword arguments
+    (or its model's instance)."""
     started = time.perf_counter()
     retry_in_s = policy.retry_in(task, definition)
     if definition is None:
         return _failed(task, unknown_kind_error(task.kind), started, retry_in_s)
     try:
-        call = functools.partial(definition.func, **task.payload())
+        argument = _handler_argument(definition, task)
     except PayloadError as exc:
         return _failed(task, clean_text(str(exc)), started, None)
+    if definition.model is None:
+        call = functools.partial(definition.func, **argument)
+    else:
+        call = functools.partial(definition.func, argument)
+    token = set_current(task.context(cancel_requested))
     try:
-        value = await run_handler(definition, call, policy.timeout(task, definition), threads, on_abandoned)
+        value = await run_handler(definition, _in_context(definition, call), policy.timeout(task, definition),
+                                  threads, on_abandoned)
     except HandlerTimeout as exc:
         return _failed(task, f"HandlerTimeout: {exc}", started, retry_in_s)
+    except TaskControl as control:
+        return _controlled(task, control, started, retry_in_s)
     except asyncio.CancelledError:
         if _own_cancellation():
             raise
@@ -262,6 +337,8 @@ async def execute_one(definition: TaskDefinition | None, task: ClaimedTask, poli
                        retry_in_s)
     except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt... are a failed attempt
         return _failed(task, describe_exception(exc), started, retry_in_s)
+    finally:
+        reset_current(token)
     ok, result_json, error = to_json_result(value)
     # A result that cannot be stored will not be storable next time either.
     return Outcome(task.id, ok=ok, result_json=result_json, error=error, retry_in_s=None,
@@ -269,7 +346,8 @@ async def execute_one(definition: TaskDefinition | None, task: ClaimedTask, poli
 
 
 async def execute_batch(definition: TaskDefinition, tasks: list[ClaimedTask], policy: ExecutionPolicy,
-                        threads: HandlerThreads, on_abandoned: Callable[[], None]) -> list[Outcome]:
+                        threads: HandlerThreads, on_abandoned: Callable[[], None],
+                        cancel_requested: Callable[[int], bool] = _never_cancelled) -> list[Outcome]:
     """A ``batch=True`` handler gets the payloads in one call (a list, of one if alone).
 
     The handler may return a list with one JSON result per task (same
@@ -277,39 +355,51 @@ async def execute_batch(definition: TaskDefinition, tasks: list[ClaimedTask], po
     task keeps its own timeout: the call may run until the longest of them,
     and a task whose own timeout passed before the call returned fails as
     timed out whatever the result. A task whose payload cannot be decoded
-    fails alone; the others still run. Outcomes come back in task order.
+    fails alone; the others still run. Snooze, Discard or Retry raised by the
+    handler applies to every task of the call. Outcomes come back in task
+    order.
     """
     started = time.perf_counter()
     outcomes: dict[int, Outcome] = {}
-    runnable: list[tuple[ClaimedTask, dict[str, Any]]] = []
+    runnable: list[tuple[ClaimedTask, Any]] = []
     for task in tasks:
         try:
-            runnable.append((task, task.payload()))
+            runnable.append((task, _handler_argument(definition, task)))
         except PayloadError as exc:
             outcomes[task.id] = _failed(task, clean_text(str(exc)), started, None)
     if runnable:
         limits = [policy.timeout(t, definition) for t, _ in runnable]
         call_limit = None if any(limit is None for limit in limits) else max(limits)  # type: ignore[type-var]
-        call = functools.partial(definition.func, [payload for _, payload in runnable])
+        call = functools.partial(definition.func, [argument for _, argument in runnable])
+        contexts = tuple(t.context(cancel_requested) for t, _ in runnable)
+        token = set_current(runnable[0][0].context(cancel_requested, batch=contexts))
         error: str | None = None
+        control: TaskControl | None = None
         value: Any = None
         try:
-            value = await run_handler(definition, call, call_limit, threads, on_abandoned)
+            value = await run_handler(definition, _in_context(definition, call), call_limit, threads,
+                                      on_abandoned)
         except HandlerTimeout as exc:
             error = f"HandlerTimeout: {exc}"
+        except TaskControl as raised:
+            control = raised
         except asyncio.CancelledError:
             if _own_cancellation():
                 raise
             error = describe_exception(asyncio.CancelledError("raised by the handler"))
         except BaseException as exc:  # noqa: BLE001 - as in execute_one
             error = describe_exception(exc)
+        finally:
+            reset_current(token)
         elapsed_s = time.perf_counter() - started
-        if error is None:
+        if error is None and control is None:
             results = value if isinstance(value, list) and len(value) == len(runnable) else [value] * len(runnable)
         else:
             results = [None] * len(runnable)
         for (task, _), limit, result in zip(runnable, limits, results, strict=True):
-            if error is not None:
+            if control is not None:
+                outcomes[task.id] = _controlled(task, control, started, policy.retry_in(task, definition))
+            elif error is not None:
                 outcomes[task.id] = _failed(task, error, started, policy.retry_in(task, definition))
             elif limit is not None and elapsed_s > limit:
                 outcomes[task.id] = _failed(

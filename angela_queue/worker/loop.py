@@ -43,7 +43,7 @@ from typing import Any
 
 import psycopg
 
-from .. import db, schema
+from .. import db, kinds, schema
 from ..backoff import Backoff
 from ..config import CHANNEL_CANCEL, CHANNEL_INSERT, Settings
 from ..errors import ConfigError, SchemaMismatch
@@ -163,7 +163,12 @@ def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
 
 class Worker:
     def __init__(self, settings: Settings, *, worker_id: uuid.UUID | None = None,
-                 supervisor_id: uuid.UUID | None = None, supervisor_pid: int | None = None):
+                 supervisor_id: uuid.UUID | None = None, supervisor_pid: int | None = None,
+                 in_process: bool = False, stop_when_idle: bool = False):
+        """``in_process``: a guest in someone else's process (angela_queue.testing's
+        drain): no signal handlers, no maintenance leadership, and never
+        ``os._exit``. ``stop_when_idle``: stop once nothing is running and no
+        task in its queues is due."""
         if not settings.dsn:
             raise ValueError("Worker needs settings.dsn (the CLI resolves it, the embedded server included)")
         self.settings = settings
@@ -172,6 +177,10 @@ class Worker:
         self.id = worker_id or uuid.uuid4()
         self.supervisor_id = supervisor_id
         self.supervisor_pid = supervisor_pid
+        self.in_process = in_process
+        self.stop_when_idle = stop_when_idle
+        # With stop_when_idle: the ids whose outcome this worker stored, in order.
+        self.finished_ids: list[int] = []
         self.queues = list(dict.fromkeys(settings.queues))  # unique, in the order given
         self.stats = Stats()
 
@@ -215,7 +224,7 @@ class Worker:
                 log.error("supervisor %s is already gone; not starting", self.supervisor_pid)
                 return 1
         code = asyncio.run(self._main())
-        if self._threads is not None and self._threads.busy():
+        if self._threads is not None and self._threads.busy() and not self.in_process:
             # A sync handler is still running in its thread (its task was
             # released or timed out). Python would join that thread at exit
             # and hang; its task is already accounted for, so leave now.
@@ -269,8 +278,9 @@ class Worker:
             log.info("received %s", signal.Signals(signum).name)
             self.request_stop(fast=signals_seen > 1)
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._loop.add_signal_handler(sig, on_signal, sig)
+        if not self.in_process:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, on_signal, sig)
 
         self._stopped = asyncio.Event()
         if self.stopping:
@@ -292,7 +302,7 @@ class Worker:
                  ",".join(self.queues), self.settings.concurrency, ",".join(registered_kinds()) or "none")
         heartbeat = Heartbeat(self.settings, self.id, supervisor_pid=self.supervisor_pid,
                               snapshot=self._heartbeat_snapshot, stop=self._stop_from_thread,
-                              lead=self.supervisor_id is None)
+                              lead=self.supervisor_id is None and not self.in_process)
         heartbeat.start()
         listener = asyncio.create_task(self._listen())
         try:
@@ -331,6 +341,7 @@ class Worker:
                     "pid": os.getpid(), "queues": self.queues, "concurrency": self.settings.concurrency,
                     "stuck_after_s": self.settings.stuck_after_s, "dead_after_s": self.settings.dead_after_s,
                     "kinds": registered_kinds()})
+                await self._record_kinds()
                 backoff.succeeded()
                 return True
             except psycopg.Error as exc:
@@ -343,6 +354,18 @@ class Worker:
                 if self.conn is None:
                     return False
         return False
+
+    async def _record_kinds(self) -> None:
+        """Record the @task defaults of this worker's kinds in angela_queue.kinds,
+        so inserts from SQL and other languages get them. A login that may not
+        write them (an older grant) only loses that: the worker still runs."""
+        assert self.conn is not None
+        try:
+            await kinds.arecord(self.conn, f"worker {self.short_id} on {socket.gethostname()} (pid {os.getpid()})")
+        except psycopg.errors.InsufficientPrivilege as exc:
+            log.warning("could not record this worker's kinds in angela_queue.kinds (%s): inserts that leave "
+                        "priority, queue or max_attempts unset get the queue's defaults, not @task's",
+                        db.first_line(exc))
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, unless the worker is told to stop first."""
@@ -371,6 +394,9 @@ class Worker:
                 continue
             self.turn_backoff.succeeded()
             self._collect_due_batches()
+            if self.stop_when_idle and not claimed and await self._idle():
+                self.request_stop()
+                break
             if (asked and claimed >= asked) or (self.ready and self.free_slots() > 0 and not self.stopping):
                 # A full claim: more is probably waiting; or a batch is ready
                 # to start (its start is recorded in the next turn). Let
@@ -379,6 +405,16 @@ class Worker:
                 await asyncio.sleep(0)
                 continue
             await self._wait()
+
+    async def _idle(self) -> bool:
+        """Nothing in hand, and nothing due in our queues (a due delayed task
+        or retry is promoted first, so it counts)."""
+        if self.executing or self.held or self.collecting or self.ready or self.outcomes or self.flushing:
+            return False
+        assert self.conn is not None
+        await self._housekeeping()
+        rows = await db.afetch_all(self.conn, "tasks_due_count", {"queues": self.queues})
+        return rows[0]["due"] == 0
 
     async def _after_failed_turn(self, exc: Exception) -> None:
         """A turn failed. A lost connection: reconnect. Anything else means the
@@ -484,12 +520,13 @@ class Worker:
         return BATCH_BELOW_PRIORITY if self.settings.batch_size > 1 else 0
 
     def _start_batches(self, batches: list[Batch], started_rows: list[dict[str, Any]]) -> None:
-        attempts = {r["id"]: r["attempts"] for r in started_rows}
+        started = {r["id"]: r for r in started_rows}
         for batch in batches:
             kept = []
             for task in batch.tasks:
-                if task.id in attempts:
-                    task.attempts = attempts[task.id]
+                if task.id in started:
+                    task.attempts = started[task.id]["attempts"]
+                    task.started_at = started[task.id]["started_at"]
                     kept.append(task)
                 else:
                     log.warning("task %d was reclaimed before its batch started; not running it", task.id)
@@ -711,7 +748,7 @@ class Worker:
         self.jobs[task.id] = asyncio.current_task()  # type: ignore[assignment]
         try:
             outcome = await execute_one(lookup(task.kind), task, self.policy, self._threads,
-                                        self._on_abandoned_thread)
+                                        self._on_abandoned_thread, self.is_cancel_requested)
         except asyncio.CancelledError:
             if task.id not in self.cancel_requested or self.stopping:
                 raise
@@ -727,19 +764,25 @@ class Worker:
         definition = lookup(batch.kind)
         if definition is not None and definition.batch:
             outcomes = await execute_batch(definition, batch.tasks, self.policy, self._threads,
-                                           self._on_abandoned_thread)
+                                           self._on_abandoned_thread, self.is_cancel_requested)
             for task, outcome in zip(batch.tasks, outcomes, strict=True):
                 self._record(task, outcome)
             return
         for task in batch.tasks:  # not a batch handler: one by one, in order
             if self.stopping:
                 return  # the rest are released by _shutdown
-            outcome = await execute_one(definition, task, self.policy, self._threads, self._on_abandoned_thread)
+            outcome = await execute_one(definition, task, self.policy, self._threads, self._on_abandoned_thread,
+                                        self.is_cancel_requested)
             self._record(task, outcome)
 
     def _record(self, task: ClaimedTask, outcome: Outcome) -> None:
-        self.stats.record(outcome.ok, outcome.duration_ms)
         self.outcomes.append(outcome)
+        if outcome.snoozed:
+            # Neither a success nor a failure: the attempt does not count.
+            log.info("task %d %s p%d snoozed for %gs (attempt %d not counted)", task.id, task.kind,
+                     task.priority, outcome.snooze_s, task.attempts)
+            return
+        self.stats.record(outcome.ok, outcome.duration_ms)
         if outcome.ok:
             log.info("task %d %s p%d succeeded in %.1fms (attempt %d)%s", task.id, task.kind, task.priority,
                      outcome.duration_ms, task.attempts,
@@ -771,8 +814,9 @@ class Worker:
     def _outcome_statements(self, flush: list[Outcome]) -> list[tuple[str, dict[str, Any]]]:
         statements: list[tuple[str, dict[str, Any]]] = []
         ok = [o for o in flush if o.ok]
-        bad = [o for o in flush if not o.ok and not o.cancelled]
+        bad = [o for o in flush if not o.ok and not o.cancelled and not o.snoozed]
         cancelled = [o for o in flush if o.cancelled]
+        snoozed = [o for o in flush if o.snoozed and not o.cancelled]
         if ok:
             # One JSON document for the batch: each result was encoded once
             # already, and Postgres parses the document in C, where per-element
@@ -791,6 +835,10 @@ class Worker:
                 "worker_id": self.id, "ids": [o.task_id for o in cancelled],
                 "errors": [o.error for o in cancelled],
                 "finished_ats": [_utc(o.finished_at) for o in cancelled]}))
+        if snoozed:
+            statements.append(("tasks_snooze_many", {
+                "worker_id": self.id, "ids": [o.task_id for o in snoozed],
+                "delays_s": [o.snooze_s for o in snoozed]}))
         return statements
 
     def _outcomes_stored(self, flush: list[Outcome], results: list[list[dict[str, Any]]]) -> None:
@@ -798,6 +846,8 @@ class Worker:
         if not flush:
             return
         stored = {row["id"] for rows in results for row in rows}
+        if self.stop_when_idle:
+            self.finished_ids.extend(o.task_id for o in flush if o.task_id in stored)
         for outcome in flush:
             if outcome.task_id not in stored:
                 log.warning("task %d was reclaimed while it ran here; its outcome was not recorded",

@@ -1,0 +1,77 @@
+"""``angela-queue kinds``: the @task defaults recorded in angela_queue.kinds."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..terminal import safe
+from . import command, echo, resolve_dsn
+
+
+def _table(rows: list[dict]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for name in ("KIND", "QUEUE", "PRIORITY", "MAX ATTEMPTS", "TIMEOUT", "BACKOFF", "BATCH", "RECORDED BY"):
+        table.add_column(name, no_wrap=True)
+
+    def shown(value: object, unit: str = "") -> str:
+        return "-" if value is None else f"{value:g}{unit}" if isinstance(value, float) else str(value)
+
+    for r in rows:
+        backoff = "-" if r["backoff_base_s"] is None and r["backoff_max_s"] is None else (
+            f"{shown(r['backoff_base_s'], 's')}..{shown(r['backoff_max_s'], 's')}")
+        table.add_row(*[Text(safe(v)) for v in (
+            r["kind"], shown(r["queue"]), shown(r["priority"]), shown(r["max_attempts"]),
+            shown(r["timeout_s"], "s"), backoff, "yes" if r["batch"] else "no", r["updated_by"])])
+    return table
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=False, width=max(Console().width, 140))
+
+
+def register(main: click.Group) -> None:
+    @main.group()
+    def kinds() -> None:
+        """Each kind's @task defaults, which inserts from SQL and other languages get too."""
+
+    @command(kinds, "sync")
+    @click.option("--app", required=True, envvar="ANGELA_QUEUE_APP", show_envvar=True,
+                  help="The module whose @task handlers to record.")
+    @click.pass_context
+    def sync(ctx: click.Context, app: str) -> None:
+        """Record the @task defaults of every kind MODULE registers.
+
+        Workers do this when they start; run it in a deploy step so that a
+        kind's new defaults apply to inserts before the new workers are up.
+        (`-` in the table: the kind leaves it to the queue's default.)
+        """
+        from .. import db, kinds as kinds_table, schema
+        from ..registry import require_handlers
+        require_handlers(app)
+        with db.connect(resolve_dsn(ctx), application_name="angela-queue-kinds") as conn:
+            schema.check(conn)
+            changed = kinds_table.record(conn, f"kinds sync by {getpass.getuser()} on {socket.gethostname()}")
+            rows = kinds_table.recorded(conn)
+        from ..registry import registered_kinds
+        mine = set(registered_kinds())
+        _console().print(_table([r for r in rows if r["kind"] in mine]))
+        echo(f"{len(mine)} kind(s) recorded, {len(changed)} changed.")
+
+    @command(kinds, "list")
+    @click.pass_context
+    def list_kinds(ctx: click.Context) -> None:
+        """Every recorded kind and its defaults."""
+        from .. import db, kinds as kinds_table
+        with db.connect(resolve_dsn(ctx), application_name="angela-queue-kinds") as conn:
+            rows = kinds_table.recorded(conn)
+        if not rows:
+            echo("no kinds recorded yet (workers record theirs when they start; or run `kinds sync --app MODULE`)")
+            return
+        _console().print(_table(rows))
