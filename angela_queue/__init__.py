@@ -10,8 +10,8 @@
 
 from .client import AsyncClient, Client, cancel, enqueue, enqueue_many
 from .config import PROFILES, Settings, load_settings
-from .errors import (AngelaQueueError, ConfigError, DatabaseUnavailable, QueueFull, SchemaMismatch, SchemaMissing,
-                     TaskFailed, TaskNotFound)
+from .errors import (AngelaQueueError, ConfigError, DatabaseUnavailable, DedupKeyHeld, QueueFull, SchemaMismatch,
+                     SchemaMissing, TaskFailed, TaskNotFound)
 from .handler import Discard, Retry, Snooze, TaskContext, current_task
 from .registry import TaskDefinition, task
 from .tasks import CancelResult, EnqueuedTask, RetryResult, TaskRecord, TaskSpec
@@ -19,7 +19,8 @@ from .tasks import CancelResult, EnqueuedTask, RetryResult, TaskRecord, TaskSpec
 __version__ = "0.1.0"
 
 __all__ = [
-    "AngelaQueueError", "AsyncClient", "CancelResult", "Client", "ConfigError", "DatabaseUnavailable", "Discard",
+    "AngelaQueueError", "AsyncClient", "CancelResult", "Client", "ConfigError", "DatabaseUnavailable", "DedupKeyHeld",
+    "Discard",
     "EnqueuedTask", "PROFILES", "QueueFull", "Retry", "RetryResult", "SchemaMismatch", "SchemaMissing", "Settings",
     "Snooze", "TaskContext", "TaskDefinition", "TaskFailed", "TaskNotFound", "TaskRecord", "TaskSpec",
     "cancel", "current_task", "enqueue", "enqueue_many", "load_settings", "task",

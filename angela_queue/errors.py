@@ -53,3 +53,18 @@ class TaskFailed(AngelaQueueError):
         self.record = record
         first = (error or "").strip().splitlines()[0] if (error or "").strip() else "no error recorded"
         super().__init__(f"task {task_id} {status}: {first}")
+
+
+class DedupKeyHeld(AngelaQueueError):
+    """An unfinished task that another login enqueued holds this dedup key: the
+    enqueue stored nothing, and that task is not yours to see. From
+    ``enqueue_many``, ``enqueued`` lists what the call did store (None where
+    a key was held so)."""
+
+    def __init__(self, queue: str, dedup_keys: list[str], enqueued: list | None = None):
+        self.queue = queue
+        self.dedup_keys = dedup_keys
+        self.enqueued = enqueued
+        shown = ", ".join(repr(k) for k in dedup_keys[:5]) + (" ..." if len(dedup_keys) > 5 else "")
+        super().__init__(f"dedup key {shown} in queue {queue!r} is held by an unfinished task another login "
+                         "enqueued; nothing was stored for it")

@@ -21,7 +21,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from .config import CHANNEL_SPACE, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, ENQUEUE_FULL_WAIT_S
-from .errors import QueueFull, TaskNotFound
+from .errors import DedupKeyHeld, QueueFull, TaskNotFound
 from .registry import TaskDefinition, lookup
 
 log = logging.getLogger("angela_queue.client")
@@ -32,6 +32,8 @@ EARLIEST_RUN_AT = dt.datetime(1900, 1, 1, tzinfo=dt.timezone.utc)
 LATEST_RUN_AT = dt.datetime(9999, 1, 1, tzinfo=dt.timezone.utc)
 # Retries of a bulk insert that lost a deadlock or serialization race.
 BULK_RETRIES = 3
+# Rows a purge deletes per transaction.
+PURGE_CHUNK = 10_000
 
 STATUSES = ("scheduled", "queued", "running", "succeeded", "failed", "cancelled", "dropped")
 WAITING_STATUSES = ("scheduled", "queued")
@@ -319,7 +321,7 @@ def enqueue_flow(spec: TaskSpec, wait_s: float = ENQUEUE_FULL_WAIT_S) -> Flow:
             rows = yield Query("tasks_find_unfinished_by_dedup_key",
                                {"queue": spec.queue, "dedup_key": spec.dedup_key})
             if rows:
-                return EnqueuedTask.from_row(rows[0], duplicate=True)
+                return _holder(spec, rows[0])
         for _ in range(5):
             rows = yield Query("tasks_enqueue", spec.params())
             if rows:
@@ -329,12 +331,19 @@ def enqueue_flow(spec: TaskSpec, wait_s: float = ENQUEUE_FULL_WAIT_S) -> Flow:
             rows = yield Query("tasks_find_unfinished_by_dedup_key",
                                {"queue": spec.queue, "dedup_key": spec.dedup_key})
             if rows:
-                return EnqueuedTask.from_row(rows[0], duplicate=True)
+                return _holder(spec, rows[0])
         raise RuntimeError(f"could not settle dedup key {spec.dedup_key!r}: its task kept changing")
 
     task = yield from _with_overflow_wait(attempt, spec.queue, wait_s)
     _warn_dropped([task])
     return task
+
+
+def _holder(spec: TaskSpec, row: Mapping[str, Any]) -> EnqueuedTask:
+    """The task holding a spec's dedup key; DedupKeyHeld if it is another login's."""
+    if row["id"] is None:
+        raise DedupKeyHeld(spec.queue or DEFAULT_QUEUE, [spec.dedup_key or ""])
+    return EnqueuedTask.from_row(row, duplicate=True)
 
 
 def canonical_order(specs: list[TaskSpec]) -> list[int]:
@@ -373,6 +382,10 @@ def enqueue_many_flow(specs: Iterable[TaskSpec], wait_s: float = ENQUEUE_FULL_WA
         out: list = [None] * len(specs)
         for position, task in zip(order, matched, strict=True):
             out[position] = task
+        held = [specs[i] for i, task in enumerate(out) if task is None]
+        if held:
+            _warn_dropped([t for t in out if t is not None])
+            raise DedupKeyHeld(held[0].queue or DEFAULT_QUEUE, [s.dedup_key or "" for s in held], enqueued=out)
         return out
 
     queue_of = specs[0].queue
@@ -415,7 +428,8 @@ def _match_bulk_rows(specs: list[TaskSpec], rows: list[Mapping[str, Any]]) -> Fl
         found = yield Query("tasks_find_unfinished_by_dedup_key", {"queue": spec.queue, "dedup_key": spec.dedup_key})
         if not found:
             raise RuntimeError(f"dedup key {spec.dedup_key!r} conflicted but its task finished meanwhile; retry")
-        out.append(EnqueuedTask.from_row(found[0], duplicate=True))
+        # None: held by another login's task (see enqueue_many_flow).
+        out.append(None if found[0]["id"] is None else EnqueuedTask.from_row(found[0], duplicate=True))
     return out
 
 
@@ -558,8 +572,15 @@ def purge_flow(status: str, older_than: float | dt.timedelta) -> Flow:
     seconds = older_than.total_seconds() if isinstance(older_than, dt.timedelta) else older_than
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < 1e11:
         raise ValueError(f"older_than must be a duration of 0 or more (got {older_than!r})")
-    rows = yield Query("tasks_purge", {"status": status, "older_than_s": float(seconds)})
-    return rows[0]["purged"]
+    total = 0
+    while True:
+        # Each call its own transaction (an autocommit connection): a purge
+        # of millions never holds its deletes, or the vacuum, back.
+        rows = yield Query("tasks_purge", {"status": status, "older_than_s": float(seconds),
+                                           "limit": PURGE_CHUNK})
+        total += rows[0]["purged"]
+        if rows[0]["purged"] < PURGE_CHUNK:
+            return total
 
 
 def list_flow(*, status: str | None = None, kind: str | None = None, queue: str | None = None,

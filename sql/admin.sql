@@ -49,3 +49,8 @@ SELECT pg_reload_conf() AS signalled;
 -- Whether the configuration was loaded after %(since)s (a new session reports
 -- the postmaster's load time).
 SELECT pg_conf_load_time() > %(since)s::timestamptz AS reloaded;
+
+-- name: admin_other_login_roles
+-- Every login role but %(keep)s (the embedded server, leaving trust behind:
+-- each may have been made by anyone while it trusted everyone).
+SELECT r.rolname FROM pg_roles r WHERE r.rolcanlogin AND r.rolname <> %(keep)s ORDER BY r.rolname;

@@ -212,15 +212,24 @@ CREATE TABLE angela_queue.tasks (
     -- The last 20 failed attempts, oldest first: [{"attempt", "at", "worker",
     -- "error"}] (angela_queue.error_history). last_error is the newest.
     errors          jsonb NOT NULL DEFAULT '[]'::jsonb,
-    -- When the newest failed attempt ended (recent_failures walks an index on it).
-    failed_at       timestamptz,
+    -- When the newest failed attempt ended (recent_failures walks an index on
+    -- it). Bounded like the other times: one far-future row would sort first
+    -- in recent_failures forever, and 'infinity' breaks every reader.
+    failed_at       timestamptz
+                    CONSTRAINT task_failed_at_in_range
+                    CHECK (failed_at IS NULL OR (failed_at >= '1900-01-01 00:00:00+00' AND failed_at < '9999-01-01 00:00:00+00')),
     -- Set when a running task is asked to stop (angela_queue.cancel_task):
     -- whatever its attempt's outcome, it is recorded as cancelled, and it is
     -- never retried.
     cancel_requested_at timestamptz,
     -- A task in a final status has finished: retention goes by finished_at.
     CONSTRAINT task_final_has_finished_at
-        CHECK (status NOT IN ('succeeded', 'failed', 'cancelled', 'dropped') OR finished_at IS NOT NULL)
+        CHECK (status NOT IN ('succeeded', 'failed', 'cancelled', 'dropped') OR finished_at IS NOT NULL),
+    -- A waiting task has an attempt left: the claim passes over one that has
+    -- none, and nothing else would ever move it (it would sit, overdue, for
+    -- good). An edit that spends them is refused; retry resets them.
+    CONSTRAINT task_waiting_has_an_attempt_left
+        CHECK (status NOT IN ('scheduled', 'queued') OR attempts < max_attempts)
 )
 -- Queue rows churn: every task is inserted, updated two or three times and
 -- deleted by the pruner. Free space on each page (fillfactor) lets the new row
@@ -312,9 +321,11 @@ $$;
 CREATE FUNCTION angela_queue.error_history(p_errors jsonb, p_attempt integer, p_at timestamptz,
                                            p_worker uuid, p_error text) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    -- Each error cut to 8000 characters: 20 of them stay a small document
+    -- whatever a handler's message holds.
     SELECT jsonb_path_query_array(
         coalesce(p_errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
-            'attempt', p_attempt, 'at', p_at, 'worker', p_worker, 'error', p_error)),
+            'attempt', p_attempt, 'at', p_at, 'worker', p_worker, 'error', left(p_error, 8000))),
         '$[last - 19 to last]')
 $$;
 
@@ -407,7 +418,18 @@ BEGIN
     NEW.enqueued_by := session_user;
     NEW.boost := coalesce(NEW.boost, 0);
     NEW.boost_rules := coalesce(NEW.boost_rules, '{}');
+    -- What workers write is theirs alone: a new task has run nowhere yet,
+    -- whatever the insert says (a forged failed_at or errors would rewrite
+    -- recent_failures and status for everyone).
     NEW.attempts := 0;
+    NEW.worker_id := NULL;
+    NEW.started_at := NULL;
+    NEW.finished_at := NULL;
+    NEW.result := NULL;
+    NEW.last_error := NULL;
+    NEW.errors := '[]';
+    NEW.failed_at := NULL;
+    NEW.cancel_requested_at := NULL;
 
     -- silent => true: a rule that errors on this payload (a strict path with
     -- a missing key, a division by zero) is a non-match, not a failed insert.
@@ -567,18 +589,22 @@ ALTER TABLE angela_queue.tasks ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tasks_visible ON angela_queue.tasks
     USING ((SELECT angela_queue.reads_all_tasks(current_user)) OR enqueued_by = session_user::text);
 
--- The unfinished task holding a dedup key, for an enqueue that met it: a
--- producer may not read the holder (another login's task), so this returns
--- only what an enqueue reports, and the holder's last error only to whoever
--- may read it. SECURITY DEFINER with a pinned search_path.
+-- The unfinished task holding a dedup key, for an enqueue that met it.
+-- A producer may not see another login's task: for such a holder only the
+-- queue and key come back, every other column NULL (the client raises
+-- DedupKeyHeld), so a key cannot be used to read another login's task id,
+-- kind or schedule. SECURITY DEFINER with a pinned search_path.
 CREATE FUNCTION angela_queue.find_unfinished_task(p_queue text, p_dedup_key text)
 RETURNS TABLE (id bigint, queue text, kind text, status text, priority integer, boost integer, tier text,
                run_at timestamptz, dedup_key text, last_error text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT t.id, t.queue, t.kind, t.status, t.priority, t.boost, t.tier, t.run_at, t.dedup_key,
-           CASE WHEN t.enqueued_by = session_user::text OR angela_queue.reads_all_tasks(session_user)
-                THEN t.last_error END
+    SELECT CASE WHEN v.visible THEN t.id END, t.queue, CASE WHEN v.visible THEN t.kind END,
+           CASE WHEN v.visible THEN t.status END, CASE WHEN v.visible THEN t.priority END,
+           CASE WHEN v.visible THEN t.boost END, CASE WHEN v.visible THEN t.tier END,
+           CASE WHEN v.visible THEN t.run_at END, t.dedup_key, CASE WHEN v.visible THEN t.last_error END
     FROM angela_queue.tasks t
+    CROSS JOIN LATERAL (SELECT t.enqueued_by = session_user::text
+                               OR angela_queue.reads_all_tasks(session_user) AS visible) AS v
     WHERE t.queue = p_queue AND t.dedup_key = p_dedup_key
       AND t.status IN ('scheduled', 'queued', 'running')
 $$;
@@ -610,16 +636,25 @@ $$;
 -- is no such task or the caller may not see it (a producer cancels its own
 -- tasks only). The row lock waits for a claim in progress, so the status
 -- returned is never a stale 'queued'. Wakes enqueuers waiting for space.
+-- Hazard: the lock is taken only once the caller is known to own the task
+-- (a read first, without it): otherwise any producer could lock any row,
+-- for as long as its transaction stays open, and stall the worker that
+-- holds it.
 CREATE FUNCTION angela_queue.cancel_task(p_id bigint)
 RETURNS TABLE (id bigint, status text, outcome text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t record;
+    owner text;
 BEGIN
+    SELECT k.enqueued_by INTO owner FROM angela_queue.tasks k WHERE k.id = p_id;
+    IF NOT FOUND OR NOT (owner = session_user::text OR angela_queue.reads_all_tasks(session_user)) THEN
+        RETURN;
+    END IF;
     SELECT k.id, k.queue, k.status, k.enqueued_by, k.worker_id, k.cancel_requested_at INTO t
     FROM angela_queue.tasks k WHERE k.id = p_id FOR UPDATE;
-    IF NOT FOUND OR NOT (t.enqueued_by = session_user::text OR angela_queue.reads_all_tasks(session_user)) THEN
-        RETURN;
+    IF NOT FOUND THEN
+        RETURN;      -- purged meanwhile
     END IF;
     IF t.status = 'running' THEN
         IF t.cancel_requested_at IS NULL THEN
@@ -640,6 +675,13 @@ BEGIN
     RETURN QUERY SELECT t.id, 'cancelled'::text, 'cancelled'::text;
 END
 $$;
+
+-- The SECURITY DEFINER functions run as the schema's owner: only the owner,
+-- and the roles roles.sql grants them to, may call them. Without the roles
+-- (a managed Postgres where migrate could not create them), a login that
+-- merely may use the schema cannot cancel, or find, another login's task.
+REVOKE EXECUTE ON FUNCTION angela_queue.find_unfinished_task(text, text), angela_queue.cancel_task(bigint)
+    FROM PUBLIC;
 
 -- Reclaim running tasks whose worker can no longer finish them (it exited, is
 -- stuck, or was lost): the one implementation behind every reclaim. Each id
@@ -721,11 +763,27 @@ $$;
 -- has them; a producer or a reader does not).
 -- ---------------------------------------------------------------------------
 
+-- The room left in a bounded queue (max_size minus the tasks waiting in
+-- it, never below 0); NULL for an unbounded or unknown queue. Counts stop
+-- at max_size, as the insert trigger's do.
+CREATE FUNCTION angela_queue.queue_room(p_queue text) RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT greatest(q.max_size
+                    - (SELECT count(*) FROM (SELECT 1 FROM angela_queue.tasks t
+                                             WHERE t.queue = q.name AND t.status = 'queued' LIMIT q.max_size) a)
+                    - (SELECT count(*) FROM (SELECT 1 FROM angela_queue.tasks t
+                                             WHERE t.queue = q.name AND t.status = 'scheduled' LIMIT q.max_size) b),
+                    0)
+    FROM angela_queue.queues q WHERE q.name = p_queue AND q.max_size IS NOT NULL
+$$;
+
 -- Put a failed, cancelled or dropped task back in its queue: queued now,
 -- with a fresh deadline (the update trigger recomputes it from run_at) and
 -- its attempts reset. Its attempt history (errors) stays. Returns the status
--- afterwards and the outcome ('retried' or 'unchanged'); no row if there is
--- no such task.
+-- afterwards and the outcome: 'retried'; 'unchanged' (not in a status that
+-- retries); 'dedup_key_held' (a newer task holds its key); 'queue_full' (its
+-- bounded queue has no room: a retry is held to max_size like an insert).
+-- No row if there is no such task.
 CREATE FUNCTION angela_queue.retry_task(p_id bigint)
 RETURNS TABLE (id bigint, status text, outcome text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -748,10 +806,20 @@ BEGIN
         RETURN QUERY SELECT t.id, t.status, 'dedup_key_held'::text;
         RETURN;
     END IF;
-    UPDATE angela_queue.tasks k
-    SET status = 'queued', run_at = now(), attempts = 0, finished_at = NULL, started_at = NULL,
-        worker_id = NULL, result = NULL, cancel_requested_at = NULL
-    WHERE k.id = p_id;
+    IF angela_queue.queue_room(t.queue) = 0 THEN
+        RETURN QUERY SELECT t.id, t.status, 'queue_full'::text;
+        RETURN;
+    END IF;
+    BEGIN
+        UPDATE angela_queue.tasks k
+        SET status = 'queued', run_at = now(), attempts = 0, finished_at = NULL, started_at = NULL,
+            worker_id = NULL, result = NULL, cancel_requested_at = NULL
+        WHERE k.id = p_id;
+    EXCEPTION WHEN unique_violation THEN
+        -- A concurrent retry of another task with the same key won.
+        RETURN QUERY SELECT t.id, t.status, 'dedup_key_held'::text;
+        RETURN;
+    END;
     PERFORM pg_notify('angela_queue_insert', t.queue);
     RETURN QUERY SELECT t.id, 'queued'::text, 'retried'::text;
 END
@@ -759,7 +827,9 @@ $$;
 
 -- Retry every task in a final status that can be retried ('failed',
 -- 'cancelled' or 'dropped'), of one kind and one queue, or of any (NULL).
--- Returns how many went back. One NOTIFY per queue that got work.
+-- Returns how many went back. A bounded queue takes only as many as it has
+-- room for, oldest first; the rest stay as they are. One NOTIFY per queue
+-- that got work.
 CREATE FUNCTION angela_queue.retry_tasks(p_status text, p_kind text DEFAULT NULL, p_queue text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -776,16 +846,19 @@ BEGIN
     -- unfinished task holds (the key is unique among unfinished tasks).
     WITH candidates AS MATERIALIZED (
         SELECT k.id, k.queue, k.dedup_key,
-               row_number() OVER (PARTITION BY k.queue, k.dedup_key ORDER BY k.id DESC) AS nth
+               row_number() OVER (PARTITION BY k.queue, k.dedup_key ORDER BY k.id DESC) AS nth,
+               row_number() OVER (PARTITION BY k.queue ORDER BY k.id) AS in_queue
         FROM angela_queue.tasks k
         WHERE k.status IN ('succeeded', 'failed', 'cancelled', 'dropped') AND k.status = p_status
           AND (p_kind IS NULL OR k.kind = p_kind) AND (p_queue IS NULL OR k.queue = p_queue)
+    ), room AS MATERIALIZED (
+        SELECT c.queue, angela_queue.queue_room(c.queue) AS room FROM (SELECT DISTINCT queue FROM candidates) c
     ), retried AS (
         UPDATE angela_queue.tasks k
         SET status = 'queued', run_at = now(), attempts = 0, finished_at = NULL, started_at = NULL,
             worker_id = NULL, result = NULL, cancel_requested_at = NULL
-        FROM candidates c
-        WHERE k.id = c.id AND k.status = p_status
+        FROM candidates c JOIN room r ON r.queue = c.queue
+        WHERE k.id = c.id AND k.status = p_status AND (r.room IS NULL OR c.in_queue <= r.room)
           AND (c.dedup_key IS NULL OR (c.nth = 1 AND NOT EXISTS (
                 SELECT 1 FROM angela_queue.tasks u
                 WHERE u.queue = c.queue AND u.dedup_key = c.dedup_key
@@ -801,9 +874,11 @@ END
 $$;
 
 -- Pause a queue: it keeps accepting tasks, but none is claimed (running ones
--- finish), and none counts as overdue while it is paused. Returns whether it
--- was running before (false: already paused). An unknown queue is created,
--- paused, so that a pause can come before the first task.
+-- finish, and a collected batch does not start), and none counts as overdue
+-- while it is paused. Returns whether it was running before (false: already
+-- paused). An unknown queue is an error: a mistyped name must not pause a
+-- new, empty queue while the real one runs on. (To pause one before its
+-- first task: INSERT INTO angela_queue.queues (name, paused_at) VALUES (...).)
 CREATE FUNCTION angela_queue.pause_queue(p_name text) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -812,8 +887,11 @@ BEGIN
     IF p_name IS NULL OR btrim(p_name) = '' THEN
         RAISE EXCEPTION 'angela_queue: a queue needs a name' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    INSERT INTO angela_queue.queues (name) VALUES (btrim(p_name)) ON CONFLICT (name) DO NOTHING;
     SELECT q.paused_at INTO paused FROM angela_queue.queues q WHERE q.name = btrim(p_name) FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'angela_queue: no queue named %', quote_literal(btrim(p_name))
+            USING ERRCODE = 'undefined_object';
+    END IF;
     IF paused IS NOT NULL THEN
         RETURN false;
     END IF;
@@ -842,10 +920,14 @@ END
 $$;
 
 -- Delete finished tasks of one final status that finished longer ago than
--- p_older_than, in chunks of 10,000 through tasks_finished_idx (each chunk
--- one short DELETE; SKIP LOCKED passes over rows being changed). Returns the
--- count. Unfinished tasks are never touched.
-CREATE FUNCTION angela_queue.purge_tasks(p_status text, p_older_than interval) RETURNS bigint
+-- p_older_than, in chunks of 10,000 through tasks_finished_idx (SKIP LOCKED
+-- passes over rows being changed). Returns the count. Unfinished tasks are
+-- never touched. With p_limit, at most that many, in one chunk: a caller
+-- that calls again, one transaction per call, until fewer come back (the
+-- client and the CLI do) keeps every transaction short; in one call, the
+-- whole purge is one transaction.
+CREATE FUNCTION angela_queue.purge_tasks(p_status text, p_older_than interval, p_limit bigint DEFAULT NULL)
+RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     total bigint := 0;
@@ -861,6 +943,10 @@ BEGIN
                         coalesce(p_older_than::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF p_limit IS NOT NULL AND p_limit < 1 THEN
+        RAISE EXCEPTION 'angela_queue: limit must be 1 or more (got %)', p_limit
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     LOOP
         DELETE FROM angela_queue.tasks k
         WHERE k.id = ANY (ARRAY(
@@ -868,12 +954,12 @@ BEGIN
             WHERE d.status IN ('succeeded', 'failed', 'cancelled', 'dropped') AND d.status = p_status
               AND d.finished_at < now() - p_older_than
             ORDER BY d.finished_at
-            LIMIT 10000
+            LIMIT least(coalesce(p_limit - total, 10000), 10000)
             FOR UPDATE SKIP LOCKED))
           AND k.status = p_status;
         GET DIAGNOSTICS n = ROW_COUNT;
         total := total + n;
-        EXIT WHEN n < 10000;
+        EXIT WHEN n < 10000 OR (p_limit IS NOT NULL AND total >= p_limit);
     END LOOP;
     RETURN total;
 END

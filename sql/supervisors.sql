@@ -81,22 +81,33 @@ RETURNING name, max_size;
 -- `angela-queue status`: per queue and tier, what waits and runs, how long
 -- the oldest has waited, whether the queue is paused, and the SLA of the
 -- last hour (tier_sla: the dashboard reads the same view, so they agree).
-SELECT d.queue, d.max_size, d.paused, d.tier, d.queued, d.scheduled, d.running, d.overdue, d.oldest_wait_s,
-       coalesce(s.started, 0) AS started_1h, coalesce(s.on_time, 0) AS on_time_1h,
-       s.attainment_pct, s.wait_p50_ms, s.wait_p95_ms, s.wait_p99_ms
-FROM angela_queue.queue_depth d
-LEFT JOIN angela_queue.tier_sla s ON s.queue = d.queue AND s.tier = d.tier
-ORDER BY d.queue, CASE d.tier WHEN 'critical' THEN 1 WHEN 'high' THEN 2 WHEN 'medium' THEN 3 ELSE 4 END;
+-- Quiet queues (nothing waiting, running or started in the hour, unbounded,
+-- not paused) are left out unless %(all)s: a producer can name thousands.
+-- `activity` (per queue) orders the busiest first.
+WITH rows AS (
+    SELECT d.queue, d.max_size, d.paused, d.tier, d.queued, d.scheduled, d.running, d.overdue, d.oldest_wait_s,
+           coalesce(s.started, 0) AS started_1h, coalesce(s.on_time, 0) AS on_time_1h,
+           s.attainment_pct, s.wait_p50_ms, s.wait_p95_ms, s.wait_p99_ms,
+           sum(d.queued + d.scheduled + d.running + coalesce(s.started, 0)) OVER (PARTITION BY d.queue) AS activity
+    FROM angela_queue.queue_depth d
+    LEFT JOIN angela_queue.tier_sla s ON s.queue = d.queue AND s.tier = d.tier
+)
+SELECT * FROM rows r
+WHERE %(all)s OR r.activity > 0 OR r.paused OR r.max_size IS NOT NULL OR r.queue = 'default'
+ORDER BY r.queue, CASE r.tier WHEN 'critical' THEN 1 WHEN 'high' THEN 2 WHEN 'medium' THEN 3 ELSE 4 END;
 
 -- name: status_failures
 -- Failed attempts of the last hour, grouped by kind, queue and the first
--- line of the error: trouble first (recent_failures, through its index).
-SELECT f.kind, f.queue, f.error, count(*) AS tasks, max(f.at) AS last_at, max(f.id) AS latest_id,
-       count(*) FILTER (WHERE f.status = 'failed') AS failed_for_good
-FROM angela_queue.recent_failures f
-WHERE f.at > now() - interval '1 hour'
-GROUP BY f.kind, f.queue, f.error
-ORDER BY count(*) DESC, max(f.at) DESC
+-- line of the error: trouble first. Every one of the hour is counted (a
+-- range of tasks_failed_at_idx), not only the newest the recent_failures
+-- view lists, so one burst cannot hide the others nor undercount itself.
+SELECT t.kind, t.queue, split_part(t.last_error, E'\n', 1) AS error, count(*) AS tasks,
+       max(t.failed_at) AS last_at, max(t.id) AS latest_id,
+       count(*) FILTER (WHERE t.status = 'failed') AS failed_for_good
+FROM angela_queue.tasks t
+WHERE t.failed_at > now() - interval '1 hour'
+GROUP BY t.kind, t.queue, split_part(t.last_error, E'\n', 1)
+ORDER BY count(*) DESC, max(t.failed_at) DESC
 LIMIT %(limit)s;
 
 -- name: supervisors_health

@@ -158,11 +158,13 @@ ORDER BY c.priority_key DESC, c.id;
 -- A collected batch is about to run: count the attempt and stamp the start
 -- of its tasks, which were claimed unstarted (see tasks_claim). Guarded like
 -- every state change: a task reclaimed meanwhile is not returned, and is not
--- run.
+-- run; nor is one whose queue was paused while it waited (the worker gives
+-- it back).
 UPDATE angela_queue.tasks t
 SET attempts = t.attempts + 1, started_at = now()
 WHERE t.id = ANY(%(ids)s::bigint[]) AND t.status = 'running' AND t.worker_id = %(worker_id)s
   AND t.started_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM angela_queue.queues p WHERE p.name = t.queue AND p.paused_at IS NOT NULL)
 RETURNING t.id, t.attempts, t.started_at;
 
 -- name: tasks_complete_many
@@ -265,14 +267,24 @@ WHERE (SELECT count(*) FROM woken) >= 0
 
 -- name: tasks_release_many
 -- Give tasks back untouched (graceful stop): back to 'queued' with the attempt
--- not counted against them (a task claimed unstarted never counted one).
--- Guarded like tasks_complete_many.
+-- not counted against them (a task claimed unstarted never counted one). A
+-- task someone asked to stop is not given back to run again: it is
+-- cancelled, and announced. Guarded like tasks_complete_many.
+WITH done AS (
 UPDATE angela_queue.tasks t
-SET status = 'queued',
-    attempts = CASE WHEN t.started_at IS NULL THEN t.attempts ELSE greatest(t.attempts - 1, 0) END,
-    worker_id = NULL, started_at = NULL
+SET status = CASE WHEN t.cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END,
+    attempts = CASE WHEN t.cancel_requested_at IS NOT NULL OR t.started_at IS NULL THEN t.attempts
+                    ELSE greatest(t.attempts - 1, 0) END,
+    finished_at = CASE WHEN t.cancel_requested_at IS NULL THEN NULL ELSE now() END,
+    last_error = CASE WHEN t.cancel_requested_at IS NULL THEN t.last_error
+                      ELSE 'cancelled: asked to stop, and its worker stopped before it finished' END,
+    worker_id = CASE WHEN t.cancel_requested_at IS NULL THEN NULL ELSE t.worker_id END,
+    started_at = CASE WHEN t.cancel_requested_at IS NULL THEN NULL ELSE t.started_at END
 WHERE t.id = ANY(%(ids)s::bigint[]) AND t.status = 'running' AND t.worker_id = %(worker_id)s
-RETURNING t.id;
+RETURNING t.id, t.status
+)
+SELECT d.id, d.status FROM done d
+WHERE (SELECT angela_queue.notify_done(array_agg(f.id) FILTER (WHERE f.status = 'cancelled')) FROM done f) >= 0;
 
 -- name: tasks_promote_due
 -- Move scheduled tasks whose run_at has come to 'queued', and wake workers.
@@ -341,8 +353,11 @@ SELECT id, status, outcome FROM angela_queue.retry_task(%(id)s);
 SELECT angela_queue.retry_tasks(%(status)s, %(kind)s, %(queue)s) AS retried;
 
 -- name: tasks_purge
--- Delete finished tasks of one status older than an interval (angela_queue.purge_tasks).
-SELECT angela_queue.purge_tasks(%(status)s, make_interval(secs => %(older_than_s)s::double precision)) AS purged;
+-- Delete up to %(limit)s finished tasks of one status older than an interval
+-- (angela_queue.purge_tasks); the client calls it until fewer come back, one
+-- short transaction per call.
+SELECT angela_queue.purge_tasks(%(status)s, make_interval(secs => %(older_than_s)s::double precision),
+                                %(limit)s) AS purged;
 
 -- name: tasks_list
 -- Tasks, newest first, filtered by status, kind, queue and enqueue time

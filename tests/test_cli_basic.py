@@ -187,7 +187,14 @@ def test_migrate_without_privileges_is_one_line(pg_server, empty_dsn):
     try:
         dsn = psycopg.conninfo.make_conninfo(empty_dsn, user=role)
         result = run("--dsn", dsn, "migrate")
-        assert_one_line_error(result, "permission denied")
+        assert_one_line_error(result, "permission denied", "must run as the database's owner")
     finally:
         with pg_server.admin() as admin:
             admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_tasks_list_since_further_back_than_any_task_lists_them_all(dsn, conn):
+    conn.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('old')")
+    result = run("--dsn", dsn, "tasks", "list", "--since", "1000000d")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "old" in result.stdout

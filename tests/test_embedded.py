@@ -345,6 +345,8 @@ def start_old_style(srv: EmbeddedServer) -> int:
     port = srv.status()["port"]
     with psycopg.connect(without_password(port), autocommit=True) as conn:  # trusted, as it was
         conn.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)")
+        # Anybody could do this while it trusted everyone: a superuser of their own.
+        conn.execute("CREATE ROLE mallory LOGIN SUPERUSER PASSWORD 'known'")
     return srv.status()["pid"]
 
 
@@ -352,6 +354,9 @@ def assert_upgraded(srv: EmbeddedServer, dsn: str) -> None:
     assert_private(srv)
     assert not (srv.data_dir / embedded.PENDING_PASSWORD_FILE).exists()
     assert_refused_without_the_password(srv.status()["port"])
+    # The role planted while it trusted everyone can no longer log in, password or not.
+    with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
+        psycopg.connect(f"postgresql://mallory:known@127.0.0.1:{srv.status()['port']}/postgres").close()
     with psycopg.connect(srv.dsn()) as conn:
         assert conn.execute("SELECT x FROM kept").fetchone()[0] == 42
     assert select_one(dsn) == 1

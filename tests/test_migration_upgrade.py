@@ -132,3 +132,21 @@ def test_upgrade_from_0004_keeps_rows_and_inserts_get_kind_defaults(empty_dsn):
     row = query(empty_dsn, "INSERT INTO angela_queue.tasks (kind) VALUES ('a') RETURNING priority, max_attempts")[0]
     assert row == {"priority": 8, "max_attempts": 2}
     assert scalar(empty_dsn, "SELECT count(*) FROM angela_queue.cancel_task(%s)", (before[0]["id"],)) == 1
+
+
+def test_upgrade_from_0005_repairs_rows_the_tightened_rules_refuse(empty_dsn):
+    """0006 (Tighten): a waiting row with no attempt left is failed, saying why;
+    an unreadable failed_at is brought into range; everything else is kept."""
+    migrations.upgrade(empty_dsn, "0005")
+    query(empty_dsn, """
+        INSERT INTO angela_queue.tasks (kind, payload) VALUES ('spent', '{}'), ('ok', '{}'), ('odd', '{}');
+        UPDATE angela_queue.tasks SET attempts = 5, max_attempts = 5 WHERE kind = 'spent';
+        UPDATE angela_queue.tasks SET failed_at = '9999-06-01 00:00:00+00' WHERE kind = 'odd';
+    """)
+    before = {r["kind"]: r for r in all_tasks(empty_dsn)}
+    migrations.upgrade(empty_dsn, "0006")
+    after = {r["kind"]: r for r in all_tasks(empty_dsn)}
+    assert after["ok"] == before["ok"]
+    assert after["spent"]["status"] == "failed" and "migration 0006" in after["spent"]["last_error"]
+    assert after["odd"]["failed_at"] is not None and after["odd"]["failed_at"].year < 9999
+    assert after["odd"]["status"] == "queued"

@@ -276,6 +276,9 @@ FROZEN_REVISIONS = {
     "0005_integrate.py": "62384f84b30eea3582e2e3e35eb7297b2406ba22e85f6661f59f46b73819a706",
     "0005_integrate.sql": "d27e0228da04c8f2edff26ebcfe5e9eeff292009e6c4f0744141a298f199d30e",
     "0005_roles.sql": "c5f01609b45869302563221d6ac5c5d6f232feacc2d2798cb75aaede4925c09e",
+    "0006_tighten.down.sql": "397002f6db58d2bb86eff57f3aceff67c41244b4eba825de9bac015a64e13a50",
+    "0006_tighten.py": "9664d5e52bdbfc27af139cca33bab44efbb8b4b80ca9f328f232fa99d2514a2d",
+    "0006_tighten.sql": "08cbf5580a9b5b0d7932b6ba8b597968b2c5e94e0c38d15249bec4ee43e51933",
 }
 
 

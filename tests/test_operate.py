@@ -152,8 +152,13 @@ def test_pause_stops_claims_and_resume_wakes(conn):
     assert len(db.fetch_all(conn, "tasks_claim", claim)) == 2
     with pytest.raises(psycopg.Error, match="no queue named"):
         conn.execute("SELECT angela_queue.resume_queue('nope')")
-    # A pause can come before the first task: the queue is created paused.
-    assert conn.execute("SELECT angela_queue.pause_queue('later') AS c").fetchone()["c"] is True
+    # A mistyped name is refused: it must not pause a new, empty queue while the real one runs on.
+    with pytest.raises(psycopg.errors.UndefinedObject, match="no queue named 'defualt'"):
+        conn.execute("SELECT angela_queue.pause_queue('defualt')")
+    assert conn.execute("SELECT count(*) AS n FROM angela_queue.queues WHERE name = 'defualt'").fetchone()["n"] == 0
+    # A queue can be made paused before its first task.
+    conn.execute("INSERT INTO angela_queue.queues (name, paused_at) VALUES ('later', now())")
+    assert conn.execute("SELECT angela_queue.pause_queue('later') AS c").fetchone()["c"] is False
 
 
 def test_purge_deletes_only_old_finished_rows_of_one_status(conn):
@@ -220,6 +225,7 @@ def test_a_retried_task_runs_again_and_succeeds_with_its_history(dsn, client, ap
 
 def test_a_paused_queue_starts_nothing_until_resumed(dsn, client, app, app_dir, start_worker):
     worker = start_worker(app, "--queue", "held", "--queue", "default", *FAST, env=worker_env(app_dir))
+    query(dsn, "INSERT INTO angela_queue.queues (name) VALUES ('held')")
     assert client.pause("held")
     held = client.enqueue("canary", {"n": 1}, queue="held")
     # The worker serves both queues: once a later task of the other queue has run,
@@ -323,8 +329,97 @@ def test_the_python_clients_have_the_same_operations(dsn, conn):
         async with AsyncClient(dsn) as aclient:
             task = await aclient.enqueue("k")
             assert [r.id for r in await aclient.list_tasks(kind="k")] == [task.id]
+            await aclient.enqueue("k", queue="q2")
             assert await aclient.pause("q2") and await aclient.resume("q2")
             fail(conn, task.id)
             assert (await aclient.retry(task.id)).retried
             assert (await aclient.get(task.id)).errors
     asyncio.run(main())
+
+
+# --- edges the review found --------------------------------------------------------------------
+
+def test_a_task_asked_to_stop_is_not_released_to_run_again(dsn, client, app, app_dir, start_worker):
+    """A graceful stop with a cancel-requested sync task still running: it is
+    recorded cancelled, not put back to run again from the start."""
+    worker = start_worker(app, "--shutdown-grace", "0.5", *FAST, env=worker_env(app_dir))
+    task = client.enqueue("nap_sync", {"n": 1, "seconds": 5})
+    wait_until(lambda: runs(dsn, 1) == 1, details=worker.log)
+    assert client.cancel(task.id).requested
+    assert worker.stop() == 0
+    row = query(dsn, "SELECT status, attempts, finished_at FROM angela_queue.tasks WHERE id = %s", (task.id,))[0]
+    assert row["status"] == "cancelled" and row["finished_at"] is not None
+    again = start_worker(app, *FAST, env=worker_env(app_dir))
+    canary = client.enqueue("canary", {"n": 2})
+    wait_until(lambda: status_of(dsn, canary.id) == "succeeded", details=again.log)
+    assert runs(dsn, 1) == 1            # never ran a second time
+
+
+def test_an_async_low_priority_task_is_cancelled_while_it_runs(dsn, client, app, app_dir, start_worker):
+    """Priorities 1-4 run through the batch path: a cancel reaches their async handler too."""
+    worker = start_worker(app, "--batch-size", "5", "--batch-wait", "0.1", *FAST, env=worker_env(app_dir))
+    low = client.enqueue("nap_async", {"n": 1, "seconds": 60}, priority=2)
+    later = client.enqueue("nap_async", {"n": 2, "seconds": 60}, priority=2)
+    wait_until(lambda: runs(dsn, 1) == 1, details=worker.log)
+    # The one waiting its turn in the batch first, then the one running.
+    assert client.cancel(later.id).cancelled is False and client.cancel(low.id).requested
+    wait_until(lambda: status_of(dsn, low.id) == "cancelled", timeout=15, details=worker.log)
+    wait_until(lambda: status_of(dsn, later.id) == "cancelled", timeout=15, details=worker.log)
+    assert "cancelled while running" in scalar(dsn, "SELECT last_error FROM angela_queue.tasks WHERE id = %s",
+                                               (low.id,))
+    assert runs(dsn, 2) == 0, worker.log()   # cancelled before its turn in the batch: never started
+
+
+def test_retries_respect_the_queue_bound(conn):
+    ids = [r["id"] for r in conn.execute(
+        "INSERT INTO angela_queue.tasks (kind, queue) SELECT 'k', 'small' FROM generate_series(1, 6) RETURNING id")]
+    for tid in ids:
+        fail(conn, tid)
+    conn.execute("UPDATE angela_queue.queues SET max_size = 3 WHERE name = 'small'")
+    conn.execute("INSERT INTO angela_queue.tasks (kind, queue) VALUES ('k', 'small')")   # one waiting: room for 2
+    assert conn.execute("SELECT angela_queue.retry_tasks('failed', NULL, 'small') AS n").fetchone()["n"] == 2
+    assert conn.execute("SELECT count(*) AS n FROM angela_queue.tasks WHERE queue = 'small' AND status = 'queued'"
+                        ).fetchone()["n"] == 3
+    failed = [r["id"] for r in conn.execute("SELECT id FROM angela_queue.tasks WHERE status = 'failed' ORDER BY id")]
+    assert failed == ids[2:]             # the oldest went back first
+    assert conn.execute("SELECT outcome FROM angela_queue.retry_task(%s)", (failed[0],)).fetchone()["outcome"] \
+        == "queue_full"
+
+
+def test_purge_with_a_limit_deletes_at_most_that_many(conn):
+    conn.execute("INSERT INTO angela_queue.tasks (kind) SELECT 'k' FROM generate_series(1, 25)")
+    conn.execute("UPDATE angela_queue.tasks SET status = 'succeeded', finished_at = now() - interval '2 days'")
+    assert conn.execute("SELECT angela_queue.purge_tasks('succeeded', interval '1 day', 10) AS n").fetchone()["n"] == 10
+    assert conn.execute("SELECT count(*) AS n FROM angela_queue.tasks").fetchone()["n"] == 15
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="limit must be 1 or more"):
+        conn.execute("SELECT angela_queue.purge_tasks('succeeded', interval '1 day', 0)")
+
+
+def test_status_counts_every_failure_of_the_hour_and_hides_quiet_queues(dsn, conn):
+    conn.execute("INSERT INTO angela_queue.tasks (kind) SELECT 'mail' FROM generate_series(1, 1500)")
+    conn.execute("UPDATE angela_queue.tasks SET status = 'failed', attempts = max_attempts, finished_at = now(), "
+                 "failed_at = now(), last_error = 'SMTPError: refused'")
+    conn.execute("INSERT INTO angela_queue.queues (name) SELECT 'quiet_' || i FROM generate_series(1, 300) i")
+    out = cli("status", "--dsn", dsn)
+    assert out.returncode == 0, out.stderr
+    assert "1500 task(s) of kind 'mail' in queue 'default' failed in the last hour" in out.stdout
+    assert "quiet_1" not in out.stdout and len(out.stdout.splitlines()) < 60
+
+
+def test_a_collected_batch_does_not_start_after_its_queue_is_paused(dsn, conn, client, app, app_dir, start_worker):
+    """Tasks claimed into a collecting batch are given back if their queue is
+    paused before the batch starts."""
+    conn.execute("INSERT INTO angela_queue.queues (name) VALUES ('bulk')")
+    worker = start_worker(app, "--queue", "bulk", "--batch-size", "50", "--batch-wait", "3", *FAST,
+                          env=worker_env(app_dir))
+    tasks = client.enqueue_many([{"kind": "canary", "payload": {"n": i}, "priority": 2, "queue": "bulk"}
+                                 for i in range(3)])
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM angela_queue.tasks WHERE status = 'running'") == 3,
+               details=worker.log)           # claimed, collecting (unstarted)
+    assert client.pause("bulk")
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM angela_queue.tasks WHERE status = 'queued'") == 3,
+               timeout=15, details=worker.log)
+    assert scalar(dsn, "SELECT count(*) FROM public.runs") == 0
+    assert scalar(dsn, "SELECT max(attempts) FROM angela_queue.tasks") == 0
+    assert client.resume("bulk")
+    wait_until(lambda: all(status_of(dsn, t.id) == "succeeded" for t in tasks), details=worker.log)

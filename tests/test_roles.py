@@ -17,7 +17,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from angela_queue import Client, TaskNotFound
+from angela_queue import Client, DedupKeyHeld, TaskNotFound
 from angela_queue.roles import ROLES
 from fix_plans import assert_claim_walks_its_index
 from fix_procs import APP_PRELUDE, RUNS_TABLE_SQL, SupervisorProcess, query, scalar, wait_until
@@ -109,9 +109,15 @@ def test_a_producer_uses_the_client_and_cancels_only_its_own(conn, dsn, login):
         assert client.get(task.id)["payload"] == {"n": 1}
         many = client.enqueue_many([{"kind": "k", "payload": {"n": i}} for i in range(3)])
         assert len({t.id for t in many}) == 3
-        # A dedup key held by another login's task: the holder is returned, not its secrets.
-        dup = client.enqueue("k", dedup_key="shared")
-        assert dup.duplicate and dup.id == theirs and dup.last_error is None
+        # A dedup key held by another login's task: nothing is stored, and
+        # nothing of that task (not even its id) comes back.
+        with pytest.raises(DedupKeyHeld, match="another login") as held:
+            client.enqueue("k", dedup_key="shared")
+        assert str(theirs) not in str(held.value)
+        with pytest.raises(DedupKeyHeld) as held:
+            client.enqueue_many([{"kind": "k", "payload": {"n": 9}}, {"kind": "k", "dedup_key": "shared"}])
+        stored, blocked = held.value.enqueued
+        assert blocked is None and client.get(stored.id).payload == {"n": 9}
         with pytest.raises(TaskNotFound):
             client.get(theirs)
         with pytest.raises(TaskNotFound):
@@ -198,3 +204,51 @@ def test_roles_sql_prints_what_a_dba_runs(conn):
     # The grants part runs as the owner on a migrated database (idempotent).
     from angela_queue.roles import split_parts
     conn.execute(split_parts(out.stdout)["grants"])
+
+
+def test_a_producers_cancel_of_another_logins_task_takes_no_lock(conn, login):
+    """cancel_task checks the caller before it locks: a producer holding its
+    transaction open after cancelling someone else's task blocks nobody."""
+    theirs = conn.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('k') RETURNING id").fetchone()["id"]
+    with psycopg.connect(login("angela_queue_producer")) as producer:       # a transaction left open
+        assert producer.execute("SELECT * FROM angela_queue.cancel_task(%s)", (theirs,)).fetchall() == []
+        conn.execute("SET lock_timeout = '2s'")
+        # The row is not locked: a worker's update goes through at once.
+        conn.execute("UPDATE angela_queue.tasks SET priority = 6 WHERE id = %s", (theirs,))
+        producer.rollback()
+
+
+def test_an_insert_cannot_forge_what_workers_write(conn, login):
+    with connect(login("angela_queue_producer")) as producer:
+        row = producer.execute("""
+            INSERT INTO angela_queue.tasks (kind, attempts, worker_id, started_at, finished_at, result, last_error,
+                                            errors, failed_at, cancel_requested_at)
+            VALUES ('k', 3, gen_random_uuid(), now(), now(), '"forged"', 'forged', '[{"error": "forged"}]',
+                    'infinity', now())
+            RETURNING id""").fetchone()
+    stored = conn.execute("SELECT * FROM angela_queue.tasks WHERE id = %s", (row["id"],)).fetchone()
+    assert (stored["attempts"], stored["worker_id"], stored["started_at"], stored["finished_at"], stored["result"],
+            stored["last_error"], stored["errors"], stored["failed_at"], stored["cancel_requested_at"]) == \
+        (0, None, None, None, None, None, [], None, None)
+    with pytest.raises(psycopg.errors.CheckViolation, match="task_failed_at_in_range"):
+        conn.execute("UPDATE angela_queue.tasks SET failed_at = 'infinity' WHERE id = %s", (row["id"],))
+
+
+def test_without_the_roles_a_login_that_may_use_the_schema_cannot_cancel(conn, pg_server, dsn):
+    """The SECURITY DEFINER functions are closed to PUBLIC by the schema itself,
+    not only by the roles' grants (a managed Postgres may have no roles)."""
+    task_id = conn.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('k') RETURNING id").fetchone()["id"]
+    name = f"aq_test_{pg_server.run_id}_bare_{uuid.uuid4().hex[:6]}"
+    with pg_server.admin() as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw'").format(sql.Identifier(name)))
+    try:
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA angela_queue TO {}").format(sql.Identifier(name)))
+        with connect(make_conninfo(dsn, user=name, password="pw")) as bare:
+            denied(bare, "SELECT * FROM angela_queue.cancel_task(%s)", (task_id,))
+            denied(bare, "SELECT * FROM angela_queue.find_unfinished_task('default', 'x')")
+        assert conn.execute("SELECT status FROM angela_queue.tasks WHERE id = %s", (task_id,)).fetchone()["status"] \
+            == "queued"
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        with pg_server.admin() as admin:
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))

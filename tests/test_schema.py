@@ -340,3 +340,9 @@ def test_queue_depth_counts_queued_per_queue_and_tier(conn):
     }
     assert d[("default", "critical")]["scheduled"] == 1
     assert d[("default", "critical")]["running"] == 1
+
+
+def test_each_error_in_the_attempt_history_is_cut(conn):
+    row = conn.execute("SELECT angela_queue.error_history('[]', 1, now(), NULL, repeat('x', 100000)) AS h"
+                       ).fetchone()
+    assert len(row["h"][0]["error"]) == 8000

@@ -14,12 +14,17 @@ def register(main: click.Group) -> None:
         """Bring the database schema up to date (safe to run at any time, from several hosts)."""
         from .. import db, migrations
         from ..roles import missing_roles
+        import psycopg
         dsn = resolve_dsn(ctx)
-        revision = migrations.upgrade(dsn)
+        try:
+            revision = migrations.upgrade(dsn)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise click.ClickException(
+                f"{db.first_line(exc)}: migrate creates and alters the angela_queue schema, so it must run as "
+                "the database's owner (or the schema's, once it exists), or a superuser") from None
         echo(f"schema angela_queue is at revision {revision}")
         # Again at head: roles a DBA created after the schema get their grants
         # now (idempotent). Grants need the schema's owner.
-        import psycopg
         try:
             granted = migrations.grant_roles(dsn)
         except psycopg.errors.InsufficientPrivilege:

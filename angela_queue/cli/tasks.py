@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..tasks import EARLIEST_RUN_AT
 from ..terminal import safe, safe_lines
 from . import command, echo, resolve_dsn
 from .params import DURATION
@@ -110,7 +111,10 @@ def register(main: click.Group) -> None:
     def list_tasks(ctx: click.Context, status: str | None, kind: str | None, queue: str | None,
                    since: float | None, limit: int, as_json: bool) -> None:
         """Tasks, newest first."""
-        after = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=since) if since is not None else None
+        now = dt.datetime.now(dt.timezone.utc)
+        # Further back than any task can be (created_at is after 1900): every task.
+        after = None if since is None or since >= (now - EARLIEST_RUN_AT).total_seconds() else \
+            now - dt.timedelta(seconds=since)
         with _client(ctx) as client:
             found = client.list_tasks(status=status, kind=kind, queue=queue, since=after, limit=limit)
         if as_json:
@@ -208,8 +212,9 @@ def register(main: click.Group) -> None:
                     echo(f"task {task_id} queued again")
                 else:
                     refused += 1
-                    why = ("its dedup key is held by a newer unfinished task" if r.outcome == "dedup_key_held"
-                           else f"it is {r.status}: only failed, cancelled or dropped tasks can be retried")
+                    why = {"dedup_key_held": "its dedup key is held by a newer unfinished task",
+                           "queue_full": "its queue is full (max_size): retry once workers drained it"}.get(
+                        r.outcome, f"it is {r.status}: only failed, cancelled or dropped tasks can be retried")
                     echo(f"Error: task {task_id} not retried: {why}", err=True)
             echo(f"retried {len(task_ids) - refused} of {len(task_ids)} task(s)")
         if refused:

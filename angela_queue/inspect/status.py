@@ -29,6 +29,8 @@ from ..terminal import safe
 DROPPED_WINDOW_S = 3600.0
 UNSERVED_LIMIT = 20
 FAILURE_GROUPS = 10
+# Queues in the table (the busiest; paused ones always): a producer can name thousands.
+QUEUE_ROWS = 50
 # Wide enough that a piped `status` keeps one line per row.
 PLAIN_WIDTH = 200
 
@@ -54,7 +56,7 @@ def collect(conn: psycopg.Connection, *, include_stopped: bool = False, dead_aft
     conn.read_only = True
     with conn.transaction():
         return Snapshot(
-            queues=db.fetch_all(conn, "status_queues"),
+            queues=db.fetch_all(conn, "status_queues", {"all": include_stopped}),
             supervisors=db.fetch_all(conn, "supervisors_health", {
                 "all": include_stopped, "recent_s": 0, "running_first": False,
                 "dead_after_s": dead_after_s, "lease_name": MAINTENANCE_LEASE}),
@@ -124,6 +126,13 @@ def trouble(snap: Snapshot) -> list[str]:
     return lines
 
 
+def _busiest_queues(queues: list[dict[str, Any]], limit: int) -> set[str]:
+    activity: dict[str, float] = {}
+    for q in queues:
+        activity[q["queue"]] = float(q.get("activity") or 0) + (1e18 if q["paused"] else 0)
+    return set(sorted(activity, key=lambda name: (-activity[name], name))[:limit])
+
+
 def renderable(snap: Snapshot) -> RenderableType:
     parts: list[RenderableType] = []
     problems = trouble(snap)
@@ -134,7 +143,8 @@ def renderable(snap: Snapshot) -> RenderableType:
         parts.append(body)
 
     rows = []
-    for q in snap.queues:
+    shown = _busiest_queues(snap.queues, QUEUE_ROWS)
+    for q in (q for q in snap.queues if q["queue"] in shown):
         rows.append([
             q["queue"] + (" (paused)" if q["paused"] else ""), "-" if q["max_size"] is None else q["max_size"],
             q["tier"], q["queued"], q["scheduled"], q["running"], q["overdue"],
@@ -144,8 +154,10 @@ def renderable(snap: Snapshot) -> RenderableType:
         ])
     total_q = sum(q["queued"] for q in snap.queues)
     total_r = sum(q["running"] for q in snap.queues)
+    hidden = len({q["queue"] for q in snap.queues}) - len(shown)
     parts.append(table(
-        f"QUEUES ({total_q} queued, {total_r} running; SLA over the last hour)",
+        f"QUEUES ({total_q} queued, {total_r} running; SLA over the last hour"
+        + (f"; the {QUEUE_ROWS} busiest shown, {hidden} more in --json)" if hidden else ")"),
         ["QUEUE", "MAX", "TIER", "QUEUED", "SCHEDULED", "RUNNING", "OVERDUE", "OLDEST WAIT", "STARTED", "ON TIME",
          "WAIT P50 MS", "P95", "P99"],
         rows, [False, True, False, True, True, True, True, True, True, True, True, True, True]))

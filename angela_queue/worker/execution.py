@@ -29,6 +29,8 @@ from .handler_threads import BaseExceptionRaised, HandlerThreads
 
 # Keep last_error readable: the message plus the innermost frames.
 TRACEBACK_LIMIT_CHARS = 4000
+# ... and the message, which a handler may fill with megabytes.
+MESSAGE_LIMIT_CHARS = 2000
 # The least retry delay of a task whose kind this worker does not know.
 UNKNOWN_KIND_MIN_DELAY_S = 30.0
 
@@ -179,6 +181,8 @@ def describe_exception(exc: BaseException) -> str:
         message = str(exc)
     except Exception as broken:  # noqa: BLE001 - an exception's own __str__ may raise
         message = f"<its message could not be read: {type(broken).__name__}>"
+    if len(message) > MESSAGE_LIMIT_CHARS:
+        message = f"{message[:MESSAGE_LIMIT_CHARS]}... ({len(message)} characters in all)"
     head = f"{type(exc).__name__}: {message}"
     if not isinstance(exc, Exception):
         head += " (a BaseException raised by the handler: this attempt fails, and the worker goes on)"

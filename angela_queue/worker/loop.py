@@ -191,6 +191,9 @@ class Worker:
         self.ready: collections.deque[Batch] = collections.deque()
         self.outcomes: list[Outcome] = []
         self.flushing: list[Outcome] = []
+        # Claimed tasks to give back at the next turn: a collected batch whose
+        # queue was paused before it could start.
+        self.to_release: list[int] = []
         # Tasks asked to stop (angela_queue.cancel_task) while held here, and
         # the asyncio job running each single task (cancelling it stops an
         # async handler).
@@ -455,6 +458,9 @@ class Worker:
         if flush:
             statements.extend(self._outcome_statements(flush))
         n_flush = len(statements)
+        releasing = self.to_release
+        if releasing:
+            statements.append(("tasks_release_many", {"ids": releasing, "worker_id": self.id}))
 
         now = time.monotonic()
         # Promotion of due scheduled tasks runs on its own clock, busy or not:
@@ -499,6 +505,8 @@ class Worker:
             self.ready.extendleft(reversed(starting))
             raise
         self._outcomes_stored(flush, results[:n_flush])
+        if releasing:
+            self.to_release = [i for i in self.to_release if i not in set(releasing)]
         if starting:
             self._start_batches(starting, results[n_before_fills - 1])
         for batch, rows in zip(fills, results[n_before_fills:n_before_fills + len(fills)]):
@@ -529,8 +537,12 @@ class Worker:
                     task.started_at = started[task.id]["started_at"]
                     kept.append(task)
                 else:
-                    log.warning("task %d was reclaimed before its batch started; not running it", task.id)
+                    # Its queue was paused meanwhile (given back at the next
+                    # turn), or it was reclaimed (then the release matches nothing).
+                    log.info("task %d did not start with its batch (its queue was paused, or it was reclaimed); "
+                             "giving it back", task.id)
                     self.held.pop(task.id, None)
+                    self.to_release.append(task.id)
             if kept:
                 batch.tasks = kept
                 self._start(self._run_batch(batch), list(kept))
@@ -771,9 +783,13 @@ class Worker:
         for task in batch.tasks:  # not a batch handler: one by one, in order
             if self.stopping:
                 return  # the rest are released by _shutdown
-            outcome = await execute_one(definition, task, self.policy, self._threads, self._on_abandoned_thread,
-                                        self.is_cancel_requested)
-            self._record(task, outcome)
+            if task.id in self.cancel_requested:
+                self._record(task, Outcome(task.id, ok=False, cancelled=True, finished_at=time.time(),
+                                           error="cancelled before its handler started"))
+                continue
+            # As a single task: registered in self.jobs, so a cancel reaches
+            # an async handler here too.
+            await self._run_one(task)
 
     def _record(self, task: ClaimedTask, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
@@ -943,6 +959,7 @@ class Worker:
         """Finish or release everything in hand; leave nothing 'running'."""
         # Batches that never started go straight back.
         unstarted = [t.id for b in list(self.collecting.values()) + list(self.ready) for t in b.tasks]
+        unstarted += self.to_release
         self.collecting.clear()
         self.ready.clear()
         deadline = self.stop_deadline if self.stop_deadline is not None else time.monotonic()
