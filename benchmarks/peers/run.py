@@ -219,13 +219,13 @@ def run_drains(args: argparse.Namespace, chosen: list[systems_mod.System], ref_h
         order = chosen[r % len(chosen):] + chosen[:r % len(chosen)]
         for processes, concurrency in DRAIN_CONFIGS:
             if "drain" in sections:
-                for s in order:
+                for s, variant in [(sys_, v) for sys_ in order for v in (None, *sys_.drain_variants)]:
                     before = quiet(args)
-                    res = workloads.run_drain(s, processes, concurrency, n)
+                    res = workloads.run_drain(s, processes, concurrency, n, variant)
                     res.update(before, run=r + 1)
                     runs.append(res)
                     cpu = res.get("cpu") or {}
-                    log(f"  {s.label:<14} {processes}x{concurrency} run {r + 1}/{repeat}: "
+                    log(f"  {_label(s.label, variant):<14} {processes}x{concurrency} run {r + 1}/{repeat}: "
                         f"{res.get('tps') or 0:,.0f} jobs/s (startup {res.get('startup_s') or 0:.2f} s; "
                         f"others used {cpu.get('other_cores', float('nan')):.2f} cores){_mark(res)}")
             if "reference" in sections:
@@ -240,19 +240,23 @@ def run_drains(args: argparse.Namespace, chosen: list[systems_mod.System], ref_h
     return {"runs": runs, "reference_runs": ref_runs, "summary": aggregate(runs, ref_runs)}
 
 
+def _label(label: str, variant: str | None) -> str:
+    return label if variant is None else f"{label} ({variant})"
+
+
 def aggregate(runs: list[dict[str, Any]], ref_runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    groups: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str | None, int, int], list[dict[str, Any]]] = {}
     for r in runs:
-        groups.setdefault((r["system"], r["processes"], r["concurrency"]), []).append(r)
+        groups.setdefault((r["system"], r.get("variant"), r["processes"], r["concurrency"]), []).append(r)
     for r in ref_runs:
-        groups.setdefault(("reference", r["processes"], r["concurrency"]), []).append(r)
+        groups.setdefault(("reference", None, r["processes"], r["concurrency"]), []).append(r)
     out = []
-    for (system, procs, conc), rs in groups.items():
+    for (system, variant, procs, conc), rs in groups.items():
         tps = [r["tps"] for r in rs if r.get("tps")]
         cpu = [r["cpu"] for r in rs if r.get("cpu")]
 
         out.append({
-            "system": system, "processes": procs, "concurrency": conc, "runs": len(rs),
+            "system": system, "variant": variant, "processes": procs, "concurrency": conc, "runs": len(rs),
             "verified": all(r["verified"] for r in rs),
             "tps_median": median(tps) if tps else None, "tps_min": min(tps) if tps else None,
             "tps_max": max(tps) if tps else None, "tps_spread_pct": spread_pct(tps) if tps else None,
@@ -280,7 +284,7 @@ def summarize(results: dict[str, Any], keys: list[str]) -> dict[str, Any]:
     table: dict[str, dict[str, Any]] = {row: {} for row, _, _ in ROWS}
     for d in results.get("drain", {}).get("summary", []):
         row = f"drain_{d['processes']}x{d['concurrency']}"
-        if row in table:
+        if row in table and d.get("variant") is None:
             table[row][d["system"]] = _cell(d["tps_median"], d["verified"])
     for key, e in results.get("enqueue", {}).items():
         table["enqueue_single"][key] = _cell(e["single"]["tps"], e["single"].get("verified", True))
@@ -316,7 +320,8 @@ def failures(results: dict[str, Any]) -> list[str]:
     found = []
     for r in results.get("drain", {}).get("runs", []):
         if not r["verified"]:
-            found.append(f"drain {r['system']} {r['processes']}x{r['concurrency']} run {r['run']}: "
+            found.append(f"drain {_label(r['system'], r.get('variant'))} {r['processes']}x{r['concurrency']} "
+                         f"run {r['run']}: "
                          + "; ".join(r["problems"]))
     for r in results.get("drain", {}).get("reference_runs", []):
         if not r["verified"]:
@@ -358,11 +363,17 @@ def report(results: dict[str, Any], chosen: list[systems_mod.System]) -> str:
         f"{' + uncommitted changes ' + m['git_diff_sha1'] if m.get('git_diff_sha1') else ''}",
         f"load average {m.get('loadavg_at_start')} at start, {m.get('loadavg_at_end')} at end; {results['seconds']} s",
         "",
-        f"Summary (drains: median of {sz['repeat']} run(s) of {sz['drain_n']:,} no-op jobs; latency: "
-        f"{sz['latency_n']} jobs at {sz['latency_rate']:g}/s, enqueue call -> handler start; overload: "
-        f"{sz['overload_s']:g} s at {sz['overload_factor']:g}x of 4 slots x 20 ms). "
-        "'!' marks a figure whose exactly-once check failed.",
     ]
+    how = []
+    if results.get("drain", {}).get("runs"):
+        how.append(f"drains: median of {sz['repeat']} run(s) of {sz['drain_n']:,} no-op jobs")
+    if results.get("enqueue"):
+        how.append(f"enqueue: {sz['enqueue_single_n']:,} calls, then {sz['enqueue_bulk_calls']} x 5,000")
+    if results.get("latency"):
+        how.append(f"latency: {sz['latency_n']} jobs at {sz['latency_rate']:g}/s, enqueue call -> handler start")
+    if results.get("overload"):
+        how.append(f"overload: {sz['overload_s']:g} s at {sz['overload_factor']:g}x of 4 slots x 20 ms")
+    parts.append(f"Summary ({'; '.join(how)}). '!' marks a figure whose exactly-once check failed.")
     summary = results.get("summary", {})
     keys = [s.key for s in chosen]
     headers = ["workload", "better", *(labels[k] for k in keys), "best peer", "aq / best peer", "reference",
@@ -384,12 +395,20 @@ def report(results: dict[str, Any], chosen: list[systems_mod.System]) -> str:
     parts.append("reference: the lean psycopg loop (claim 10 / complete 10, prepared; 1 and 2 processes) for the "
                  "drains, plain prepared INSERTs into angela_queue.tasks for enqueue, and the nominal 200 jobs/s "
                  "(4 slots / 20 ms) for overload capacity.")
+    variants = [d for d in results.get("drain", {}).get("summary", []) if d.get("variant")]
+    for s in chosen:
+        for name, what in s.drain_variants.items():
+            figures = ", ".join(f"{d['processes']}x{d['concurrency']} {_fmt(d['tps_median'], '')}"
+                                for d in variants if d["system"] == s.key and d["variant"] == name)
+            if figures:
+                parts.append(f"{_label(s.label, name)} drains: {figures} jobs/s; {what}.")
 
     if results.get("drain"):
         parts += ["", "Drains (jobs/s from the first handler start to the last handler finish; median, min..max)",
                   table(["system", "config", "runs", "jobs/s", "min..max", "spread", "startup s", "worker py µs/job",
                          "db+suite µs/job", "others' cores", "verified"],
-                        [[labels.get(d["system"], d["system"]), f"{d['processes']}x{d['concurrency']}", d["runs"],
+                        [[_label(labels.get(d["system"], d["system"]), d.get("variant")),
+                          f"{d['processes']}x{d['concurrency']}", d["runs"],
                           _fmt(d["tps_median"], ""), f"{_fmt(d['tps_min'], '')}..{_fmt(d['tps_max'], '')}",
                           f"{d['tps_spread_pct'] or 0:.0f}%", f"{d['startup_s_median']:.2f}",
                           _fmt(d["worker_py_us_per_job"], ""), _fmt(d["db_and_suite_us_per_job"], ""),

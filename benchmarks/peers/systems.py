@@ -184,7 +184,11 @@ class System:
     def before_workers(self, concurrency: int) -> None:
         """Anything the system keeps in the database about its workers (chancy's queue)."""
 
-    def worker_command(self, concurrency: int) -> list[str]:
+    # Extra drain-only worker settings worth showing beside the like-for-like
+    # figure, never counted as the best peer: {name: what it changes}.
+    drain_variants: dict[str, str] = {}
+
+    def worker_command(self, concurrency: int, variant: str | None = None) -> list[str]:
         raise NotImplementedError
 
     def producer(self) -> Producer:
@@ -195,7 +199,7 @@ class System:
 
     def describe(self) -> dict[str, Any]:
         return {"label": self.label, "version": self.version(), "database": self.db.name,
-                "priorities": self.priorities, "settings": self.settings}
+                "priorities": self.priorities, "settings": self.settings, "drain_variants": self.drain_variants}
 
 
 # --- angela-queue -------------------------------------------------------------
@@ -233,7 +237,7 @@ class AngelaQueue(System):
     def settle(self) -> None:
         self.db.settle()
 
-    def worker_command(self, concurrency: int) -> list[str]:
+    def worker_command(self, concurrency: int, variant: str | None = None) -> list[str]:
         return worker_command(self.dsn, concurrency, app="benchmarks.peers.aq_app")
 
     def producer(self) -> Producer:
@@ -308,7 +312,15 @@ class PgQueuer(System):
 
         asyncio.run(go())
 
-    def worker_command(self, concurrency: int) -> list[str]:
+    drain_variants = {
+        "uncapped": "pgqueuer's defaults: batch_size 10 and no max_concurrent_tasks, so one worker starts every "
+                    "job it can claim at once (10 per dequeue, dequeuing again at once): its concurrency is not "
+                    "10, so this is not like for like and is never the best peer",
+    }
+
+    def worker_command(self, concurrency: int, variant: str | None = None) -> list[str]:
+        if variant == "uncapped":
+            return [sys.executable, "-m", "benchmarks.peers.pgqueuer_app", "--batch-size", "10"]
         batch = max(1, concurrency // 2)
         return [sys.executable, "-m", "benchmarks.peers.pgqueuer_app", "--batch-size", str(batch),
                 "--max-concurrent-tasks", str(concurrency)]
@@ -376,7 +388,7 @@ class Procrastinate(System):
 
         asyncio.run(go())
 
-    def worker_command(self, concurrency: int) -> list[str]:
+    def worker_command(self, concurrency: int, variant: str | None = None) -> list[str]:
         return [sys.executable, "-m", "procrastinate", "--log-level", "warning",
                 "--app", "benchmarks.peers.procrastinate_app.app", "worker", "--concurrency", str(concurrency)]
 
@@ -471,7 +483,7 @@ class Chancy(System):
 
         asyncio.run(go())
 
-    def worker_command(self, concurrency: int) -> list[str]:
+    def worker_command(self, concurrency: int, variant: str | None = None) -> list[str]:
         return [sys.executable, "-m", "benchmarks.peers.chancy_worker"]
 
     def producer(self) -> Producer:

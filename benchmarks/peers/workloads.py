@@ -75,9 +75,9 @@ def log(msg: str) -> None:
 
 # --- processes and records ----------------------------------------------------
 
-def start_workers(system: System, processes: int, concurrency: int) -> Procs:
+def start_workers(system: System, processes: int, concurrency: int, variant: str | None = None) -> Procs:
     system.before_workers(concurrency)
-    return spawn([system.worker_command(concurrency)] * processes, env_extra={"AQ_PEERS_DSN": system.dsn},
+    return spawn([system.worker_command(concurrency, variant)] * processes, env_extra={"AQ_PEERS_DSN": system.dsn},
                  drop_env_prefixes=ENV_PREFIXES_DROPPED)
 
 
@@ -220,11 +220,12 @@ async def _bulk_insert(system: System, kind: str, seqs: range) -> None:
             await p.enqueue_many(kind, range(lo, min(seqs.stop, lo + BULK_SIZE)))
 
 
-def run_drain(system: System, processes: int, concurrency: int, n: int) -> dict[str, Any]:
+def run_drain(system: System, processes: int, concurrency: int, n: int,
+              variant: str | None = None) -> dict[str, Any]:
     system.clear()
     asyncio.run(_bulk_insert(system, NOOP, range(n)))
     system.settle()
-    procs = start_workers(system, processes, concurrency)
+    procs = start_workers(system, processes, concurrency, variant)
     sampler = CpuSampler(system.db, procs.pids, NO_APP_NAMES)
     try:
         error = wait_until_done(system, procs, n, sampler)
@@ -233,7 +234,8 @@ def run_drain(system: System, processes: int, concurrency: int, n: int) -> dict[
     finally:
         codes = procs.stop()
     runs = read_records(procs)
-    result: dict[str, Any] = {"system": system.key, "processes": processes, "concurrency": concurrency, "n": n}
+    result: dict[str, Any] = {"system": system.key, "variant": variant, "processes": processes,
+                              "concurrency": concurrency, "n": n}
     result.update(verify(system, runs, range(n), error, procs, codes))
     starts = [s for r in runs.values() for s, _ in r]
     ends = [e for r in runs.values() for _, e in r]
