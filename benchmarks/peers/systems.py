@@ -153,9 +153,14 @@ class System:
         return _version(self.distribution)
 
     def setup(self) -> None:
-        """Create the database and install the system's schema."""
-        self.db.create()
-        self.install()
+        """Create the database and install the system's schema; a failure
+        drops the database again, so nothing is left behind."""
+        try:
+            self.db.create()  # angela-queue's also migrates it
+            self.install()
+        except BaseException:  # DROP ... IF EXISTS: safe whatever step failed
+            self.db.drop()
+            raise
 
     def install(self) -> None:
         raise NotImplementedError
