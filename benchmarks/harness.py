@@ -122,9 +122,12 @@ class BenchDB:
 
 # --- processes ----------------------------------------------------------------
 
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def child_env(extra: dict[str, str] | None = None, drop_prefixes: Sequence[str] = ()) -> dict[str, str]:
+    """The caller's environment without the settings variables of the systems
+    under test (``ANGELA_QUEUE_*``, ``DATABASE_URL``, and ``drop_prefixes``)."""
+    dropped = ("ANGELA_QUEUE_", *drop_prefixes)
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("ANGELA_QUEUE_") and k != "DATABASE_URL"}
+           if not k.startswith(dropped) and k != "DATABASE_URL"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     env.update(extra or {})
     return env
@@ -195,10 +198,10 @@ class Procs:
 
 
 def spawn(commands: list[list[str]], env_extra: dict[str, str] | None = None,
-          pyspy_out: Path | None = None) -> Procs:
+          pyspy_out: Path | None = None, drop_env_prefixes: Sequence[str] = ()) -> Procs:
     log_dir = Path(tempfile.mkdtemp(prefix="aq-bench-"))
     (log_dir / "counts").mkdir()
-    env = child_env({"AQ_BENCH_COUNT_DIR": str(log_dir / "counts"), **(env_extra or {})})
+    env = child_env({"AQ_BENCH_COUNT_DIR": str(log_dir / "counts"), **(env_extra or {})}, drop_env_prefixes)
     popens = []
     spawned_at = time.time()
     for i, cmd in enumerate(commands):
@@ -217,12 +220,13 @@ def spawn(commands: list[list[str]], env_extra: dict[str, str] | None = None,
     return procs
 
 
-def worker_command(dsn: str, concurrency: int, extra: Iterable[str] = (), log_level: str = "WARNING") -> list[str]:
+def worker_command(dsn: str, concurrency: int, extra: Iterable[str] = (), log_level: str = "WARNING",
+                   app: str = BENCH_APP) -> list[str]:
     """A real worker process, started the way users start one. WARNING by
     default: at INFO each task writes a line, which is part of what a drain
     would then measure."""
     return [sys.executable, "-m", "angela_queue", "--dsn", dsn, "--log-level", log_level, "worker",
-            "--app", BENCH_APP, "--concurrency", str(concurrency), *extra]
+            "--app", app, "--concurrency", str(concurrency), *extra]
 
 
 def wait_for_workers(db: BenchDB, procs: Procs, n: int, timeout_s: float = 30.0) -> float:

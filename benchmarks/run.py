@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="profile every angela-queue worker of the drains with py-spy (perturbs the figures)")
     p.add_argument("--out", type=Path, help="JSON results path (default benchmarks/results/<time>-<mode>.json)")
     p.add_argument("--keep-db", action="store_true", help="do not drop the benchmark database")
+    p.add_argument("--peers", action="store_true",
+                   help="run the side-by-side comparison with pgqueuer, procrastinate and chancy instead "
+                        "(pip install -e '.[bench]'); its options: python -m benchmarks --peers --help")
     args = p.parse_args(argv)
     unknown = set(args.only.split(",")) - set(SECTIONS)
     if unknown:
@@ -184,6 +187,10 @@ def drain_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--peers" in argv:  # its own options: benchmarks/peers/run.py
+        from benchmarks.peers import run as peers_run
+        return peers_run.main([a for a in argv if a != "--peers"])
     args = parse_args(argv)
     sections = [s for s in SECTIONS if s in args.only.split(",")]
     mode = "quick" if args.quick else "full"
@@ -194,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     out_path = args.out or RESULTS_DIR / f"{stamp}-{mode}.json"
 
     results: dict[str, Any] = {"mode": mode, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                               "command": "python -m benchmarks " + " ".join(argv if argv is not None
-                                                                              else sys.argv[1:]),
+                               "command": "python -m benchmarks " + " ".join(argv),
                                "sizes": {"drain_n": n, "repeat": repeat}}
     db = BenchDB(args.dsn, keep=args.keep_db)
     log(f"creating database {db.name} ...")
