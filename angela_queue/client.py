@@ -17,7 +17,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from psycopg.rows import dict_row
 
-from . import db, schema, transactional, waiting
+from . import db, schema, telemetry, transactional, waiting
 from .config import ENQUEUE_FULL_WAIT_S
 from .registry import TaskDefinition
 from .schema import SCHEMA_RECHECK_S
@@ -45,6 +45,17 @@ def _specs(tasks: Iterable[PendingTask]) -> list[TaskSpec]:
             payload = options.pop("payload", None)
             specs.append(TaskSpec.build(kind, payload, **options))  # type: ignore[arg-type]
     return specs
+
+
+def _kinds_of(specs: list[TaskSpec]) -> str:
+    """The span name's kind for a bulk enqueue: its one kind, or 'many'."""
+    kinds = {s.kind for s in specs}
+    return kinds.pop() if len(kinds) == 1 else "many"
+
+
+def _queue_of(specs: list[TaskSpec]) -> str | None:
+    queues = {s.queue for s in specs}
+    return queues.pop() if len(queues) == 1 else None
 
 
 def _resolve_dsn(dsn: str | None) -> str:
@@ -123,17 +134,27 @@ class Client:
         at once instead of waiting.
         """
         spec = _spec(kind, payload, options)
-        if conn is not None:
-            return transactional.drive_sync(transactional.sync_connection(conn), enqueue_flow(spec, 0.0))
-        return self._run(enqueue_flow(spec, self.full_queue_wait_s))
+        with telemetry.enqueue_span(spec.kind, spec.queue) as trace_context:
+            if conn is not None:
+                task = transactional.drive_sync(transactional.sync_connection(conn),
+                                                enqueue_flow(spec, 0.0, trace_context))
+            else:
+                task = self._run(enqueue_flow(spec, self.full_queue_wait_s, trace_context))
+            telemetry.record_enqueued([task.id])
+            return task
 
     def enqueue_many(self, tasks: Iterable[PendingTask], *, conn: Any = None) -> list[EnqueuedTask]:
         """Store many tasks in one statement; results come back in input order.
         ``conn`` as for enqueue: all of them in the caller's transaction."""
         specs = _specs(tasks)
-        if conn is not None:
-            return transactional.drive_sync(transactional.sync_connection(conn), enqueue_many_flow(specs, 0.0))
-        return self._run(enqueue_many_flow(specs, self.full_queue_wait_s))
+        with telemetry.enqueue_span(_kinds_of(specs), _queue_of(specs), len(specs)) as trace_context:
+            if conn is not None:
+                done = transactional.drive_sync(transactional.sync_connection(conn),
+                                                enqueue_many_flow(specs, 0.0, trace_context))
+            else:
+                done = self._run(enqueue_many_flow(specs, self.full_queue_wait_s, trace_context))
+            telemetry.record_enqueued([t.id for t in done])
+            return done
 
     def wait(self, task_id: int, timeout: float | None = None) -> Any:
         """Block until the task finishes; return its result.
@@ -242,17 +263,25 @@ class AsyncClient:
         """See Client.enqueue; ``conn``: a psycopg AsyncConnection, or a SQLAlchemy
         AsyncConnection or AsyncSession."""
         spec = _spec(kind, payload, options)
-        if conn is not None:
-            return await transactional.drive_async(await transactional.async_connection(conn),
-                                                   enqueue_flow(spec, 0.0))
-        return await self._run(enqueue_flow(spec, self.full_queue_wait_s))
+        with telemetry.enqueue_span(spec.kind, spec.queue) as trace_context:
+            if conn is not None:
+                task = await transactional.drive_async(await transactional.async_connection(conn),
+                                                       enqueue_flow(spec, 0.0, trace_context))
+            else:
+                task = await self._run(enqueue_flow(spec, self.full_queue_wait_s, trace_context))
+            telemetry.record_enqueued([task.id])
+            return task
 
     async def enqueue_many(self, tasks: Iterable[PendingTask], *, conn: Any = None) -> list[EnqueuedTask]:
         specs = _specs(tasks)
-        if conn is not None:
-            return await transactional.drive_async(await transactional.async_connection(conn),
-                                                   enqueue_many_flow(specs, 0.0))
-        return await self._run(enqueue_many_flow(specs, self.full_queue_wait_s))
+        with telemetry.enqueue_span(_kinds_of(specs), _queue_of(specs), len(specs)) as trace_context:
+            if conn is not None:
+                done = await transactional.drive_async(await transactional.async_connection(conn),
+                                                       enqueue_many_flow(specs, 0.0, trace_context))
+            else:
+                done = await self._run(enqueue_many_flow(specs, self.full_queue_wait_s, trace_context))
+            telemetry.record_enqueued([t.id for t in done])
+            return done
 
     async def wait(self, task_id: int, timeout: float | None = None) -> Any:
         """See Client.wait."""
@@ -348,14 +377,19 @@ def enqueue(kind: str | TaskDefinition, payload: Any = None, *, conn: Any = None
     """Client.enqueue on a process-wide client; with ``conn``, no client (nor
     pool, nor DSN) is needed: the caller's connection does it all."""
     if conn is not None:
-        return transactional.drive_sync(transactional.sync_connection(conn),
-                                        enqueue_flow(_spec(kind, payload, options), 0.0))
+        spec = _spec(kind, payload, options)
+        with telemetry.enqueue_span(spec.kind, spec.queue) as trace_context:
+            return transactional.drive_sync(transactional.sync_connection(conn),
+                                            enqueue_flow(spec, 0.0, trace_context))
     return default_client().enqueue(kind, payload, **options)
 
 
 def enqueue_many(tasks: Iterable[PendingTask], *, conn: Any = None) -> list[EnqueuedTask]:
     if conn is not None:
-        return transactional.drive_sync(transactional.sync_connection(conn), enqueue_many_flow(_specs(tasks), 0.0))
+        specs = _specs(tasks)
+        with telemetry.enqueue_span(_kinds_of(specs), _queue_of(specs), len(specs)) as trace_context:
+            return transactional.drive_sync(transactional.sync_connection(conn),
+                                            enqueue_many_flow(specs, 0.0, trace_context))
     return default_client().enqueue_many(tasks)
 
 

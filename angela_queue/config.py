@@ -94,6 +94,8 @@ class Settings:
     # The module whose @task handlers workers run.
     app: str | None = None
     log_level: str = "INFO"
+    # text (lines for people) or json (one object per line: logs.py).
+    log_format: str = "text"
     queues: tuple[str, ...] = (DEFAULT_QUEUE,)
 
     # Worker
@@ -120,6 +122,9 @@ class Settings:
     scale_down_depth: int = 2
     scale_interval_s: float = 30.0
     max_queue_size: int | None = None
+    # Prometheus /metrics of the supervisor (None: not served).
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     # Room check before adding a worker: below this much available memory, or
     # with the CPU this busy over the last scale interval, no worker is added.
     room_min_free_memory_mb: float = 256.0
@@ -243,6 +248,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_queue_size", "--max-queue-size",
            "Bound the served queues to this many waiting tasks (the profile's by default). Written into "
            "angela_queue.queues: it stays after the supervisor exits.", "supervisor"),
+    Option("metrics_port", "--metrics-port",
+           "Serve Prometheus /metrics on this port (the queue's, and this supervisor's decisions).", "supervisor"),
+    Option("metrics_host", "--metrics-host", "Address /metrics listens on (default 127.0.0.1).", "supervisor"),
     Option("dashboard_host", "--host", "Address the dashboard listens on.", "dashboard",
            env_name=ENV_PREFIX + "DASHBOARD_HOST"),
     Option("dashboard_port", "--port", "Port the dashboard listens on; 0 picks a free one.", "dashboard",
@@ -297,6 +305,10 @@ def _problems(s: Settings) -> list[str]:
         bad("max_queue_size", "must not be negative")
     if s.profile is not None and s.profile not in PROFILES:
         problems.append(f"unknown --profile {s.profile!r}; choose one of {', '.join(PROFILES)}")
+    if s.log_format not in ("text", "json"):
+        problems.append(f"--log-format must be text or json (got {s.log_format!r})")
+    if s.metrics_port is not None and not 0 <= s.metrics_port <= 65535:
+        problems.append(f"--metrics-port must be a port number, 0-65535 (got {s.metrics_port})")
     if s.log_level.upper() not in LOG_LEVELS:
         problems.append(f"--log-level must be one of {', '.join(LOG_LEVELS)} (got {s.log_level!r})")
     if not 0 <= s.dashboard_port <= 65535:

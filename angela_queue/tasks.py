@@ -176,15 +176,18 @@ class TaskSpec:
             timeout_s=unset_or(timeout, definition.timeout if definition else None),
             dedup_key=dedup_key)
 
-    def params(self) -> dict[str, Any]:
+    def params(self, trace_context: Mapping[str, str] | None = None) -> dict[str, Any]:
         return {"queue": self.queue, "kind": self.kind, "payload": Jsonb(dict(self.payload)),
                 "priority": self.priority, "run_at": self.run_at, "delay_s": self.delay_s,
-                "max_attempts": self.max_attempts, "timeout_s": self.timeout_s, "dedup_key": self.dedup_key}
+                "max_attempts": self.max_attempts, "timeout_s": self.timeout_s, "dedup_key": self.dedup_key,
+                "trace_context": Jsonb(dict(trace_context)) if trace_context else None}
 
 
-def many_params(specs: list[TaskSpec]) -> dict[str, Any]:
-    """Column arrays for tasks_enqueue_many (one statement for the whole list)."""
+def many_params(specs: list[TaskSpec], trace_context: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Column arrays for tasks_enqueue_many (one statement for the whole list);
+    one trace context for them all (the one enqueue call)."""
     return {
+        "trace_context": Jsonb(dict(trace_context)) if trace_context else None,
         "queues": [s.queue for s in specs], "kinds": [s.kind for s in specs],
         "payloads": [Jsonb(dict(s.payload)) for s in specs], "priorities": [s.priority for s in specs],
         "run_ats": [s.run_at for s in specs], "delays_s": [s.delay_s for s in specs],
@@ -313,7 +316,8 @@ def _with_dedup_queues(specs: list[TaskSpec]) -> Flow:
             if s.dedup_key is not None and s.queue is None else s for s in specs]
 
 
-def enqueue_flow(spec: TaskSpec, wait_s: float = ENQUEUE_FULL_WAIT_S) -> Flow:
+def enqueue_flow(spec: TaskSpec, wait_s: float = ENQUEUE_FULL_WAIT_S,
+                 trace_context: Mapping[str, str] | None = None) -> Flow:
     [spec] = yield from _with_dedup_queues([spec])
 
     def attempt() -> Flow:
@@ -323,7 +327,7 @@ def enqueue_flow(spec: TaskSpec, wait_s: float = ENQUEUE_FULL_WAIT_S) -> Flow:
             if rows:
                 return _holder(spec, rows[0])
         for _ in range(5):
-            rows = yield Query("tasks_enqueue", spec.params())
+            rows = yield Query("tasks_enqueue", spec.params(trace_context))
             if rows:
                 return EnqueuedTask.from_row(rows[0])
             # Conflict on the dedup key: return the holder. It may finish
@@ -357,7 +361,8 @@ def canonical_order(specs: list[TaskSpec]) -> list[int]:
                                                     specs[i].dedup_key or "", i))
 
 
-def enqueue_many_flow(specs: Iterable[TaskSpec], wait_s: float = ENQUEUE_FULL_WAIT_S) -> Flow:
+def enqueue_many_flow(specs: Iterable[TaskSpec], wait_s: float = ENQUEUE_FULL_WAIT_S,
+                      trace_context: Mapping[str, str] | None = None) -> Flow:
     """Insert all specs in one statement. All or nothing: if one task meets a
     full queue with priority >= 5, the statement fails, waits and retries whole.
     Results come back in input order."""
@@ -371,7 +376,7 @@ def enqueue_many_flow(specs: Iterable[TaskSpec], wait_s: float = ENQUEUE_FULL_WA
     def attempt() -> Flow:
         for tries in range(BULK_RETRIES + 1):
             try:
-                rows = yield Query("tasks_enqueue_many", many_params(ordered))
+                rows = yield Query("tasks_enqueue_many", many_params(ordered, trace_context))
                 break
             except Exception as exc:  # noqa: BLE001 - only the retryable races are retried
                 if getattr(exc, "sqlstate", None) not in ("40P01", "40001") or tries == BULK_RETRIES:

@@ -55,3 +55,9 @@ GRANT SELECT ON angela_queue.tier_sla, angela_queue.throughput, angela_queue.rec
 -- one; readers see them.
 GRANT SELECT ON angela_queue.kinds TO angela_queue_producer, angela_queue_reader;
 GRANT SELECT, INSERT, UPDATE, DELETE ON angela_queue.kinds TO angela_queue_worker;
+
+-- History (revision 0007): the leader writes it; readers chart it.
+GRANT SELECT, INSERT, UPDATE, DELETE ON angela_queue.stats_minute, angela_queue.depth_minute,
+    angela_queue.stats_progress TO angela_queue_worker;
+GRANT SELECT ON angela_queue.stats_minute, angela_queue.depth_minute, angela_queue.stats_progress
+    TO angela_queue_reader;

@@ -222,6 +222,13 @@ CREATE TABLE angela_queue.tasks (
     -- whatever its attempt's outcome, it is recorded as cancelled, and it is
     -- never retried.
     cancel_requested_at timestamptz,
+    -- The producer's trace context (W3C: {"traceparent": ..., "tracestate":
+    -- ...}), so the handler's span joins the enqueue's trace (the [otel]
+    -- extra). Small and an object, or NULL.
+    trace_context   jsonb
+                    CONSTRAINT task_trace_context_small_object
+                    CHECK (trace_context IS NULL OR (jsonb_typeof(trace_context) = 'object'
+                                                      AND octet_length(trace_context::text) <= 1024)),
     -- A task in a final status has finished: retention goes by finished_at.
     CONSTRAINT task_final_has_finished_at
         CHECK (status NOT IN ('succeeded', 'failed', 'cancelled', 'dropped') OR finished_at IS NOT NULL),
@@ -269,6 +276,12 @@ CREATE INDEX tasks_finished_idx ON angela_queue.tasks (status, finished_at)
 -- dashboard). Only tasks that ever failed an attempt are in it.
 CREATE INDEX tasks_failed_at_idx ON angela_queue.tasks (failed_at DESC)
     WHERE failed_at IS NOT NULL;
+
+-- The per-minute rollup counts the tasks enqueued in each minute. A BRIN
+-- index costs an insert next to nothing (it summarises page ranges, and
+-- rows are appended in created_at order), where a btree would be written on
+-- every enqueue.
+CREATE INDEX tasks_created_brin ON angela_queue.tasks USING brin (created_at);
 -- Deduplication: one unfinished task per (queue, dedup_key).
 CREATE UNIQUE INDEX tasks_dedup_idx ON angela_queue.tasks (queue, dedup_key)
     WHERE dedup_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running');
@@ -964,6 +977,100 @@ BEGIN
     RETURN total;
 END
 $$;
+
+-- ---------------------------------------------------------------------------
+-- History: per-minute rollups the maintenance leader writes from the tasks
+-- table (sql/stats.sql), kept 7 days. Charts and /metrics read these, so
+-- history survives restarts of the dashboard and of every worker.
+-- ---------------------------------------------------------------------------
+
+-- The upper bounds (ms) of the wait and run-time histograms' buckets; the
+-- bucket arrays hold one count per bound, then one for everything above.
+CREATE FUNCTION angela_queue.stats_bucket_bounds_ms() RETURNS double precision[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT '{5,10,25,50,100,250,500,1000,2500,5000,10000,30000,60000,300000,1800000}'::double precision[]
+$$;
+
+-- An aggregate: the histogram of its values over stats_bucket_bounds_ms
+-- (a value equal to a bound counts in that bound's bucket, as Prometheus's
+-- "le" does). In place on the state array: O(1) a row.
+CREATE FUNCTION angela_queue.stats_bucket_step(p_counts bigint[], p_value double precision) RETURNS bigint[]
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    bounds double precision[] := angela_queue.stats_bucket_bounds_ms();
+    i integer;
+BEGIN
+    IF p_value IS NULL THEN
+        RETURN p_counts;
+    END IF;
+    IF p_counts IS NULL THEN
+        p_counts := array_fill(0::bigint, ARRAY[cardinality(bounds) + 1]);
+    END IF;
+    i := 1;
+    WHILE i <= cardinality(bounds) AND p_value > bounds[i] LOOP
+        i := i + 1;
+    END LOOP;
+    p_counts[i] := p_counts[i] + 1;
+    RETURN p_counts;
+END
+$$;
+
+CREATE AGGREGATE angela_queue.stats_buckets(double precision) (
+    SFUNC = angela_queue.stats_bucket_step,
+    STYPE = bigint[]
+);
+
+-- Per minute, queue, tier and kind: what happened in that minute.
+-- started/on_time/wait_*: attempts that started (on time: by the deadline
+-- plus the queue's sla_grace; wait from greatest(run_at, created_at));
+-- succeeded/failed/cancelled/dropped: tasks that reached that final status
+-- (failed: for good); retried: failed attempts that will be retried;
+-- run_*: run times of the successes.
+CREATE TABLE angela_queue.stats_minute (
+    minute       timestamptz NOT NULL,
+    queue        text NOT NULL,
+    tier         text NOT NULL,
+    kind         text NOT NULL,
+    enqueued     bigint NOT NULL DEFAULT 0,
+    started      bigint NOT NULL DEFAULT 0,
+    on_time      bigint NOT NULL DEFAULT 0,
+    succeeded    bigint NOT NULL DEFAULT 0,
+    failed       bigint NOT NULL DEFAULT 0,
+    retried      bigint NOT NULL DEFAULT 0,
+    cancelled    bigint NOT NULL DEFAULT 0,
+    dropped      bigint NOT NULL DEFAULT 0,
+    wait_p50_ms  double precision,
+    wait_p95_ms  double precision,
+    wait_p99_ms  double precision,
+    run_p50_ms   double precision,
+    run_p95_ms   double precision,
+    run_p99_ms   double precision,
+    wait_buckets bigint[],
+    run_buckets  bigint[],
+    -- The sums behind the histograms (Prometheus's _sum).
+    wait_sum_ms  double precision NOT NULL DEFAULT 0,
+    run_sum_ms   double precision NOT NULL DEFAULT 0,
+    PRIMARY KEY (minute, queue, tier, kind)
+);
+
+-- Per minute, queue and tier: the depth when the leader looked, once a minute.
+CREATE TABLE angela_queue.depth_minute (
+    minute     timestamptz NOT NULL,
+    queue      text NOT NULL,
+    tier       text NOT NULL,
+    queued     bigint NOT NULL,
+    scheduled  bigint NOT NULL,
+    running    bigint NOT NULL,
+    overdue    bigint NOT NULL,
+    PRIMARY KEY (minute, queue, tier)
+);
+
+-- How far the rollup has come: minutes before rolled_until are written
+-- (each is written once more on the next pass, for late outcomes).
+CREATE TABLE angela_queue.stats_progress (
+    only_row      boolean PRIMARY KEY DEFAULT true CONSTRAINT stats_progress_one_row CHECK (only_row),
+    rolled_until  timestamptz NOT NULL
+);
 
 -- ---------------------------------------------------------------------------
 -- supervisors and workers: heartbeat rows. Owned by workers.sql.

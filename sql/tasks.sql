@@ -8,11 +8,11 @@
 -- Insert one task. Returns no row when an unfinished task already holds the
 -- same (queue, dedup_key); the caller then looks that one up.
 INSERT INTO angela_queue.tasks
-    (queue, kind, payload, priority, run_at, max_attempts, timeout_s, dedup_key)
+    (queue, kind, payload, priority, run_at, max_attempts, timeout_s, dedup_key, trace_context)
 VALUES (
     %(queue)s, %(kind)s, %(payload)s, %(priority)s,
     coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => coalesce(%(delay_s)s::double precision, 0))),
-    %(max_attempts)s, %(timeout_s)s, %(dedup_key)s)
+    %(max_attempts)s, %(timeout_s)s, %(dedup_key)s, %(trace_context)s::jsonb)
 ON CONFLICT (queue, dedup_key)
     WHERE dedup_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')
     DO NOTHING
@@ -22,10 +22,10 @@ RETURNING id, queue, kind, status, priority, boost, tier, run_at, dedup_key, las
 -- Insert many tasks in one statement (one round trip). Rows whose dedup_key
 -- is already held by an unfinished task are skipped, as in tasks_enqueue.
 INSERT INTO angela_queue.tasks
-    (queue, kind, payload, priority, run_at, max_attempts, timeout_s, dedup_key)
+    (queue, kind, payload, priority, run_at, max_attempts, timeout_s, dedup_key, trace_context)
 SELECT s.queue, s.kind, s.payload, s.priority,
        coalesce(s.run_at, now() + make_interval(secs => coalesce(s.delay_s, 0))),
-       s.max_attempts, s.timeout_s, s.dedup_key
+       s.max_attempts, s.timeout_s, s.dedup_key, %(trace_context)s::jsonb
 FROM unnest(
     %(queues)s::text[], %(kinds)s::text[], %(payloads)s::jsonb[], %(priorities)s::int[],
     %(run_ats)s::timestamptz[], %(delays_s)s::double precision[], %(max_attempts)s::int[],
@@ -112,10 +112,10 @@ WITH picked AS MATERIALIZED (
     FROM picked
     WHERE t.id = picked.id AND t.status = 'queued'
     RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.attempts, t.max_attempts, t.timeout_s,
-              t.deadline, t.created_at, t.started_at, picked.effective_priority
+              t.deadline, t.created_at, t.run_at, t.started_at, t.trace_context, picked.effective_priority
 )
 SELECT c.id, c.queue, c.kind, c.payload::text AS payload, c.priority, c.attempts, c.max_attempts, c.timeout_s,
-       c.deadline, c.created_at, c.started_at, c.effective_priority,
+       c.deadline, c.created_at, c.run_at, c.started_at, c.trace_context, c.effective_priority,
        (SELECT count(pg_notify('angela_queue_space', q.name))
         FROM angela_queue.queues q
         WHERE q.max_size IS NOT NULL AND q.name IN (SELECT queue FROM claimed)) AS space_notified
@@ -141,13 +141,15 @@ WITH picked AS MATERIALIZED (
     FROM picked
     WHERE t.id = picked.id AND t.status = 'queued'
     RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.boost, t.tier,
-              t.attempts, t.max_attempts, t.timeout_s, t.run_at, t.deadline, t.created_at, t.priority_key,
+              t.attempts, t.max_attempts, t.timeout_s, t.run_at, t.deadline, t.created_at, t.trace_context,
+              t.priority_key,
               t.priority + t.boost + t.aging_rate
                   * greatest(extract(epoch FROM now() - greatest(t.run_at, t.created_at))::double precision, 0) / 60.0
                   AS effective_priority
 )
 SELECT c.id, c.queue, c.kind, c.payload::text AS payload, c.priority, c.boost, c.tier,
-       c.attempts, c.max_attempts, c.timeout_s, c.run_at, c.deadline, c.created_at, c.effective_priority,
+       c.attempts, c.max_attempts, c.timeout_s, c.run_at, c.deadline, c.created_at, c.trace_context,
+       c.effective_priority,
        (SELECT count(pg_notify('angela_queue_space', q.name))
         FROM angela_queue.queues q
         WHERE q.max_size IS NOT NULL AND q.name IN (SELECT queue FROM claimed)) AS space_notified

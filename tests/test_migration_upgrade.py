@@ -150,3 +150,26 @@ def test_upgrade_from_0005_repairs_rows_the_tightened_rules_refuse(empty_dsn):
     assert after["spent"]["status"] == "failed" and "migration 0006" in after["spent"]["last_error"]
     assert after["odd"]["failed_at"] is not None and after["odd"]["failed_at"].year < 9999
     assert after["odd"]["status"] == "queued"
+
+
+def test_upgrade_from_0006_keeps_rows_and_starts_the_history(empty_dsn):
+    """0007 (Observe): rows are kept, the views read them as before, and the
+    new columns and tables are empty until producers and the leader write."""
+    migrations.upgrade(empty_dsn, "0006")
+    query(empty_dsn, """
+        INSERT INTO angela_queue.tasks (kind, payload) VALUES ('a', '{"n": 1}'), ('b', '{}');
+        UPDATE angela_queue.tasks SET status = 'succeeded', attempts = 1, started_at = now(), finished_at = now()
+            WHERE kind = 'b';
+    """)
+    before = all_tasks(empty_dsn)
+    kinds_before = query(empty_dsn, "SELECT kind, succeeded_1h FROM angela_queue.kind_stats ORDER BY kind")
+    migrations.upgrade(empty_dsn, "0007")
+    after = all_tasks(empty_dsn)
+    assert [{k: v for k, v in r.items() if k != "trace_context"} for r in after] == before
+    assert all(r["trace_context"] is None for r in after)
+    assert query(empty_dsn, "SELECT kind, succeeded_1h FROM angela_queue.kind_stats ORDER BY kind") == kinds_before
+    assert scalar(empty_dsn, "SELECT count(*) FROM angela_queue.stats_minute") == 0
+    row = query(empty_dsn, "INSERT INTO angela_queue.tasks (kind, trace_context) VALUES ('c', "
+                           "'{\"traceparent\": \"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\"}') "
+                           "RETURNING trace_context")[0]
+    assert row["trace_context"]["traceparent"].startswith("00-0af7")

@@ -86,7 +86,14 @@ def describe(dsn: str) -> dict[str, list]:
         "functions": q("""
             SELECT p.proname, pg_get_function_identity_arguments(p.oid), pg_get_functiondef(p.oid),
                    coalesce(p.proacl, acldefault('f'::"char", p.proowner))::text
-            FROM pg_proc p WHERE p.pronamespace = %(schema)s::regnamespace ORDER BY 1, 2"""),
+            FROM pg_proc p WHERE p.pronamespace = %(schema)s::regnamespace AND p.prokind <> 'a' ORDER BY 1, 2"""),
+        # pg_get_functiondef cannot show an aggregate: its parts instead.
+        "aggregates": q("""
+            SELECT p.proname, pg_get_function_identity_arguments(p.oid), a.aggtransfn::text, a.aggfinalfn::text,
+                   a.aggtranstype::regtype::text, a.agginitval,
+                   coalesce(p.proacl, acldefault('f'::"char", p.proowner))::text
+            FROM pg_proc p JOIN pg_aggregate a ON a.aggfnoid = p.oid
+            WHERE p.pronamespace = %(schema)s::regnamespace ORDER BY 1, 2"""),
         "policies": q("""
             SELECT tablename, policyname, permissive, roles::text, cmd, qual, with_check
             FROM pg_policies WHERE schemaname = %(schema)s ORDER BY 1, 2"""),
@@ -279,6 +286,10 @@ FROZEN_REVISIONS = {
     "0006_tighten.down.sql": "397002f6db58d2bb86eff57f3aceff67c41244b4eba825de9bac015a64e13a50",
     "0006_tighten.py": "9664d5e52bdbfc27af139cca33bab44efbb8b4b80ca9f328f232fa99d2514a2d",
     "0006_tighten.sql": "08cbf5580a9b5b0d7932b6ba8b597968b2c5e94e0c38d15249bec4ee43e51933",
+    "0007_observe.down.sql": "4463dcdd60548543648f013997cbf5bafaaea0b23a327d9d8f3992a3da05cc53",
+    "0007_observe.py": "ed42d9b9fe12f0cff1ed9d3b3fec1d0ec9e42eef8dc29c75a3c5ef6ceea88a57",
+    "0007_observe.sql": "81036084ac1b037f8481508ad389b6237744812f50f3b7488d6c81c27613bf10",
+    "0007_roles.sql": "d7bb705db6bec447e33aeb15660a9406dfd6c634cff9ee8bb4bc7dab1366f995",
 }
 
 

@@ -23,6 +23,7 @@ import psycopg
 from .. import __version__
 from ..config import LOG_LEVELS, OPTIONS, Settings, from_env, load_settings
 from ..errors import AngelaQueueError
+from ..logs import LOG_FORMATS, TEXT_FORMAT, JsonFormatter
 from ..terminal import safe, safe_lines
 
 
@@ -42,6 +43,7 @@ class CliState:
     dsn: str | None = None
     verbose: bool = False
     log_level: str | None = None
+    log_format: str = "text"
 
 
 class FriendlyGroup(click.Group):
@@ -109,6 +111,7 @@ def resolve_settings(ctx: click.Context, flags: dict[str, Any]) -> Settings:
     st = state(ctx)
     given["dsn"] = st.dsn
     given["log_level"] = st.log_level
+    given["log_format"] = st.log_format
     return load_settings(given)
 
 
@@ -135,21 +138,29 @@ def command(group: click.Group, *args: Any, **kwargs: Any) -> Callable[[Callable
 @click.option("--log-level", type=click.Choice(list(LOG_LEVELS), case_sensitive=False), default=None,
               help="INFO (default) logs one line per task; WARNING keeps only failures and decisions. "
                    "[env: ANGELA_QUEUE_LOG_LEVEL]")
+@click.option("--log-format", type=click.Choice(list(LOG_FORMATS)), default=None,
+              help="text (default), or json: one object per line, with each task's outcome and each scaling "
+                   "decision as fields. [env: ANGELA_QUEUE_LOG_FORMAT]")
 @click.version_option(__version__, prog_name="angela-queue")
 @click.pass_context
-def main(ctx: click.Context, dsn: str | None, verbose: bool, log_level: str | None) -> None:
+def main(ctx: click.Context, dsn: str | None, verbose: bool, log_level: str | None, log_format: str | None) -> None:
     """angela-queue: a durable job queue for Python, backed by PostgreSQL."""
     st = state(ctx)
     if dsn:
         st.dsn = dsn
     st.verbose = verbose
+    chosen_format = log_format or from_env().get("log_format") or "text"
+    if chosen_format not in LOG_FORMATS:
+        raise click.BadParameter(f"ANGELA_QUEUE_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}",
+                                 param_hint="--log-format")
+    st.log_format = chosen_format
     level = "DEBUG" if verbose else (log_level or from_env().get("log_level") or "INFO").upper()
     if level not in LOG_LEVELS:
         raise click.BadParameter(f"ANGELA_QUEUE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}",
                                  param_hint="--log-level")
     st.log_level = level
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(TerminalSafeFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if chosen_format == "json" else TerminalSafeFormatter(TEXT_FORMAT))
     logging.basicConfig(level=getattr(logging, level), handlers=[handler])
     if not verbose:
         # Alembic narrates every plugin and step at INFO; migrate prints its own summary.

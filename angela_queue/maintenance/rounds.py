@@ -10,6 +10,7 @@ import time
 import psycopg
 
 from .. import db
+from .history import History
 from .prune import PRUNE_EVERY_S, prune
 from .reclaim import mark_lost_supervisors, reclaim_lost_workers
 
@@ -37,6 +38,7 @@ class Maintenance:
         self.dead_after_s = dead_after_s
         self.prune_every_s = prune_every_s
         self._next_prune = 0.0
+        self.history = History()
 
     def run(self, conn: psycopg.Connection, *, healthy_for_s: float | None,
             now: dt.datetime | None = None) -> None:
@@ -59,6 +61,7 @@ class Maintenance:
         promoted = promote_due(conn, now=now)
         if promoted:
             log.debug("leader: promoted %d scheduled task(s)", promoted)
+        self.history.run(conn)
         if time.monotonic() >= self._next_prune:
             result = prune(conn, self.retention_s, self.retention_failed_s, now=now)
             # Behind (the budget ran out): go on at the next round, not in prune_every_s.

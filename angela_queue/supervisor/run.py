@@ -61,6 +61,7 @@ from ..config import HANDOFF_ENV, Settings, inherited_environment
 from ..errors import SchemaMismatch
 from ..maintenance.health import DbHealth
 from ..maintenance.lease import Lease
+from .metrics import SupervisorMetrics
 from .scaling import (QUICK_CRASH_S, HealthLimits, Policy, Room, WorkerHealth, WorkerLoad, decide, depth_share,
                       pick_retirees, progress_at, restart_delay, room, stuck_reason)
 from ..worker import EXIT_RETIRE
@@ -115,7 +116,7 @@ def describe_exit(returncode: int) -> str:
 
 
 def worker_command(*, supervisor_id: uuid.UUID, supervisor_pid: int, worker_id: uuid.UUID,
-                   verbose: bool = False, log_level: str | None = None) -> list[str]:
+                   verbose: bool = False, log_level: str | None = None, log_format: str = "text") -> list[str]:
     """The argv of one worker process: the same interpreter, its identity, and nothing else.
 
     Its settings travel whole in its environment (``worker_environment``):
@@ -127,6 +128,8 @@ def worker_command(*, supervisor_id: uuid.UUID, supervisor_pid: int, worker_id: 
         cmd.append("-v")
     elif log_level:
         cmd += ["--log-level", log_level]
+    if log_format != "text":
+        cmd += ["--log-format", log_format]
     cmd += ["worker", "--supervisor-id", str(supervisor_id), "--supervisor-pid", str(supervisor_pid),
             "--worker-id", str(worker_id)]
     return cmd
@@ -199,6 +202,7 @@ class Supervisor:
         self.lead_backoff = Backoff(f"supervisor {self.short_id}'s maintenance round", log)
         self._next_schema_check = 0.0
         self._reconnecting = False
+        self.metrics: SupervisorMetrics | None = None
 
     @property
     def short_id(self) -> str:
@@ -214,6 +218,9 @@ class Supervisor:
                 return 0
             self._apply_max_queue_size()
             s = self.settings
+            if s.metrics_port is not None:
+                self.metrics = SupervisorMetrics(self.dsn)
+                log.info("Prometheus metrics on %s", self.metrics.serve(s.metrics_host, s.metrics_port))
             log.info("supervisor %s started: pid %d on %s, queues %s; workers min %d, base %d, max %d; "
                      "scale every %gs (up when depth > %d, down when < %d)%s; concurrency %d per worker",
                      self.short_id, self.pid, self.host, ",".join(s.queues), s.min_workers, s.base_workers,
@@ -231,6 +238,8 @@ class Supervisor:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._kill_leftovers()
+            if self.metrics is not None:
+                self.metrics.close()
             if self.conn is not None:
                 self.conn.close()
 
@@ -348,7 +357,8 @@ class Supervisor:
     def _spawn(self) -> Child:
         worker_id = uuid.uuid4()
         cmd = worker_command(supervisor_id=self.id, supervisor_pid=self.pid, worker_id=worker_id,
-                             verbose=self.verbose, log_level=self.log_level)
+                             verbose=self.verbose, log_level=self.log_level,
+                             log_format=self.settings.log_format)
         env = worker_environment(self.settings, self.environ)
         # Own session: a Ctrl-C in the terminal reaches the supervisor only,
         # which then stops the workers in order instead of all at once.
@@ -403,6 +413,8 @@ class Supervisor:
             else:
                 log.error("worker %s (pid %d) %s after %.1fs; reclaiming its tasks and starting a replacement",
                           child.short_id, child.pid, how, lived)
+                if self.metrics is not None:
+                    self.metrics.worker_exits.labels("crashed" if code != 0 else "exited").inc()
                 if lived < QUICK_CRASH_S:
                     self.crash_streak += 1
                     delay = restart_delay(self.crash_streak)
@@ -542,12 +554,18 @@ class Supervisor:
                           live_supervisors=load["live_supervisors"],
                           capped=load["depth"] >= cap * load["live_supervisors"])
         self.last_decision = f"{decision.action} to {decision.target}: {decision.reason}"
+        event = {"extra": {"event": {"event": "scaling", "supervisor": str(self.id), "action": decision.action,
+                                     "from": self.target, "to": decision.target, "reason": decision.reason,
+                                     "depth_share": share, "global_depth": load["depth"],
+                                     "live_supervisors": load["live_supervisors"]}}}
+        if self.metrics is not None:
+            self.metrics.decisions.labels(decision.action).inc()
         if decision.change:
             log.info("scaling %s from %d to %d worker(s): %s", decision.action, self.target, decision.target,
-                     decision.reason)
+                     decision.reason, **event)
             self.target = decision.target
         else:
-            log.debug("holding at %d worker(s): %s", self.target, decision.reason)
+            log.debug("holding at %d worker(s): %s", self.target, decision.reason, **event)
 
     def _prime_cpu(self) -> None:
         psutil.cpu_percent(interval=None)  # the first reading is meaningless; start the window now

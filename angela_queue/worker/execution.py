@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .. import telemetry
 from ..handler import Discard, Retry, Snooze, TaskContext, TaskControl, reset_current, set_current
 from ..registry import TaskDefinition, registered_kinds
 from .handler_threads import BaseExceptionRaised, HandlerThreads
@@ -53,6 +54,9 @@ class ClaimedTask:
     created_at: dt.datetime | None = None
     # None while claimed unstarted (waiting in a collecting batch).
     started_at: dt.datetime | None = None
+    run_at: dt.datetime | None = None
+    # The producer's W3C trace context (telemetry.py), if it stored one.
+    trace_context: Mapping[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "ClaimedTask":
@@ -64,7 +68,16 @@ class ClaimedTask:
                    timeout_s=row["timeout_s"],
                    effective_priority=row.get("effective_priority") or row["priority"],
                    deadline=row.get("deadline"), created_at=row.get("created_at"),
-                   started_at=row.get("started_at"))
+                   started_at=row.get("started_at"), run_at=row.get("run_at"),
+                   trace_context=row.get("trace_context"))
+
+    @property
+    def wait_ms(self) -> float | None:
+        """From ready (greatest(run_at, created_at)) to this attempt's start."""
+        if self.started_at is None or self.created_at is None:
+            return None
+        ready = max(self.run_at, self.created_at) if self.run_at is not None else self.created_at
+        return max((self.started_at - ready).total_seconds() * 1000, 0.0)
 
     def context(self, cancel_requested: Callable[[int], bool],
                 batch: tuple[TaskContext, ...] = ()) -> TaskContext:
@@ -113,6 +126,16 @@ class Outcome:
     @property
     def snoozed(self) -> bool:
         return self.snooze_s is not None
+
+    def name(self, task: "ClaimedTask") -> str:
+        """succeeded, failed, retrying, snoozed or cancelled: what this attempt did to ``task``."""
+        if self.ok:
+            return "succeeded"
+        if self.cancelled:
+            return "cancelled"
+        if self.snoozed:
+            return "snoozed"
+        return "retrying" if self.retry and task.attempts < task.max_attempts else "failed"
 
 
 @dataclass(frozen=True)
@@ -313,7 +336,16 @@ async def execute_one(definition: TaskDefinition | None, task: ClaimedTask, poli
                       threads: HandlerThreads, on_abandoned: Callable[[], None],
                       cancel_requested: Callable[[int], bool] = _never_cancelled) -> Outcome:
     """One task, one handler call with the payload's keys as keyword arguments
-    (or its model's instance)."""
+    (or its model's instance), inside its OpenTelemetry span (the [otel] extra)."""
+    with telemetry.task_span(task.kind, task.queue, task.id, task.attempts, task.trace_context) as span:
+        outcome = await _execute_one(definition, task, policy, threads, on_abandoned, cancel_requested)
+        telemetry.end_task_span(span, outcome.ok, outcome.error, outcome.name(task))
+    return outcome
+
+
+async def _execute_one(definition: TaskDefinition | None, task: ClaimedTask, policy: ExecutionPolicy,
+                       threads: HandlerThreads, on_abandoned: Callable[[], None],
+                       cancel_requested: Callable[[int], bool]) -> Outcome:
     started = time.perf_counter()
     retry_in_s = policy.retry_in(task, definition)
     if definition is None:
@@ -352,6 +384,18 @@ async def execute_one(definition: TaskDefinition | None, task: ClaimedTask, poli
 async def execute_batch(definition: TaskDefinition, tasks: list[ClaimedTask], policy: ExecutionPolicy,
                         threads: HandlerThreads, on_abandoned: Callable[[], None],
                         cancel_requested: Callable[[int], bool] = _never_cancelled) -> list[Outcome]:
+    """_execute_batch inside one span for the call (its first task's trace)."""
+    first = tasks[0]
+    with telemetry.task_span(first.kind, first.queue, first.id, first.attempts, first.trace_context) as span:
+        outcomes = await _execute_batch(definition, tasks, policy, threads, on_abandoned, cancel_requested)
+        worst = next((o for o in outcomes if not o.ok), outcomes[0])
+        telemetry.end_task_span(span, worst.ok, worst.error, worst.name(first))
+    return outcomes
+
+
+async def _execute_batch(definition: TaskDefinition, tasks: list[ClaimedTask], policy: ExecutionPolicy,
+                         threads: HandlerThreads, on_abandoned: Callable[[], None],
+                         cancel_requested: Callable[[int], bool]) -> list[Outcome]:
     """A ``batch=True`` handler gets the payloads in one call (a list, of one if alone).
 
     The handler may return a list with one JSON result per task (same

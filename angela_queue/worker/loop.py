@@ -47,6 +47,7 @@ from .. import db, kinds, schema
 from ..backoff import Backoff
 from ..config import CHANNEL_CANCEL, CHANNEL_INSERT, Settings
 from ..errors import ConfigError, SchemaMismatch
+from ..logs import tier_of
 from ..registry import lookup, registered_kinds
 from .execution import ClaimedTask, ExecutionPolicy, Outcome, clean_text, execute_batch, execute_one
 from .handler_threads import HandlerThreads
@@ -793,23 +794,33 @@ class Worker:
 
     def _record(self, task: ClaimedTask, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
+        event = {"extra": {"event": self._task_event(task, outcome)}}
         if outcome.snoozed:
             # Neither a success nor a failure: the attempt does not count.
             log.info("task %d %s p%d snoozed for %gs (attempt %d not counted)", task.id, task.kind,
-                     task.priority, outcome.snooze_s, task.attempts)
+                     task.priority, outcome.snooze_s, task.attempts, **event)
             return
         self.stats.record(outcome.ok, outcome.duration_ms)
         if outcome.ok:
             log.info("task %d %s p%d succeeded in %.1fms (attempt %d)%s", task.id, task.kind, task.priority,
                      outcome.duration_ms, task.attempts,
-                     "; recorded as cancelled (asked to stop)" if task.id in self.cancel_requested else "")
+                     "; recorded as cancelled (asked to stop)" if task.id in self.cancel_requested else "", **event)
         elif outcome.cancelled:
-            log.info("task %d %s p%d cancelled: %s", task.id, task.kind, task.priority, outcome.error)
+            log.info("task %d %s p%d cancelled: %s", task.id, task.kind, task.priority, outcome.error, **event)
         else:
             final = not outcome.retry or task.attempts >= task.max_attempts
             log.warning("task %d %s p%d failed in %.1fms (attempt %d/%d%s): %s", task.id, task.kind,
                         task.priority, outcome.duration_ms, task.attempts, task.max_attempts,
-                        ", final" if final else ", will retry", (outcome.error or "").splitlines()[0])
+                        ", final" if final else ", will retry", (outcome.error or "").splitlines()[0], **event)
+
+    def _task_event(self, task: ClaimedTask, outcome: Outcome) -> dict[str, Any]:
+        """A task outcome as --log-format json writes it (logs.py)."""
+        wait_ms = task.wait_ms
+        return {"event": "task", "task_id": task.id, "kind": task.kind, "queue": task.queue,
+                "priority": task.priority, "tier": tier_of(task.priority), "attempt": task.attempts,
+                "max_attempts": task.max_attempts, "outcome": outcome.name(task),
+                "wait_ms": None if wait_ms is None else round(wait_ms, 3), "run_ms": round(outcome.duration_ms, 3),
+                "worker": str(self.id), "error": (outcome.error or "").splitlines()[0] if outcome.error else None}
 
     def _on_abandoned_thread(self) -> None:
         # Called on the loop thread when a sync handler overran its timeout.

@@ -1,0 +1,87 @@
+"""OpenTelemetry (the [otel] extra): an enqueue inside a request's span and the
+task's execution form one trace, through the trace context stored on the row."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+from opentelemetry import trace  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+
+from angela_queue import registry, task  # noqa: E402
+from angela_queue.testing import drain  # noqa: E402
+
+EXPORTER = InMemorySpanExporter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tracing():
+    # The global provider can be set once per process.
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+        trace.set_tracer_provider(provider)
+    else:
+        trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(EXPORTER))
+    yield
+
+
+@pytest.fixture
+def handlers():
+    registry.clear()
+
+    @task("traced")
+    def traced(n):
+        return n
+
+    @task("traced_fails", max_attempts=1)
+    def traced_fails():
+        raise ValueError("no luck")
+
+    EXPORTER.clear()
+    yield
+    registry.clear()
+
+
+def spans(name: str):
+    return [s for s in EXPORTER.get_finished_spans() if s.name == name]
+
+
+def test_one_trace_runs_from_the_request_to_the_handler(dsn, client, conn, handlers):
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("POST /orders") as request:
+        queued = client.enqueue("traced", {"n": 1})
+    stored = conn.execute("SELECT trace_context FROM angela_queue.tasks WHERE id = %s", (queued.id,)).fetchone()
+    assert stored["trace_context"]["traceparent"].split("-")[1] == format(request.get_span_context().trace_id, "032x")
+    [done] = drain(dsn=dsn)
+    assert done.status == "succeeded"
+    [enqueue] = spans("enqueue traced")
+    [process] = spans("process traced")
+    assert enqueue.parent.span_id == request.get_span_context().span_id
+    assert process.context.trace_id == request.get_span_context().trace_id
+    assert process.parent.span_id == enqueue.context.span_id
+    assert process.attributes["angela_queue.task.id"] == queued.id
+    assert process.attributes["angela_queue.task.outcome"] == "succeeded"
+
+
+def test_a_failed_attempt_marks_its_span(dsn, client, handlers):
+    client.enqueue("traced_fails")
+    drain(dsn=dsn)
+    [process] = spans("process traced_fails")
+    assert process.status.status_code == trace.StatusCode.ERROR
+    assert "no luck" in process.status.description
+    assert process.attributes["angela_queue.task.outcome"] == "failed"
+
+
+def test_without_a_current_span_the_task_starts_its_own_trace(dsn, client, conn, handlers):
+    queued = client.enqueue_many([{"kind": "traced", "payload": {"n": i}} for i in range(2)])
+    # The enqueue span itself is the parent now: one trace for the call's tasks.
+    contexts = {r["trace_context"]["traceparent"] for r in conn.execute(
+        "SELECT trace_context FROM angela_queue.tasks WHERE id = ANY(%s)", ([t.id for t in queued],))}
+    assert len(contexts) == 1
+    drain(dsn=dsn)
+    assert len(spans("process traced")) == 2
