@@ -125,3 +125,35 @@ def test_run_serves_metrics_and_logs_json_events(dsn, client, start_supervisor, 
     body = urllib.request.urlopen(url, timeout=5).read().decode()
     assert "angela_queue_up 1.0" in body
     assert re.search(r'angela_queue_workers\{status="(idle|active)"\} 1\.0', body), body
+
+
+def test_the_sample_grafana_dashboard_queries_only_metrics_we_export(dsn, conn):
+    from pathlib import Path
+
+    from angela_queue.supervisor.metrics import SupervisorMetrics
+    dashboard = json.loads((Path(__file__).parent.parent / "examples" / "grafana" / "angela-queue.json").read_text())
+    used = {name for p in dashboard["panels"] for t in p["targets"]
+            for name in re.findall(r"\b(angela_queue_[a-z_]+)", t["expr"])}
+    # One final minute of history, so the counters and histograms exist too.
+    minute = conn.execute("SELECT date_trunc('minute', now()) - interval '5 minutes' AS m").fetchone()["m"]
+    conn.execute("""INSERT INTO angela_queue.stats_minute (minute, queue, tier, kind, enqueued, started, succeeded,
+                        wait_buckets, wait_sum_ms, run_buckets, run_sum_ms)
+                    VALUES (%s, 'default', 'high', 'mail', 1, 1, 1, %s, 1.0, %s, 1.0)""",
+                 (minute, [1] + [0] * 15, [1] + [0] * 15))
+    conn.execute("INSERT INTO angela_queue.stats_progress (rolled_until) VALUES (%s - interval '1 minute')",
+                 (minute,))
+    registry, metrics = registry_for(dsn)
+    sup = SupervisorMetrics(dsn)
+    try:
+        samples(registry)
+        conn.execute("UPDATE angela_queue.stats_progress SET rolled_until = %s + interval '2 minutes'", (minute,))
+        exported = {name for name, _ in samples(registry)}
+        text = generate_latest(registry).decode() + generate_latest(sup.registry).decode()
+        for family in text_string_to_metric_families(text):   # families with no sample yet, by their series
+            exported |= {family.name + suffix for suffix in {"counter": ("_total",), "histogram": ("_bucket", "_sum",
+                         "_count")}.get(family.type, ("",))}
+    finally:
+        metrics.close()
+        sup.close()
+    assert used, "the dashboard queries nothing"
+    assert used <= exported, used - exported
