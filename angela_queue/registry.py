@@ -42,6 +42,15 @@ class TaskDefinition:
     # A pydantic model: payloads are validated against it at enqueue, and the
     # handler is called with the model instance (a list of them in a batch).
     model: type | None = None
+    # Global limits, enforced in the claim across every host: at most
+    # `concurrency` running at once; at most rate_limit starts in any
+    # rate_period_s seconds (from rate="100/m").
+    concurrency: int | None = None
+    rate_limit: int | None = None
+    rate_period_s: int | None = None
+    # A periodic task (angela_queue.periodic.Schedule): the leader enqueues one
+    # task of this kind per slot.
+    schedule: Any = None
     # Looked up once: the worker asks for every task.
     is_async: bool = field(init=False, repr=False)
 
@@ -57,7 +66,15 @@ class TaskDefinition:
         return {"kind": self.kind, "queue": self.queue, "priority": self.priority,
                 "max_attempts": self.max_attempts, "timeout_s": _float(self.timeout),
                 "backoff_base_s": _float(self.backoff_base), "backoff_max_s": _float(self.backoff_max),
-                "batch": self.batch}
+                "batch": self.batch, "concurrency": self.concurrency, "rate_limit": self.rate_limit,
+                "rate_period_s": self.rate_period_s}
+
+    def periodic_row(self) -> dict[str, Any] | None:
+        """This kind's schedule as a row of angela_queue.periodic (named after the kind), if it has one."""
+        if self.schedule is None:
+            return None
+        return {"name": self.kind, "kind": self.kind, "cron": self.schedule.cron, "every_s": self.schedule.every_s,
+                "timezone": self.schedule.timezone}
 
 
 def _float(value: float | None) -> float | None:
@@ -69,7 +86,9 @@ _REGISTRY: dict[str, TaskDefinition] = {}
 
 def task(kind: str, *, priority: int | None = None, queue: str | None = None,
          max_attempts: int | None = None, timeout: float | None = None, batch: bool = False,
-         backoff_base: float | None = None, backoff_max: float | None = None, model: type | None = None
+         backoff_base: float | None = None, backoff_max: float | None = None, model: type | None = None,
+         concurrency: int | None = None, rate: str | None = None,
+         cron: str | None = None, every: float | None = None, timezone: str | None = None,
          ) -> Callable[[Callable[..., Any]], TaskDefinition]:
     """Register the decorated function as the handler for ``kind``.
 
@@ -78,6 +97,16 @@ def task(kind: str, *, priority: int | None = None, queue: str | None = None,
     ``model=`` (a pydantic model) it is called with the validated model
     instance (a list of them for a batch handler). Options left unset take
     the queue's defaults, then the global ones.
+
+    Limits hold across every worker and host: ``concurrency=N`` runs at most
+    N tasks of the kind at once; ``rate="100/m"`` (per ``s``, ``m`` or ``h``)
+    starts at most 100 in any minute. Over a limit, tasks wait in the queue
+    and other kinds flow past them.
+
+    ``cron="*/5 * * * *"`` (five fields, read in ``timezone``, UTC by
+    default) or ``every=seconds`` makes it periodic: the maintenance leader
+    enqueues one task per slot, with an empty payload, exactly once across
+    every supervisor.
     """
     if not isinstance(kind, str) or not kind.strip() or "\x00" in kind \
             or len(kind.encode("utf-8", "surrogatepass")) > 255:
@@ -100,6 +129,19 @@ def task(kind: str, *, priority: int | None = None, queue: str | None = None,
     if model is not None:
         from .models import check_model
         check_model(model)
+    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
+                                    or not 1 <= concurrency <= 1_000_000):
+        raise ValueError(f"concurrency must be an integer between 1 and 1000000 (got {concurrency!r})")
+    rate_limit, rate_period_s = parse_rate(rate) if rate is not None else (None, None)
+    schedule = None
+    if cron is not None or every is not None or timezone is not None:
+        from .periodic import Schedule, ScheduleError
+        if cron is None and every is None:
+            raise ValueError("timezone= only applies to a periodic task: give cron= too")
+        try:
+            schedule = Schedule.parse(cron=cron, every_s=every, timezone=timezone)
+        except ScheduleError as exc:
+            raise ValueError(str(exc)) from None
 
     def register(func: Callable[..., Any]) -> TaskDefinition:
         existing = _REGISTRY.get(kind)
@@ -107,11 +149,28 @@ def task(kind: str, *, priority: int | None = None, queue: str | None = None,
             raise ValueError(f"task kind {kind!r} is already registered by {_qualname(existing.func)}")
         definition = TaskDefinition(kind=kind, func=func, priority=priority, queue=queue,
                                     max_attempts=max_attempts, timeout=timeout, batch=batch,
-                                    backoff_base=backoff_base, backoff_max=backoff_max, model=model)
+                                    backoff_base=backoff_base, backoff_max=backoff_max, model=model,
+                                    concurrency=concurrency, rate_limit=rate_limit, rate_period_s=rate_period_s,
+                                    schedule=schedule)
         _REGISTRY[kind] = definition
         return definition
 
     return register
+
+
+_PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+
+
+def parse_rate(rate: str) -> tuple[int, int]:
+    """``"100/m"`` -> (100, 60): starts allowed, per a window of that many seconds."""
+    text = rate.strip().lower() if isinstance(rate, str) else ""
+    count, _, per = text.partition("/")
+    per = per.strip()
+    if per.endswith("s") and per not in _PERIODS:
+        per = per[:-1]                                   # "minutes" -> "minute"
+    if not count.strip().isdigit() or per not in _PERIODS or not 1 <= int(count) <= 1_000_000:
+        raise ValueError(f"rate must look like '100/m': 1 to 1000000 starts per s, m or h (got {rate!r})")
+    return int(count), _PERIODS[per]
 
 
 def _qualname(func: Callable[..., Any]) -> str:

@@ -20,6 +20,9 @@ from angela_queue import task
 
 NOOP = "bench_noop"
 NOOP_ASYNC = "bench_noop_async"
+# A kind the drain benchmark caps at 1 running at once (kinds.concurrency):
+# its backlog sits ahead of the drained tasks.
+CAPPED = "bench_capped"
 
 _calls: collections.Counter[str] = collections.Counter()
 
@@ -34,6 +37,11 @@ def bench_noop(**_payload) -> None:
 async def bench_noop_async(**_payload) -> None:
     """An ``async def`` no-op: runs on the worker's event loop."""
     _calls[NOOP_ASYNC] += 1
+
+
+@task(CAPPED)
+async def bench_capped(**_payload) -> None:
+    _calls[CAPPED] += 1
 
 
 def _write_counts(directory: str) -> None:

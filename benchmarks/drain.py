@@ -23,9 +23,11 @@ from .harness import (POLL_EVERY_S, STALL_TIMEOUT_S, BenchDB, CpuSampler, spawn,
 WORKER_APP_NAMES = ("angela-queue-worker-%", "angela-queue-listen", "angela-queue-heartbeat-%")
 REFERENCE_APP_NAMES = (reference.APPLICATION_NAME,)
 
+# Only the drained kind counts: a capped backlog (see DrainConfig) is still
+# there when the drain ends, by design.
 REMAINING = """
-SELECT (SELECT count(*) FROM angela_queue.tasks WHERE status = 'queued')
-     + (SELECT count(*) FROM angela_queue.tasks WHERE status = 'running') AS remaining
+SELECT (SELECT count(*) FROM angela_queue.tasks WHERE status = 'queued' AND kind = %(kind)s)
+     + (SELECT count(*) FROM angela_queue.tasks WHERE status = 'running' AND kind = %(kind)s) AS remaining
 """
 
 SUMMARY = """
@@ -40,8 +42,9 @@ SELECT count(*) AS n,
        -- each round trip claimed, on average.
        count(DISTINCT (worker_id, started_at)) AS claims,
        (SELECT array_agg(c ORDER BY c DESC) FROM (
-            SELECT count(*) AS c FROM angela_queue.tasks GROUP BY worker_id) per) AS per_worker
+            SELECT count(*) AS c FROM angela_queue.tasks WHERE kind = %(kind)s GROUP BY worker_id) per) AS per_worker
 FROM angela_queue.tasks
+WHERE kind = %(kind)s
 """
 
 
@@ -54,6 +57,9 @@ class DrainConfig:
     handler: str = "sync"   # angela-queue: "sync" or "async" no-op
     log_level: str = "WARNING"
     mode: str = "simple"    # reference only
+    # Tasks of a kind capped at 1 running at once, queued ahead of the drain
+    # (priority 8): the claim of every other kind must not slow down for it.
+    capped_backlog: int = 0
 
     @property
     def kind(self) -> str:
@@ -70,6 +76,10 @@ class DrainConfig:
 
 def run_drain(db: BenchDB, config: DrainConfig, n: int, pyspy_out: Path | None = None) -> dict[str, Any]:
     db.reset()
+    if config.capped_backlog:
+        db.conn.execute("INSERT INTO angela_queue.kinds (kind, concurrency) VALUES (%s, 1) "
+                        "ON CONFLICT (kind) DO UPDATE SET concurrency = 1", (app.CAPPED,))
+        db.insert_noops(config.capped_backlog, app.CAPPED, priority=8)
     db.insert_noops(n, config.kind)
     db.settle()
     is_ref = config.impl == "reference"
@@ -80,7 +90,7 @@ def run_drain(db: BenchDB, config: DrainConfig, n: int, pyspy_out: Path | None =
         last_remaining, last_progress = n, time.monotonic()
         while True:
             sampler.sample()
-            remaining = db.scalar(REMAINING)
+            remaining = db.scalar(REMAINING, {"kind": config.kind})
             if remaining == 0:
                 break
             if remaining != last_remaining:
@@ -100,7 +110,7 @@ def run_drain(db: BenchDB, config: DrainConfig, n: int, pyspy_out: Path | None =
         sampler.sample()
     finally:
         codes = procs.stop()
-    s = db.conn.execute(SUMMARY).fetchone()
+    s = db.conn.execute(SUMMARY, {"kind": config.kind}).fetchone()
     counts = procs.handler_counts()
     ran = (sum(r.get("ran", 0) for r in procs.stdout_json()) if is_ref else counts.get(config.kind, 0))
     verified = (s["n"] == n and s["succeeded"] == n and s["claimed_once"] == n and ran == n
@@ -109,6 +119,7 @@ def run_drain(db: BenchDB, config: DrainConfig, n: int, pyspy_out: Path | None =
         "label": config.label, "impl": config.impl, "processes": config.processes,
         "concurrency": config.concurrency, "handler": config.handler if not is_ref else None,
         "mode": config.mode if is_ref else None, "log_level": config.log_level if not is_ref else None,
+        "capped_backlog": config.capped_backlog,
         "n": n, "succeeded": s["succeeded"], "claimed_once": s["claimed_once"], "handler_calls": ran,
         "verified": verified, "error": error, "exit_codes": codes,
         "per_worker": s["per_worker"], "claims": s["claims"],
@@ -157,6 +168,8 @@ def worker_configs(full: bool) -> list[DrainConfig]:
         DrainConfig("aq sync 2x10", "angela-queue", 2, 10, "sync"),
         DrainConfig("aq async 1x10", "angela-queue", 1, 10, "async"),
         DrainConfig("aq async 2x10", "angela-queue", 2, 10, "async"),
+        # The same drain behind 10,000 tasks of a kind capped at 1 at once.
+        DrainConfig("aq async 2x10 + capped backlog", "angela-queue", 2, 10, "async", capped_backlog=10_000),
     ]
     if full:
         # What the default INFO logging (one line per task) costs.

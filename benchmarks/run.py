@@ -284,6 +284,7 @@ def report(results: dict[str, Any]) -> str:
         parts += ["", f"1. Drain throughput ({results['sizes']['drain_n']:,} pre-inserted no-op tasks; "
                       "tasks/s from the first started_at to the last finished_at)",
                   drain_table(results["drain"]["summary"])]
+        parts += _capped_ratio(results["drain"]["summary"])
         for prof in results["drain"].get("profiles", [])[:2]:
             parts += ["", pyspy.format_summary(prof)]
     if "latency" in results:
@@ -325,6 +326,16 @@ def report(results: dict[str, Any]) -> str:
         parts += ["", "5. Reference: lean hand-written psycopg loop on the same table (same claim CTE)",
                   drain_table(results["reference"]["summary"])]
     return "\n".join(parts)
+
+
+def _capped_ratio(summary: list[dict[str, Any]]) -> list[str]:
+    """The claim of unlimited kinds must not slow down behind a capped kind's backlog."""
+    by_label = {r["label"]: r for r in summary}
+    plain, capped = by_label.get("aq async 2x10"), by_label.get("aq async 2x10 + capped backlog")
+    if not plain or not capped or not plain.get("tps_median") or not capped.get("tps_median"):
+        return []
+    return [f"   behind 10,000 tasks of a kind capped at 1 at once: {fmt(capped['tps_median'])} tasks/s, "
+            f"{capped['tps_median'] / plain['tps_median']:.2f}x the same drain without them"]
 
 
 def _beats(p: dict[str, Any]) -> str:

@@ -204,3 +204,14 @@ WITH doomed AS MATERIALIZED (
     RETURNING s.id
 )
 SELECT count(*) AS pruned FROM deleted;
+
+-- name: maintenance_prune_kind_starts
+-- Rate-limited starts older than the longest window (an hour). claim_room
+-- drops a kind's own as it claims; these belong to kinds no claim has looked
+-- at since (their limit lifted, or nothing left to run).
+WITH gone AS (
+    DELETE FROM angela_queue.kind_starts s
+    WHERE s.started_at < coalesce(%(now)s::timestamptz, now()) - interval '1 hour'
+    RETURNING 1
+)
+SELECT count(*) AS pruned FROM gone;

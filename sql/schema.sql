@@ -86,7 +86,20 @@ CREATE TABLE angela_queue.kinds (
     batch          boolean NOT NULL DEFAULT false,
     updated_at     timestamptz NOT NULL DEFAULT now(),
     -- Who recorded it: a worker's host and pid, or the login that ran kinds sync.
-    updated_by     text NOT NULL DEFAULT session_user
+    updated_by     text NOT NULL DEFAULT session_user,
+    -- Global limits, enforced inside the claim across every worker and host
+    -- (angela_queue.claim_room): at most `concurrency` tasks of the kind
+    -- running at once, at most `rate_limit` starts in any `rate_period_s`
+    -- seconds. NULL: no limit. @task(concurrency=, rate=) sets them when a
+    -- worker starts; a limit set here by hand stays until changed here (a
+    -- deploy never lifts an operator's throttle), unless the code sets one.
+    concurrency    integer
+                   CONSTRAINT kind_concurrency_in_range CHECK (concurrency BETWEEN 1 AND 1000000),
+    rate_limit     integer
+                   CONSTRAINT kind_rate_limit_in_range CHECK (rate_limit BETWEEN 1 AND 1000000),
+    rate_period_s  integer
+                   CONSTRAINT kind_rate_period_known CHECK (rate_period_s IN (1, 60, 3600)),
+    CONSTRAINT kind_rate_has_a_period CHECK ((rate_limit IS NULL) = (rate_period_s IS NULL))
 );
 
 -- ---------------------------------------------------------------------------
@@ -229,6 +242,12 @@ CREATE TABLE angela_queue.tasks (
                     CONSTRAINT task_trace_context_small_object
                     CHECK (trace_context IS NULL OR (jsonb_typeof(trace_context) = 'object'
                                                       AND octet_length(trace_context::text) <= 1024)),
+    -- The kind, when it has a concurrency cap or a rate limit; '' when it has
+    -- neither (set by the insert trigger, kept true by
+    -- kinds_after_change_limits). The claim index groups tasks by it, so the
+    -- walk for unlimited kinds never reads a capped kind's backlog, and each
+    -- limited kind is walked on its own, in priority order.
+    limited_kind    text NOT NULL DEFAULT '',
     -- A task in a final status has finished: retention goes by finished_at.
     CONSTRAINT task_final_has_finished_at
         CHECK (status NOT IN ('succeeded', 'failed', 'cancelled', 'dropped') OR finished_at IS NOT NULL),
@@ -255,8 +274,16 @@ WITH (
 -- is exact only among rows that share an aging rate (one rate per queue);
 -- the claim merges queues by the live effective priority. It also serves the
 -- bounded-queue count at insert and the depth reads.
-CREATE INDEX tasks_claim_idx ON angela_queue.tasks (queue, priority_key DESC, id)
+-- Within a queue, the tasks of each limited kind (a concurrency cap or a
+-- rate limit) sort apart under limited_kind, so the walk for unlimited
+-- kinds (limited_kind = '') never reads them, and each limited kind's walk
+-- reads only its own.
+CREATE INDEX tasks_claim_idx ON angela_queue.tasks (queue, limited_kind, priority_key DESC, id)
     WHERE status = 'queued';
+-- The running count of a capped kind, under its claim lock. Only limited
+-- tasks are in it.
+CREATE INDEX tasks_limited_running_idx ON angela_queue.tasks (limited_kind)
+    WHERE status = 'running' AND limited_kind <> '';
 -- Filling a low-priority batch: the best waiting tasks of one kind below
 -- priority 5, without walking past every higher-priority task first.
 CREATE INDEX tasks_batch_fill_idx ON angela_queue.tasks (queue, kind, priority_key DESC, id)
@@ -382,13 +409,10 @@ BEGIN
             USING ERRCODE = 'string_data_right_truncation';
     END IF;
 
-    -- The kind's defaults: one primary-key probe, skipped when the insert
-    -- sets every column a kind can default (the Python client with the
-    -- handler's module imported does).
+    -- The kind's defaults and limits: one primary-key probe.
     NEW.queue := nullif(btrim(NEW.queue), '');
-    IF NEW.queue IS NULL OR NEW.priority IS NULL OR NEW.max_attempts IS NULL OR NEW.timeout_s IS NULL THEN
-        SELECT * INTO k FROM angela_queue.kinds WHERE kind = NEW.kind;
-    END IF;
+    SELECT * INTO k FROM angela_queue.kinds WHERE kind = NEW.kind;
+    NEW.limited_kind := CASE WHEN k.concurrency IS NOT NULL OR k.rate_limit IS NOT NULL THEN NEW.kind ELSE '' END;
     NEW.queue := coalesce(NEW.queue, k.queue, 'default');
 
     -- A task names its queue; an unknown queue is created with the defaults
@@ -525,6 +549,14 @@ BEGIN
     NEW.deadline := greatest(NEW.run_at, NEW.created_at) + angela_queue.tier_window(NEW.priority);
     NEW.priority_key := angela_queue.priority_key(NEW.priority, NEW.boost, NEW.aging_rate,
                                                   greatest(NEW.run_at, NEW.created_at));
+    -- A task back from a final status (a retry sets run_at) takes its kind's
+    -- limits as they are now: kinds_after_change_limits moves only
+    -- unfinished rows.
+    IF OLD.status IN ('succeeded', 'failed', 'cancelled', 'dropped') AND NEW.status IN ('scheduled', 'queued') THEN
+        NEW.limited_kind := coalesce((SELECT CASE WHEN k.concurrency IS NOT NULL OR k.rate_limit IS NOT NULL
+                                                  THEN NEW.kind END
+                                      FROM angela_queue.kinds k WHERE k.kind = NEW.kind), '');
+    END IF;
     RETURN NEW;
 END
 $$;
@@ -1071,6 +1103,159 @@ CREATE TABLE angela_queue.stats_progress (
     only_row      boolean PRIMARY KEY DEFAULT true CONSTRAINT stats_progress_one_row CHECK (only_row),
     rolled_until  timestamptz NOT NULL
 );
+
+-- ---------------------------------------------------------------------------
+-- Global limits per kind (kinds.concurrency, kinds.rate_limit), enforced in
+-- the claim (sql/tasks.sql, tasks_claim) for every worker on every host.
+-- ---------------------------------------------------------------------------
+
+-- The starts of rate-limited kinds in their current window: the claim
+-- appends one row per task it starts, claim_room drops what has left the
+-- window. A sliding window, so no window of rate_period_s ever holds more
+-- than rate_limit starts (a fixed window would allow twice that across a
+-- boundary).
+CREATE TABLE angela_queue.kind_starts (
+    kind        text NOT NULL,
+    started_at  timestamptz NOT NULL
+);
+CREATE INDEX kind_starts_kind_idx ON angela_queue.kind_starts (kind, started_at);
+
+-- How many more tasks of a limited kind one claim may start now, or 0.
+-- Locks the kind's row until the claim's transaction ends, so claims of one
+-- limited kind go one at a time and none can count before another's claim
+-- is visible; a claim that finds the row locked skips the kind this turn
+-- (SKIP LOCKED: claims of other kinds never wait on it).
+-- Hazard: the counts must run after the lock is taken, in statements of
+-- their own (each takes a fresh snapshot under READ COMMITTED); counted in
+-- the claim statement itself, they would miss the claim committed just
+-- before the lock was granted, and two claims could exceed the cap together.
+CREATE FUNCTION angela_queue.claim_room(p_kind text, p_wanted integer) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    k        record;
+    v_room   integer := p_wanted;
+    v_count  integer;
+BEGIN
+    SELECT l.concurrency, l.rate_limit, l.rate_period_s INTO k
+    FROM angela_queue.kinds l
+    WHERE l.kind = p_kind
+    FOR NO KEY UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    IF k.concurrency IS NOT NULL THEN
+        SELECT count(*) INTO v_count FROM angela_queue.tasks t
+        WHERE t.status = 'running' AND t.limited_kind = p_kind;
+        v_room := least(v_room, k.concurrency - v_count);
+    END IF;
+    IF k.rate_limit IS NOT NULL AND v_room > 0 THEN
+        DELETE FROM angela_queue.kind_starts s
+        WHERE s.kind = p_kind AND s.started_at <= now() - make_interval(secs => k.rate_period_s);
+        SELECT count(*) INTO v_count FROM angela_queue.kind_starts s WHERE s.kind = p_kind;
+        v_room := least(v_room, k.rate_limit - v_count);
+    END IF;
+    RETURN greatest(v_room, 0);
+END
+$$;
+
+-- A kind that gains or loses its last limit moves its unfinished tasks in or
+-- out of the limited part of the claim index (and running ones into the
+-- count). Fires only when that changes: a rare configuration step, which
+-- reads the kind's unfinished rows.
+-- Hazard: an insert racing the change may keep the old flag (it read the
+-- kinds row before); such a task is claimed as before the change.
+CREATE FUNCTION angela_queue.kinds_after_change_limits() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_kind     text := CASE WHEN TG_OP = 'DELETE' THEN OLD.kind ELSE NEW.kind END;
+    v_limited  boolean := TG_OP <> 'DELETE' AND (NEW.concurrency IS NOT NULL OR NEW.rate_limit IS NOT NULL);
+BEGIN
+    UPDATE angela_queue.tasks t SET limited_kind = CASE WHEN v_limited THEN v_kind ELSE '' END
+    WHERE t.kind = v_kind AND t.status IN ('scheduled', 'queued', 'running')
+      AND t.limited_kind <> CASE WHEN v_limited THEN v_kind ELSE '' END;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER kinds_after_insert_limits
+    AFTER INSERT ON angela_queue.kinds
+    FOR EACH ROW WHEN (NEW.concurrency IS NOT NULL OR NEW.rate_limit IS NOT NULL)
+    EXECUTE FUNCTION angela_queue.kinds_after_change_limits();
+CREATE TRIGGER kinds_after_update_limits
+    AFTER UPDATE OF concurrency, rate_limit ON angela_queue.kinds
+    FOR EACH ROW WHEN ((OLD.concurrency IS NULL AND OLD.rate_limit IS NULL)
+                       IS DISTINCT FROM (NEW.concurrency IS NULL AND NEW.rate_limit IS NULL))
+    EXECUTE FUNCTION angela_queue.kinds_after_change_limits();
+CREATE TRIGGER kinds_after_delete_limits
+    AFTER DELETE ON angela_queue.kinds
+    FOR EACH ROW WHEN (OLD.concurrency IS NOT NULL OR OLD.rate_limit IS NOT NULL)
+    EXECUTE FUNCTION angela_queue.kinds_after_change_limits();
+
+-- ---------------------------------------------------------------------------
+-- periodic: tasks enqueued on a schedule by the maintenance leader
+-- (maintenance/periodic.py), each slot exactly once across every supervisor.
+-- Declared by @task(cron=, every=) (rewritten when a worker starts), or by
+-- hand here; pause one with paused_at.
+-- ---------------------------------------------------------------------------
+CREATE TABLE angela_queue.periodic (
+    name          text PRIMARY KEY
+                  CONSTRAINT periodic_name_valid CHECK (btrim(name) <> '' AND octet_length(name) <= 200),
+    kind          text NOT NULL
+                  CONSTRAINT periodic_kind_valid CHECK (btrim(kind) <> '' AND octet_length(kind) <= 255),
+    -- Exactly one schedule: a standard five-field cron expression (or
+    -- @hourly, @daily, ...) read in `timezone`; or a period in seconds, whose
+    -- slots are the whole multiples of it since the Unix epoch (so every host
+    -- agrees on them).
+    cron          text
+                  CONSTRAINT periodic_cron_has_five_fields
+                  CHECK (cron ~ '^\s*\S+(\s+\S+){4}\s*$'
+                         OR cron ~ '^@(yearly|annually|monthly|weekly|daily|midnight|hourly)$'),
+    every_s       double precision
+                  CONSTRAINT periodic_every_in_range CHECK (every_s >= 1 AND every_s <= 31622400),
+    timezone      text NOT NULL DEFAULT 'UTC',
+    payload       jsonb NOT NULL DEFAULT '{}'::jsonb
+                  CONSTRAINT periodic_payload_is_object CHECK (jsonb_typeof(payload) = 'object'),
+    -- NULL: the kind's default, as for any insert.
+    queue         text,
+    priority      integer
+                  CONSTRAINT periodic_priority_in_range CHECK (priority BETWEEN 1 AND 10),
+    paused_at     timestamptz,
+    -- 'code': from @task(cron=/every=), rewritten when a worker starts;
+    -- 'sql': by hand, left alone by workers.
+    declared_in   text NOT NULL DEFAULT 'sql'
+                  CONSTRAINT periodic_declared_in_known CHECK (declared_in IN ('code', 'sql')),
+    -- The leader's: the last slot enqueued (a slot is enqueued only if it is
+    -- later, in the same transaction that moves this on), the task it made,
+    -- the next slot due, and why it cannot schedule this row (an expression
+    -- or time zone the cron parser refuses), or NULL.
+    last_slot     timestamptz,
+    last_task_id  bigint,
+    next_slot     timestamptz,
+    error         text,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT periodic_one_schedule CHECK ((cron IS NULL) <> (every_s IS NULL))
+);
+
+-- A time zone the database does not know is refused at once, by name (the
+-- leader would otherwise only record an error).
+CREATE FUNCTION angela_queue.periodic_before_write() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_timezone_names z WHERE z.name = NEW.timezone) THEN
+        RAISE EXCEPTION 'angela_queue: unknown time zone % for periodic task %', quote_literal(NEW.timezone),
+                        quote_literal(NEW.name)
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'timezone',
+                  HINT = 'Use an IANA name such as UTC or Europe/Paris (SELECT name FROM pg_timezone_names).';
+    END IF;
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER periodic_before_write
+    BEFORE INSERT OR UPDATE OF timezone ON angela_queue.periodic
+    FOR EACH ROW EXECUTE FUNCTION angela_queue.periodic_before_write();
 
 -- ---------------------------------------------------------------------------
 -- supervisors and workers: heartbeat rows. Owned by workers.sql.

@@ -183,3 +183,16 @@ ORDER BY dropped DESC, t.queue;
 SELECT count(*) AS live FROM angela_queue.supervisors s
 WHERE s.status = 'running'
   AND s.last_heartbeat >= now() - make_interval(secs => %(dead_after_s)s::double precision);
+
+-- name: status_limits
+-- The kinds with a global limit, and how close each is to it: running now
+-- (against concurrency), started in the current window (against the rate).
+SELECT k.kind, k.concurrency, k.rate_limit, k.rate_period_s,
+       (SELECT count(*) FROM angela_queue.tasks t
+        WHERE t.status = 'running' AND t.limited_kind = k.kind) AS running,
+       (SELECT count(*) FROM angela_queue.kind_starts s
+        WHERE s.kind = k.kind AND s.started_at > now() - make_interval(secs => coalesce(k.rate_period_s, 0)))
+           AS started_in_window
+FROM angela_queue.kinds k
+WHERE k.concurrency IS NOT NULL OR k.rate_limit IS NOT NULL
+ORDER BY k.kind;

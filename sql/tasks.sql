@@ -76,8 +76,24 @@ SELECT id, status, outcome FROM angela_queue.cancel_task(%(id)s);
 -- an attempt and with no started_at; tasks_start_many counts it when their
 -- batch starts. A worker that dies holding them has not cost them an
 -- attempt. 0 claims every task started.
-WITH picked AS MATERIALIZED (
-    SELECT c.id, c.effective_priority
+WITH room AS MATERIALIZED (
+    -- Limited kinds (a concurrency cap or a rate limit) with ready tasks in
+    -- these queues, and how many of each this claim may start
+    -- (angela_queue.claim_room: exact across hosts). No row, and nothing
+    -- else to pay, while no kind has a limit.
+    SELECT k.kind, angela_queue.claim_room(k.kind, %(limit)s) AS room
+    FROM angela_queue.kinds k
+    WHERE (k.concurrency IS NOT NULL OR k.rate_limit IS NOT NULL)
+      -- One probe of tasks_claim_idx per limited kind and queue.
+      AND EXISTS (SELECT 1 FROM unnest(%(queues)s::text[]) AS q(name)
+                  CROSS JOIN LATERAL (
+                      SELECT 1 FROM angela_queue.tasks t
+                      WHERE t.status = 'queued' AND t.queue = q.name AND t.limited_kind = k.kind
+                        AND t.run_at <= now()
+                      ORDER BY t.priority_key DESC, t.id
+                      LIMIT 1) AS ready)
+), candidates AS (
+    SELECT c.id, c.effective_priority, NULL::text AS limited_kind, NULL::integer AS room
     FROM unnest(%(queues)s::text[]) AS q(name)
     -- A paused queue is skipped (one primary-key probe per queue served).
     CROSS JOIN LATERAL (SELECT 1 WHERE NOT EXISTS (
@@ -88,7 +104,8 @@ WITH picked AS MATERIALIZED (
                    * greatest(extract(epoch FROM now() - greatest(t.run_at, t.created_at))::double precision, 0) / 60.0
                    AS effective_priority
         FROM angela_queue.tasks t
-        WHERE t.status = 'queued' AND t.queue = q.name AND t.run_at <= now()
+        -- limited_kind = '': the walk never reads a limited kind's backlog.
+        WHERE t.status = 'queued' AND t.queue = q.name AND t.limited_kind = '' AND t.run_at <= now()
           -- A row whose attempts are spent (set by hand) is passed over, not
           -- claimed past its max_attempts.
           AND t.attempts < t.max_attempts
@@ -96,12 +113,38 @@ WITH picked AS MATERIALIZED (
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) AS c
-    -- NULL takes any task; 5 takes only work that outranks a low-priority
-    -- batch (see Worker._claim_size). A row passed over here was locked only
-    -- until this statement's transaction ends.
-    WHERE %(min_effective)s::double precision IS NULL
-       OR c.effective_priority >= %(min_effective)s::double precision
-    ORDER BY c.effective_priority DESC, c.id
+    UNION ALL
+    -- Each limited kind with room: its best tasks per queue, at most its room.
+    SELECT c.id, c.effective_priority, r.kind, r.room
+    FROM room r
+    CROSS JOIN unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (SELECT 1 WHERE r.room > 0 AND NOT EXISTS (
+        SELECT 1 FROM angela_queue.queues p WHERE p.name = q.name AND p.paused_at IS NOT NULL)) AS running
+    CROSS JOIN LATERAL (
+        SELECT t.id,
+               t.priority + t.boost + t.aging_rate
+                   * greatest(extract(epoch FROM now() - greatest(t.run_at, t.created_at))::double precision, 0) / 60.0
+                   AS effective_priority
+        FROM angela_queue.tasks t
+        WHERE t.status = 'queued' AND t.queue = q.name AND t.limited_kind = r.kind AND t.run_at <= now()
+          AND t.attempts < t.max_attempts
+        ORDER BY t.priority_key DESC, t.id
+        LIMIT r.room
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+), picked AS MATERIALIZED (
+    SELECT x.id, x.effective_priority
+    FROM (SELECT c.*, row_number() OVER (PARTITION BY c.limited_kind
+                                         ORDER BY c.effective_priority DESC, c.id) AS nth
+          FROM candidates c
+          -- NULL takes any task; 5 takes only work that outranks a
+          -- low-priority batch (see Worker._claim_size). A row passed over
+          -- here was locked only until this statement's transaction ends.
+          WHERE %(min_effective)s::double precision IS NULL
+             OR c.effective_priority >= %(min_effective)s::double precision) AS x
+    -- A limited kind takes at most its room across all the queues.
+    WHERE x.limited_kind IS NULL OR x.nth <= x.room
+    ORDER BY x.effective_priority DESC, x.id
     LIMIT %(limit)s
 ), claimed AS (
     UPDATE angela_queue.tasks t
@@ -112,7 +155,16 @@ WITH picked AS MATERIALIZED (
     FROM picked
     WHERE t.id = picked.id AND t.status = 'queued'
     RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.attempts, t.max_attempts, t.timeout_s,
-              t.deadline, t.created_at, t.run_at, t.started_at, t.trace_context, picked.effective_priority
+              t.deadline, t.created_at, t.run_at, t.started_at, t.trace_context, t.limited_kind,
+              picked.effective_priority
+), rate_counted AS (
+    -- Each start of a rate-limited kind joins its window, while claim_room's
+    -- lock on the kind is still held.
+    INSERT INTO angela_queue.kind_starts (kind, started_at)
+    SELECT c.kind, now()
+    FROM claimed c
+    WHERE c.limited_kind <> ''
+      AND EXISTS (SELECT 1 FROM angela_queue.kinds k WHERE k.kind = c.kind AND k.rate_limit IS NOT NULL)
 )
 SELECT c.id, c.queue, c.kind, c.payload::text AS payload, c.priority, c.attempts, c.max_attempts, c.timeout_s,
        c.deadline, c.created_at, c.run_at, c.started_at, c.trace_context, c.effective_priority,
@@ -126,12 +178,17 @@ ORDER BY c.effective_priority DESC, c.id;
 -- Claim up to %(limit)s low-priority (< 5) tasks of one kind and queue, to
 -- fill a batch. Same fence as tasks_claim; walks tasks_batch_fill_idx.
 -- Claimed unstarted, with no attempt counted (see tasks_claim).
+-- A limited kind's batch is not filled here: its tasks start only through
+-- tasks_claim, which counts them against the limit (checked once, before
+-- the walk, so a capped kind's backlog is never read).
 WITH picked AS MATERIALIZED (
     SELECT t.id
     FROM angela_queue.tasks t
     WHERE t.status = 'queued' AND t.queue = %(queue)s AND t.kind = %(kind)s
-      AND t.priority < 5 AND t.run_at <= now() AND t.attempts < t.max_attempts
+      AND t.priority < 5 AND t.run_at <= now() AND t.attempts < t.max_attempts AND t.limited_kind = ''
       AND NOT EXISTS (SELECT 1 FROM angela_queue.queues p WHERE p.name = %(queue)s AND p.paused_at IS NOT NULL)
+      AND NOT EXISTS (SELECT 1 FROM angela_queue.kinds k
+                      WHERE k.kind = %(kind)s AND (k.concurrency IS NOT NULL OR k.rate_limit IS NOT NULL))
     ORDER BY t.priority_key DESC, t.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED

@@ -191,3 +191,20 @@ SELECT k.kind,
 FROM kinds k
 LEFT JOIN unfinished u ON u.kind = k.kind
 LEFT JOIN finished f ON f.kind = k.kind;
+
+-- Each periodic task: its schedule, whether it is paused, the last slot
+-- enqueued and what became of that task, and the next slot due.
+CREATE VIEW angela_queue.periodic_status AS
+SELECT p.name,
+       p.kind,
+       coalesce(p.cron, 'every ' || p.every_s::text || ' s') AS schedule,
+       p.timezone,
+       p.paused_at IS NOT NULL AS paused,
+       p.declared_in,
+       p.last_slot,
+       p.last_task_id,
+       t.status AS last_status,
+       p.next_slot,
+       p.error
+FROM angela_queue.periodic p
+LEFT JOIN angela_queue.tasks t ON t.id = p.last_task_id;

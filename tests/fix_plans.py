@@ -26,23 +26,29 @@ def has_limit_above_scan(node: dict) -> bool:
 
 
 def assert_claim_walks_its_index(conn: psycopg.Connection) -> None:
-    """EXPLAIN the claim on ``conn`` (whatever role it is) and check its pick.
+    """EXPLAIN the claim on ``conn`` (whatever role it is) and check how it reads the queue.
 
-    The pick (CTE "picked") is where the queue is read: it must walk the
-    index in order and stop at the LIMIT. Its only sort merges the <= limit
-    rows taken per queue, above a Limit, never the queue itself.
+    The queue is read in CTE "candidates" (the walk per queue for unlimited
+    kinds, and per queue for each limited kind with room) and probed in CTE
+    "room" (does a limited kind have ready tasks): every read of tasks there
+    must walk tasks_claim_idx in order and stop at a LIMIT. The merge (CTE
+    "picked") sorts only those few rows, never the queue itself.
     """
     with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
         cur.execute("EXPLAIN (FORMAT JSON) " + queries.query("tasks_claim"),
                     {"queues": ["default"], "limit": 10, "worker_id": uuid.uuid4(), "min_effective": None,
                      "batch_below": 0})
         plan = cur.fetchone()[0][0]["Plan"]
-    picked = [n for n in plan_nodes(plan) if n.get("Subplan Name") == "CTE picked"]
-    assert len(picked) == 1, plan
-    nodes = plan_nodes(picked[0])
-    kinds = [n["Node Type"] for n in nodes]
-    assert "Seq Scan" not in kinds and "Bitmap Heap Scan" not in kinds, kinds
-    scans = [n for n in nodes if n.get("Relation Name") == "tasks"]
-    assert [(n["Node Type"], n.get("Index Name")) for n in scans] == [("Index Scan", "tasks_claim_idx")], kinds
-    for sort in (n for n in nodes if n["Node Type"] == "Sort"):
-        assert has_limit_above_scan(sort), sort
+    ctes = {n.get("Subplan Name"): n for n in plan_nodes(plan) if n.get("Subplan Name", "").startswith("CTE ")}
+    assert {"CTE room", "CTE candidates", "CTE picked"} <= set(ctes), list(ctes)
+    for name in ("CTE room", "CTE candidates"):
+        nodes = plan_nodes(ctes[name])
+        scans = [n for n in nodes if n.get("Relation Name") == "tasks"]
+        assert scans, (name, [n["Node Type"] for n in nodes])
+        assert {(n["Node Type"], n.get("Index Name")) for n in scans} == {("Index Scan", "tasks_claim_idx")}, (
+            name, [(n["Node Type"], n.get("Index Name")) for n in scans])
+        assert has_limit_above_scan(ctes[name]), name
+        for sort in (n for n in nodes if n["Node Type"] == "Sort"):
+            assert has_limit_above_scan(sort), sort
+    picked = plan_nodes(ctes["CTE picked"])
+    assert not [n for n in picked if n.get("Relation Name") == "tasks"], "the merge must not read the queue"

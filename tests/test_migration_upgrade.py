@@ -4,9 +4,11 @@ worker drains what was waiting (and what a dead worker left running)."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
-from angela_queue import migrations
+from angela_queue import migrations, queries
 from fix_procs import APP_PRELUDE, RUNS_TABLE_SQL, WorkerProcess, query, scalar, wait_until
 
 APP = APP_PRELUDE + """
@@ -173,3 +175,32 @@ def test_upgrade_from_0006_keeps_rows_and_starts_the_history(empty_dsn):
                            "'{\"traceparent\": \"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\"}') "
                            "RETURNING trace_context")[0]
     assert row["trace_context"]["traceparent"].startswith("00-0af7")
+
+
+def test_upgrade_from_0007_keeps_rows_and_limits_apply_to_waiting_tasks(empty_dsn):
+    """0008 (Schedule): rows are kept and claimable in the new index; a kind
+    given a limit after the upgrade moves its waiting tasks under it."""
+    migrations.upgrade(empty_dsn, "0007")
+    query(empty_dsn, """
+        INSERT INTO angela_queue.kinds (kind, priority) VALUES ('mail', 7);
+        INSERT INTO angela_queue.tasks (kind, payload) SELECT 'mail', jsonb_build_object('n', g)
+            FROM generate_series(1, 4) g;
+        INSERT INTO angela_queue.tasks (kind, run_at) VALUES ('later', now() + interval '1 hour');
+        INSERT INTO angela_queue.tasks (kind) VALUES ('done');
+        UPDATE angela_queue.tasks SET status = 'succeeded', attempts = 1, started_at = now(), finished_at = now()
+            WHERE kind = 'done';
+    """)
+    before = all_tasks(empty_dsn)
+    kinds_before = query(empty_dsn, "SELECT kind, queued, succeeded_1h FROM angela_queue.kind_stats ORDER BY kind")
+    migrations.upgrade(empty_dsn, "0008")
+    after = all_tasks(empty_dsn)
+    assert [{k: v for k, v in r.items() if k != "limited_kind"} for r in after] == before
+    assert {r["limited_kind"] for r in after} == {""}
+    assert query(empty_dsn, "SELECT kind, queued, succeeded_1h FROM angela_queue.kind_stats ORDER BY kind") == \
+        kinds_before
+    query(empty_dsn, "UPDATE angela_queue.kinds SET concurrency = 1 WHERE kind = 'mail'")
+    assert scalar(empty_dsn, "SELECT count(*) FROM angela_queue.tasks WHERE limited_kind = 'mail'") == 4
+    claimed = query(empty_dsn, queries.query("tasks_claim"), {
+        "queues": ["default"], "limit": 10, "worker_id": uuid.uuid4(), "min_effective": None, "batch_below": 0})
+    assert [r["kind"] for r in claimed] == ["mail"]                       # the cap holds on upgraded rows
+    assert scalar(empty_dsn, "SELECT count(*) FROM angela_queue.periodic") == 0

@@ -290,6 +290,10 @@ FROZEN_REVISIONS = {
     "0007_observe.py": "ed42d9b9fe12f0cff1ed9d3b3fec1d0ec9e42eef8dc29c75a3c5ef6ceea88a57",
     "0007_observe.sql": "81036084ac1b037f8481508ad389b6237744812f50f3b7488d6c81c27613bf10",
     "0007_roles.sql": "d7bb705db6bec447e33aeb15660a9406dfd6c634cff9ee8bb4bc7dab1366f995",
+    "0008_roles.sql": "c70d320dafb91b0f2132c65ef4832c763a626dbb7987e5403511325052f18966",
+    "0008_schedule.down.sql": "198beda141ecc46ca5673b6e656bb844eebc50f107978f38e6ce78102631fe2a",
+    "0008_schedule.py": "ca760e318b455cd39b60180f75486bf8884b5a8b5f24f637b727aa608e70a455",
+    "0008_schedule.sql": "cc2772c013e788fb77386c7b30fd2bc0906aedfa3d0bb3da51f79e5394c2510c",
 }
 
 

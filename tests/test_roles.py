@@ -17,7 +17,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from angela_queue import Client, DedupKeyHeld, TaskNotFound
+from angela_queue import Client, DedupKeyHeld, TaskNotFound, db
 from angela_queue.roles import ROLES
 from fix_plans import assert_claim_walks_its_index
 from fix_procs import APP_PRELUDE, RUNS_TABLE_SQL, SupervisorProcess, query, scalar, wait_until
@@ -166,6 +166,29 @@ def test_the_claim_walks_its_index_as_a_worker_login(conn, login):
     conn.execute("ANALYZE angela_queue.tasks")
     with connect(login("angela_queue_worker")) as worker:
         assert_claim_walks_its_index(worker)
+
+
+def test_a_worker_login_claims_limited_kinds_and_fires_periodic_tasks(conn, login):
+    """claim_room locks the kind and counts starts with the worker's own rights;
+    the leader's periodic enqueue needs no more than the worker role."""
+    import datetime as dt
+
+    from angela_queue.maintenance.periodic import Periodic
+    conn.execute("INSERT INTO angela_queue.kinds (kind, concurrency, rate_limit, rate_period_s) "
+                 "VALUES ('capped', 2, 100, 60)")
+    conn.execute("INSERT INTO angela_queue.tasks (kind) SELECT 'capped' FROM generate_series(1, 5)")
+    conn.execute("INSERT INTO angela_queue.periodic (name, kind, every_s) VALUES ('tick', 'tock', 60)")
+    with connect(login("angela_queue_worker")) as worker:
+        claimed = db.fetch_all(worker, "tasks_claim", {"queues": ["default"], "limit": 10, "worker_id": uuid.uuid4(),
+                                                       "min_effective": None, "batch_below": 0})
+        assert len(claimed) == 2
+        now = dt.datetime(2026, 12, 2, 10, 0, 30, tzinfo=dt.timezone.utc)
+        leader = Periodic()
+        leader.run(worker, now=now)
+        assert leader.run(worker, now=now + dt.timedelta(minutes=1)) == 1
+    with connect(login("angela_queue_producer")) as producer:
+        denied(producer, "SELECT angela_queue.claim_room('capped', 1)")
+        denied(producer, "INSERT INTO angela_queue.periodic (name, kind, every_s) VALUES ('x', 'y', 5)")
 
 
 def test_a_reader_login_runs_status_and_the_dashboard_and_changes_nothing(conn, dsn, login):

@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import db
+from ..kinds import describe_limits
 from ..maintenance.lease import MAINTENANCE_LEASE
 from ..terminal import safe
 
@@ -43,6 +44,8 @@ class Snapshot:
     unserved: list[dict[str, Any]] = field(default_factory=list)
     dropped: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    periodic: list[dict[str, Any]] = field(default_factory=list)
+    limits: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def paused(self) -> list[str]:
@@ -64,6 +67,8 @@ def collect(conn: psycopg.Connection, *, include_stopped: bool = False, dead_aft
             unserved=db.fetch_all(conn, "status_unserved_kinds", {"limit": UNSERVED_LIMIT}),
             dropped=db.fetch_all(conn, "status_dropped", {"window_s": DROPPED_WINDOW_S}),
             failures=db.fetch_all(conn, "status_failures", {"limit": FAILURE_GROUPS}),
+            periodic=db.fetch_all(conn, "periodic_status"),
+            limits=db.fetch_all(conn, "status_limits"),
         )
 
 
@@ -123,6 +128,9 @@ def trouble(snap: Snapshot) -> list[str]:
     for d in snap.dropped:
         lines.append(f"{d['dropped']} task(s) dropped in queue {d['queue']!r} in the last hour: "
                      f"{d['last_reason'] or ''}")
+    for p in snap.periodic:
+        if p["error"]:
+            lines.append(f"periodic task {p['name']!r} cannot be scheduled: {p['error']}")
     return lines
 
 
@@ -183,7 +191,37 @@ def renderable(snap: Snapshot) -> RenderableType:
                            rows, [False, False, False, True, False, True, True, True, False, True]))
     else:
         parts.append(Text("WORKERS (0)"))
+
+    if snap.limits:
+        rows = [[r["kind"], describe_limits(r), "-" if r["concurrency"] is None else f"{r['running']}/{r['concurrency']}",
+                 "-" if r["rate_limit"] is None else f"{r['started_in_window']}/{r['rate_limit']}"]
+                for r in snap.limits]
+        parts.append(table(f"LIMITED KINDS ({len(rows)})", ["KIND", "LIMITS", "RUNNING", "STARTED IN WINDOW"],
+                           rows, [False, False, True, True]))
+    if snap.periodic:
+        periodic = periodic_table(snap.periodic)
+        periodic.title, periodic.title_justify, periodic.title_style = (f"PERIODIC ({len(snap.periodic)})", "left",
+                                                                        "bold")
+        parts.append(periodic)
     return Group(*parts)
+
+
+def periodic_table(rows: list[dict]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for name in ("NAME", "KIND", "SCHEDULE", "STATE", "LAST SLOT", "LAST TASK", "NEXT SLOT"):
+        table.add_column(name, no_wrap=True)
+    for r in rows:
+        state = "error: " + r["error"] if r["error"] else "paused" if r["paused"] else "active"
+        last = "-" if r["last_task_id"] is None else f"#{r['last_task_id']} {r['last_status'] or 'pruned'}"
+        table.add_row(*[Text(safe(v)) for v in (
+            r["name"], r["kind"], r["schedule"] + ("" if r["timezone"] == "UTC" else f" ({r['timezone']})"), state,
+            _time(r["last_slot"]), last, _time(r["next_slot"]))],
+            style="yellow" if r["paused"] else "red" if r["error"] else None)
+    return table
+
+
+def _time(value) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def render(snap: Snapshot, width: int = PLAIN_WIDTH) -> str:

@@ -1,4 +1,5 @@
-"""Prune: delete finished tasks, and old worker and supervisor rows, after their retention.
+"""Prune: delete finished tasks, and old worker and supervisor rows, after their retention;
+and rate-limit starts that have left every window.
 
 Tasks are deleted by ``finished_at`` through ``tasks_finished_idx``, in
 chunks, each final status with its own retention (failed rows are the
@@ -80,4 +81,6 @@ def prune(conn: psycopg.Connection, retention_s: float, retention_failed_s: floa
             if pruned < ROWS_CHUNK:
                 break
         result.counts[table] = total
+    row = db.fetch_one(conn, "maintenance_prune_kind_starts", {"now": now})
+    result.counts["kind_starts"] = row["pruned"] if row else 0
     return result

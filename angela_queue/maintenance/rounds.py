@@ -1,5 +1,5 @@
 """The leader's maintenance round: reclaim lost work, mark lost supervisors,
-promote due tasks, prune."""
+promote due tasks, enqueue periodic tasks, roll up history, prune."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import psycopg
 
 from .. import db
 from .history import History
+from .periodic import Periodic
 from .prune import PRUNE_EVERY_S, prune
 from .reclaim import mark_lost_supervisors, reclaim_lost_workers
 
@@ -39,6 +40,7 @@ class Maintenance:
         self.prune_every_s = prune_every_s
         self._next_prune = 0.0
         self.history = History()
+        self.periodic = Periodic()
 
     def run(self, conn: psycopg.Connection, *, healthy_for_s: float | None,
             now: dt.datetime | None = None) -> None:
@@ -61,6 +63,7 @@ class Maintenance:
         promoted = promote_due(conn, now=now)
         if promoted:
             log.debug("leader: promoted %d scheduled task(s)", promoted)
+        self.periodic.run(conn, now=now)
         self.history.run(conn)
         if time.monotonic() >= self._next_prune:
             result = prune(conn, self.retention_s, self.retention_failed_s, now=now)

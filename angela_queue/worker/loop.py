@@ -370,6 +370,10 @@ class Worker:
             log.warning("could not record this worker's kinds in angela_queue.kinds (%s): inserts that leave "
                         "priority, queue or max_attempts unset get the queue's defaults, not @task's",
                         db.first_line(exc))
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+            # A schedule the database refuses (a time zone it does not know):
+            # the worker still serves its kinds; status shows no such periodic.
+            log.error("could not record this worker's kinds and schedules: %s", db.first_line(exc))
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, unless the worker is told to stop first."""
