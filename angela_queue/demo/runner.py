@@ -112,6 +112,8 @@ class Demo:
         self._children: list[Child] = []
         self.enqueued = 0
         self.token = secrets.token_urlsafe(TOKEN_BYTES)
+        self.dsn = ""               # set by run(): the database is prepared under signals()
+        self.database_label = ""
 
     # -- the run ---------------------------------------------------------------
 
