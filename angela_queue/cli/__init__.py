@@ -176,8 +176,8 @@ def echo(text: str, **kwargs: Any) -> None:
 def _registered() -> bool:
     """Commands that live in their own modules. Imported here, at the end,
     because each module imports ``main`` and the helpers from this one."""
-    from . import dashboard, db, kinds, migrate, periodic, roles, status, supervisor, tasks, worker
-    for module in (migrate, tasks, db, worker, supervisor, status, dashboard, roles, kinds, periodic):
+    from . import dashboard, db, demo, kinds, migrate, periodic, roles, status, supervisor, tasks, worker
+    for module in (migrate, tasks, db, worker, supervisor, status, dashboard, roles, kinds, periodic, demo):
         module.register(main)
     return True
 
