@@ -388,14 +388,26 @@ SELECT count(*) AS depth FROM (
 -- name: tasks_due_count
 -- Whether anything in these queues is startable now or due (an in-process
 -- drain stops when nothing is): queued, or scheduled with its run_at come,
--- in a queue that is not paused. Stops at the first.
-SELECT count(*) AS due FROM (
-    SELECT 1 FROM angela_queue.tasks t
-    WHERE t.queue = ANY(%(queues)s::text[]) AND t.attempts < t.max_attempts
-      AND (t.status = 'queued' OR (t.status = 'scheduled' AND t.run_at <= now()))
-      AND t.queue NOT IN (SELECT p.name FROM angela_queue.queues p WHERE p.paused_at IS NOT NULL)
-    LIMIT 1
-) AS due;
+-- in a queue that is not paused. 1 or 0.
+-- Hazard: written as one scan with `status = 'queued' OR (status =
+-- 'scheduled' AND ...)` and LIMIT 1, the planner may read the whole table in
+-- order until it meets a waiting row: past every finished one. Two probes,
+-- each through its own partial index in its order (so no plan reads the
+-- heap in table order), stop at the first row.
+SELECT (EXISTS (SELECT 1 FROM unnest(%(queues)s::text[]) AS q(name)
+                CROSS JOIN LATERAL (
+                    SELECT 1 FROM angela_queue.tasks t
+                    WHERE t.status = 'queued' AND t.queue = q.name AND t.attempts < t.max_attempts
+                    ORDER BY t.limited_kind, t.priority_key DESC, t.id
+                    LIMIT 1) AS waiting
+                WHERE q.name NOT IN (SELECT p.name FROM angela_queue.queues p WHERE p.paused_at IS NOT NULL))
+        OR EXISTS (SELECT 1 FROM angela_queue.tasks t
+                   WHERE t.status = 'scheduled' AND t.run_at <= now() AND t.queue = ANY(%(queues)s::text[])
+                     AND t.attempts < t.max_attempts
+                     AND t.queue NOT IN (SELECT p.name FROM angela_queue.queues p WHERE p.paused_at IS NOT NULL)
+                   ORDER BY t.run_at
+                   LIMIT 1)
+       )::integer AS due;
 
 -- name: tasks_cancel_requested_for_worker
 -- The tasks running on this worker that someone asked to stop (the NOTIFY

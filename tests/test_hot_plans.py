@@ -1,0 +1,102 @@
+"""Every statement on the hot path walks an index: EXPLAIN (FORMAT JSON) of each,
+on a table with a real mix of statuses (queued, scheduled, running, a large
+finished history), must read angela_queue.tasks only through the index named
+for it, never a sequential or bitmap scan of the queue.
+
+The claim has its own, stricter check (fix_plans.assert_claim_walks_its_index:
+it must also stop at a LIMIT and never sort the queue).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+
+import psycopg
+import pytest
+
+from angela_queue import queries
+from fix_plans import assert_claim_walks_its_index, plan_nodes
+
+WORKER = uuid.uuid4()
+# A worker's outcomes find their rows by id, or among the rows it runs.
+HELD = {"tasks_pkey", "tasks_running_idx"}
+NOW = dt.datetime.now(dt.timezone.utc)
+
+# statement -> (parameters, the indexes it may read tasks through)
+HOT = {
+    "tasks_enqueue": ({"queue": "default", "kind": "k", "payload": "{}", "priority": 5, "run_at": None,
+                       "delay_s": None, "max_attempts": None, "timeout_s": None, "dedup_key": "d",
+                       "trace_context": None}, set()),
+    "tasks_enqueue_many": ({"queues": ["default"], "kinds": ["k"], "payloads": ["{}"], "priorities": [5],
+                            "run_ats": [None], "delays_s": [None], "max_attempts": [None], "timeouts_s": [None],
+                            "dedup_keys": [None], "trace_context": None}, set()),
+    "tasks_claim_kind": ({"queue": "default", "kind": "low", "limit": 5, "worker_id": WORKER},
+                         {"tasks_batch_fill_idx", "tasks_pkey"}),
+    "tasks_start_many": ({"ids": [1, 2], "worker_id": WORKER}, HELD),
+    "tasks_complete_many": ({"outcomes": json.dumps([{"id": 1, "result": None, "finished_at": 0}]),
+                             "worker_id": WORKER}, HELD),
+    "tasks_fail_many": ({"ids": [1], "errors": ["e"], "retry_in_s": [1.0], "failed_ats": [NOW],
+                         "worker_id": WORKER}, HELD),
+    "tasks_cancelled_many": ({"ids": [1], "errors": ["e"], "finished_ats": [NOW], "worker_id": WORKER}, HELD),
+    "tasks_snooze_many": ({"ids": [1], "delays_s": [1.0], "worker_id": WORKER}, HELD),
+    "tasks_release_many": ({"ids": [1], "worker_id": WORKER}, HELD),
+    "tasks_promote_due": ({"now": None, "limit": 1000, "queues": ["default"]},
+                          {"tasks_scheduled_idx", "tasks_pkey"}),
+    "tasks_next_scheduled_at": ({"queues": ["default"]}, {"tasks_scheduled_idx"}),
+    "tasks_running_for_worker": ({"worker_id": WORKER}, {"tasks_running_idx"}),
+    "tasks_cancel_requested_for_worker": ({"worker_id": WORKER}, {"tasks_running_idx"}),
+    "tasks_queued_depth": ({"queues": ["default"], "cap": 1000}, {"tasks_claim_idx"}),
+    "tasks_due_count": ({"queues": ["default"]}, {"tasks_claim_idx", "tasks_scheduled_idx"}),
+}
+
+
+@pytest.fixture(scope="module")
+def busy_dsn(module_dsn):
+    """A queue as it looks in production: a backlog, delayed and running tasks,
+    and many more finished rows than unfinished ones."""
+    with psycopg.connect(module_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO angela_queue.tasks (kind, priority) "
+                     "SELECT CASE WHEN g % 4 = 0 THEN 'low' ELSE 'k' END, 1 + g % 10 FROM generate_series(1, 20000) g")
+        conn.execute("INSERT INTO angela_queue.tasks (kind, run_at) "
+                     "SELECT 'k', now() + interval '1 hour' FROM generate_series(1, 2000)")
+        conn.execute("UPDATE angela_queue.tasks SET status = 'running', attempts = 1, started_at = now(), "
+                     "worker_id = %s WHERE id <= 200", (WORKER,))
+        conn.execute("UPDATE angela_queue.tasks SET status = 'succeeded', attempts = 1, started_at = now(), "
+                     "finished_at = now() WHERE id > 200 AND id <= 15000")
+        conn.execute("VACUUM ANALYZE angela_queue.tasks")
+    return module_dsn
+
+
+def explain(dsn: str, name: str, params: dict) -> dict:
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("EXPLAIN (FORMAT JSON) " + queries.query(name), params)
+        return cur.fetchone()[0][0]["Plan"]
+
+
+@pytest.mark.parametrize("name", sorted(HOT))
+def test_the_hot_statement_reads_tasks_only_through_its_index(busy_dsn, name):
+    params, allowed = HOT[name]
+    plan = explain(busy_dsn, name, params)
+    reads = [n for n in plan_nodes(plan) if n.get("Relation Name") == "tasks" and n["Node Type"] != "ModifyTable"]
+    kinds = {(n["Node Type"], n.get("Index Name")) for n in reads}
+    assert all(node_type in ("Index Scan", "Index Only Scan") for node_type, _ in kinds), kinds
+    assert {index for _, index in kinds} <= allowed, kinds
+    if name.startswith("tasks_enqueue"):
+        inserts = [n for n in plan_nodes(plan) if n["Node Type"] == "ModifyTable"]
+        assert inserts and inserts[0].get("Conflict Arbiter Indexes") == ["tasks_dedup_idx"], inserts
+
+
+def test_the_claim_walks_its_index_on_a_busy_table(busy_dsn):
+    with psycopg.connect(busy_dsn, autocommit=True) as conn:
+        assert_claim_walks_its_index(conn)
+
+
+def test_every_statement_the_worker_pipelines_is_covered():
+    """A new statement on the worker's hot path gets a plan check here too."""
+    from pathlib import Path
+    loop = (Path(__file__).parent.parent / "angela_queue" / "worker" / "loop.py").read_text()
+    used = {name for name in queries.all_queries() if name.startswith("tasks_") and f'"{name}"' in loop}
+    unchecked = used - set(HOT) - {"tasks_claim"}
+    assert not unchecked, f"no plan check for {sorted(unchecked)}"
