@@ -19,18 +19,20 @@ ON CONFLICT (queue, dedup_key)
 RETURNING id, queue, kind, status, priority, boost, tier, run_at, dedup_key, last_error;
 
 -- name: tasks_enqueue_many
--- Insert many tasks in one statement (one round trip). Rows whose dedup_key
--- is already held by an unfinished task are skipped, as in tasks_enqueue.
+-- Insert many tasks in one statement (one round trip). %(tasks)s is one JSON
+-- array of {"kind", "payload", and any of "queue", "priority", "run_at",
+-- "delay_s", "max_attempts", "timeout_s", "dedup_key"}; a key left out is
+-- unset. Rows whose dedup_key is already held by an unfinished task are
+-- skipped, as in tasks_enqueue. Returned in the order given.
 INSERT INTO angela_queue.tasks
     (queue, kind, payload, priority, run_at, max_attempts, timeout_s, dedup_key, trace_context)
 SELECT s.queue, s.kind, s.payload, s.priority,
        coalesce(s.run_at, now() + make_interval(secs => coalesce(s.delay_s, 0))),
        s.max_attempts, s.timeout_s, s.dedup_key, %(trace_context)s::jsonb
-FROM unnest(
-    %(queues)s::text[], %(kinds)s::text[], %(payloads)s::jsonb[], %(priorities)s::int[],
-    %(run_ats)s::timestamptz[], %(delays_s)s::double precision[], %(max_attempts)s::int[],
-    %(timeouts_s)s::double precision[], %(dedup_keys)s::text[]
-) WITH ORDINALITY AS s(queue, kind, payload, priority, run_at, delay_s, max_attempts, timeout_s, dedup_key, n)
+FROM ROWS FROM (jsonb_to_recordset(%(tasks)s::jsonb)
+                AS (queue text, kind text, payload jsonb, priority integer, run_at timestamptz,
+                    delay_s double precision, max_attempts integer, timeout_s double precision, dedup_key text))
+     WITH ORDINALITY AS s(queue, kind, payload, priority, run_at, delay_s, max_attempts, timeout_s, dedup_key, n)
 ORDER BY s.n
 ON CONFLICT (queue, dedup_key)
     WHERE dedup_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')

@@ -134,6 +134,24 @@ def test_enqueue_many_is_one_statement_with_results_in_input_order(client, conn,
         assert (stored["kind"], stored["queue"], stored["priority"]) == (r.kind, r.queue, r.priority)
 
 
+def test_enqueue_many_carries_every_option_and_awkward_text_exactly(client, conn):
+    """The bulk path sends one JSON document: every option, and text that needs
+    escaping in it, must arrive as given."""
+    run_at = dt.datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=dt.timezone.utc)
+    results = client.enqueue_many([
+        {"kind": 'quote"back\\slash', "payload": {"t": "é\n\t\"x\"", "n": [1, 2.5, None, True]},
+         "queue": "q \u2603", "priority": 7, "run_at": run_at, "max_attempts": 9, "timeout": 1.5,
+         "dedup_key": "k\"ey"},
+        {"kind": "plain", "payload": {}, "delay": 0.25},
+    ])
+    first = row(conn, results[0].id)
+    assert (first["kind"], first["queue"], first["priority"], first["run_at"], first["max_attempts"],
+            first["timeout_s"], first["dedup_key"]) == ('quote"back\\slash', "q \u2603", 7, run_at, 9, 1.5, 'k"ey')
+    assert first["payload"] == {"t": "é\n\t\"x\"", "n": [1, 2.5, None, True]}
+    second = row(conn, results[1].id)
+    assert second["status"] == "scheduled" and second["run_at"] > second["created_at"]
+
+
 def test_enqueue_many_of_a_thousand_keeps_order(client, conn, insert_statements):
     results = client.enqueue_many([{"kind": "k", "payload": {"i": i}, "priority": 1 + i % 10} for i in range(1000)])
     assert insert_statements() == 1
