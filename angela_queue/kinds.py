@@ -23,24 +23,30 @@ def _params(updated_by: str) -> dict[str, Any]:
     return {"kinds": json.dumps([d.kind_row() for d in registered_definitions()]), "updated_by": updated_by}
 
 
-def _periodic_params() -> dict[str, Any] | None:
-    rows = [row for d in registered_definitions() if (row := d.periodic_row()) is not None]
-    return {"rows": json.dumps(rows)} if rows else None
+def _periodic_statements() -> list[tuple[str, dict[str, Any]]]:
+    """Record this app's schedules, and forget the ones it no longer declares
+    for its own kinds (another app's kinds are not this code's to judge)."""
+    definitions = registered_definitions()
+    rows = [row for d in definitions if (row := d.periodic_row()) is not None]
+    statements = [("periodic_record", {"rows": json.dumps(rows)})] if rows else []
+    statements.append(("periodic_forget", {"kinds": [d.kind for d in definitions],
+                                           "names": [r["name"] for r in rows]}))
+    return statements
 
 
 def record(conn: psycopg.Connection, updated_by: str) -> list[str]:
     """Record every registered kind's defaults and limits, and the schedules of the
     periodic ones; returns the kinds whose row changed."""
     changed = [r["kind"] for r in db.fetch_all(conn, "kinds_record", _params(updated_by))]
-    if (periodic := _periodic_params()) is not None:
-        db.fetch_all(conn, "periodic_record", periodic)
+    for name, params in _periodic_statements():
+        db.fetch_all(conn, name, params)
     return changed
 
 
 async def arecord(conn: psycopg.AsyncConnection, updated_by: str) -> list[str]:
     changed = [r["kind"] for r in await db.afetch_all(conn, "kinds_record", _params(updated_by))]
-    if (periodic := _periodic_params()) is not None:
-        await db.afetch_all(conn, "periodic_record", periodic)
+    for name, params in _periodic_statements():
+        await db.afetch_all(conn, name, params)
     return changed
 
 

@@ -26,6 +26,9 @@ _FIVE_FIELDS = re.compile(r"^\s*\S+(\s+\S+){4}\s*$")
 # The period bounds the schema enforces (periodic_every_in_range): a second to a year.
 MIN_EVERY_S = 1.0
 MAX_EVERY_S = 31_622_400.0
+# Slots a leader steps through to find the latest due one (a week of a
+# once-a-minute schedule); past that it jumps (see Schedule.latest_slot).
+MAX_STEPS = 10_080
 
 
 class ScheduleError(ValueError):
@@ -57,6 +60,10 @@ class Schedule:
             cron = cron.strip()
             if not croniter.is_valid(cron):
                 raise ScheduleError(f"cron expression {cron!r} is not valid")
+            try:                      # e.g. "0 0 30 2 *": valid fields, and a day that never comes
+                croniter(cron, dt.datetime(2026, 1, 1, tzinfo=ZoneInfo(zone))).get_next(dt.datetime)
+            except Exception as exc:  # noqa: BLE001 - croniter raises its own kinds of error
+                raise ScheduleError(f"cron expression {cron!r} never comes: no date matches it") from exc
             return cls(cron=cron, timezone=zone)
         if isinstance(every_s, bool) or not isinstance(every_s, (int, float)) or not math.isfinite(every_s) \
                 or not MIN_EVERY_S <= every_s <= MAX_EVERY_S:
@@ -64,15 +71,45 @@ class Schedule:
                                 f"(got {every_s!r})")
         return cls(every_s=float(every_s), timezone=zone)
 
-    def latest_slot(self, now: dt.datetime) -> dt.datetime:
-        """The latest slot at or before ``now`` (an aware datetime), in UTC."""
+    def latest_slot(self, now: dt.datetime, *, after: dt.datetime | None = None) -> dt.datetime | None:
+        """The latest slot at or before ``now`` (an aware datetime), in UTC.
+
+        With ``after`` (the last slot enqueued): the latest slot in (after, now],
+        or None if none has come. Counted forward from ``after``: croniter's
+        get_prev goes wrong in the hour a DST change repeats (it returns a time
+        an hour early, so slots go missing or a daily job runs twice), while
+        get_next is right. A gap too long to step through (MAX_STEPS) is
+        jumped with get_prev, as a leader back from long downtime needs only
+        the latest slot anyway.
+        """
         if self.every_s is not None:
             epoch = now.timestamp()
-            return dt.datetime.fromtimestamp(math.floor(epoch / self.every_s) * self.every_s, dt.timezone.utc)
-        local = now.astimezone(ZoneInfo(self.timezone))
+            slot = dt.datetime.fromtimestamp(math.floor(epoch / self.every_s) * self.every_s, dt.timezone.utc)
+            return slot if after is None or slot > after else None
+        zone = ZoneInfo(self.timezone)
+        if after is not None:
+            it = croniter(self.cron, after.astimezone(zone))
+            latest = None
+            for _ in range(MAX_STEPS):
+                candidate = it.get_next(dt.datetime).astimezone(dt.timezone.utc)
+                if candidate > now:
+                    return latest
+                if self._at_set_hours and candidate.astimezone(zone).fold:
+                    # The wall time repeats as the clocks go back: a job at set
+                    # hours runs at its first occurrence only, as cron does
+                    # ("30 2 * * *" once that night); "*/5 * * * *" keeps its
+                    # real-time pace through the repeated hour.
+                    continue
+                latest = candidate
         # get_prev from just after `now`: a slot exactly at now counts as come.
-        it = croniter(self.cron, local + dt.timedelta(microseconds=1))
-        return it.get_prev(dt.datetime).astimezone(dt.timezone.utc)
+        it = croniter(self.cron, now.astimezone(zone) + dt.timedelta(microseconds=1))
+        slot = it.get_prev(dt.datetime).astimezone(dt.timezone.utc)
+        return slot if after is None or slot > after else None
+
+    @property
+    def _at_set_hours(self) -> bool:
+        """A cron whose hour field names hours (not * or */n), or a shorthand."""
+        return self.cron is not None and (self.cron.startswith("@") or not self.cron.split()[1].startswith("*"))
 
     def next_slot(self, after: dt.datetime) -> dt.datetime:
         """The first slot strictly after ``after``, in UTC."""

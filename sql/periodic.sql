@@ -5,8 +5,9 @@
 -- Record the schedules a worker (or `kinds sync`) declares with
 -- @task(cron=/every=). %(rows)s is one JSON array, sorted by name. A row
 -- declared by hand (declared_in = 'sql') is left alone; a paused one stays
--- paused; a changed schedule clears the leader's error. Unchanged rows are
--- not rewritten.
+-- paused. A changed schedule starts again at its next slot (last_slot
+-- cleared: the new schedule's past slots are not run) and clears the
+-- leader's error. Unchanged rows are not rewritten.
 INSERT INTO angela_queue.periodic AS p (name, kind, cron, every_s, timezone, declared_in)
 SELECT d.name, d.kind, d.cron, d.every_s, d.timezone, 'code'
 FROM jsonb_to_recordset(%(rows)s::jsonb) AS d(name text, kind text, cron text, every_s double precision,
@@ -14,11 +15,26 @@ FROM jsonb_to_recordset(%(rows)s::jsonb) AS d(name text, kind text, cron text, e
 ORDER BY d.name
 ON CONFLICT (name) DO UPDATE
 SET kind = excluded.kind, cron = excluded.cron, every_s = excluded.every_s, timezone = excluded.timezone,
-    error = NULL, updated_at = now()
+    last_slot = NULL, next_slot = NULL, error = NULL, updated_at = now()
 WHERE p.declared_in = 'code'
   AND (p.kind, p.cron, p.every_s, p.timezone) IS DISTINCT FROM
       (excluded.kind, excluded.cron, excluded.every_s, excluded.timezone)
 RETURNING p.name;
+
+-- name: periodic_forget
+-- The schedules the code no longer declares: a row written by a worker
+-- (declared_in = 'code') for one of %(kinds)s, the kinds this app has
+-- handlers for, whose name it no longer declares (%(names)s) is deleted,
+-- so a schedule removed from the code stops. Rows declared by hand stay.
+DELETE FROM angela_queue.periodic p
+WHERE p.declared_in = 'code' AND p.kind = ANY(%(kinds)s::text[]) AND NOT (p.name = ANY(%(names)s::text[]))
+RETURNING p.name;
+
+-- name: periodic_remove
+-- Delete one periodic task (`periodic remove`). No row: no such periodic
+-- task. A code-declared one comes back when a worker whose code still
+-- declares it starts.
+DELETE FROM angela_queue.periodic p WHERE p.name = %(name)s RETURNING p.name, p.declared_in;
 
 -- name: periodic_schedules
 -- Every periodic row the leader looks at in a round (paused ones too: their
@@ -43,14 +59,15 @@ WITH due AS MATERIALIZED (
     SELECT d.kind, d.payload, d.queue, d.priority, %(dedup_key)s FROM due d
     ON CONFLICT (queue, dedup_key) WHERE dedup_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')
     DO NOTHING
-    RETURNING id
+    RETURNING id, status, last_error
 )
 UPDATE angela_queue.periodic p
 SET last_slot = %(slot)s, last_task_id = coalesce((SELECT e.id FROM enqueued e), p.last_task_id),
     next_slot = %(next_slot)s, error = NULL
 FROM due d
 WHERE p.name = d.name
-RETURNING p.name, (SELECT e.id FROM enqueued e) AS task_id;
+RETURNING p.name, (SELECT e.id FROM enqueued e) AS task_id, (SELECT e.status FROM enqueued e) AS task_status,
+          (SELECT e.last_error FROM enqueued e) AS task_error;
 
 -- name: periodic_arm
 -- A schedule seen for the first time starts at its next slot: the latest

@@ -1149,8 +1149,11 @@ BEGIN
         v_room := least(v_room, k.concurrency - v_count);
     END IF;
     IF k.rate_limit IS NOT NULL AND v_room > 0 THEN
+        -- The clock now, after the lock, not the transaction's start: a claim
+        -- whose transaction began a while ago must not date the window back
+        -- (the claim stamps its starts with clock_timestamp() too).
         DELETE FROM angela_queue.kind_starts s
-        WHERE s.kind = p_kind AND s.started_at <= now() - make_interval(secs => k.rate_period_s);
+        WHERE s.kind = p_kind AND s.started_at <= clock_timestamp() - make_interval(secs => k.rate_period_s);
         SELECT count(*) INTO v_count FROM angela_queue.kind_starts s WHERE s.kind = p_kind;
         v_room := least(v_room, k.rate_limit - v_count);
     END IF;
@@ -1162,8 +1165,11 @@ $$;
 -- out of the limited part of the claim index (and running ones into the
 -- count). Fires only when that changes: a rare configuration step, which
 -- reads the kind's unfinished rows.
--- Hazard: an insert racing the change may keep the old flag (it read the
--- kinds row before); such a task is claimed as before the change.
+-- Hazard: an insert racing the change keeps the old flag (it read the
+-- kinds row before, and this update cannot see its row). The claim heals
+-- both directions (sql/tasks.sql, tasks_claim): a flag that outlived its
+-- kind's limit is still found and claimed; a task of a limited kind that
+-- carries no flag is relabelled instead of claimed.
 CREATE FUNCTION angela_queue.kinds_after_change_limits() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE

@@ -78,30 +78,41 @@ SELECT id, status, outcome FROM angela_queue.cancel_task(%(id)s);
 -- an attempt and with no started_at; tasks_start_many counts it when their
 -- batch starts. A worker that dies holding them has not cost them an
 -- attempt. 0 claims every task started.
-WITH room AS MATERIALIZED (
-    -- Limited kinds (a concurrency cap or a rate limit) with ready tasks in
-    -- these queues, and how many of each this claim may start
-    -- (angela_queue.claim_room: exact across hosts). No row, and nothing
-    -- else to pay, while no kind has a limit.
-    SELECT k.kind, angela_queue.claim_room(k.kind, %(limit)s) AS room
-    FROM angela_queue.kinds k
-    WHERE (k.concurrency IS NOT NULL OR k.rate_limit IS NOT NULL)
-      -- One probe of tasks_claim_idx per limited kind and queue.
-      AND EXISTS (SELECT 1 FROM unnest(%(queues)s::text[]) AS q(name)
-                  CROSS JOIN LATERAL (
-                      SELECT 1 FROM angela_queue.tasks t
-                      WHERE t.status = 'queued' AND t.queue = q.name AND t.limited_kind = k.kind
-                        AND t.run_at <= now()
-                      ORDER BY t.priority_key DESC, t.id
-                      LIMIT 1) AS ready)
-), candidates AS (
-    SELECT c.id, c.effective_priority, NULL::text AS limited_kind, NULL::integer AS room
+WITH RECURSIVE limited AS (
+    -- The limited kinds with queued tasks in these queues, read from the
+    -- tasks themselves: a skip scan of tasks_claim_idx, one probe per queue
+    -- and limited kind (one per queue while there is none). From the tasks,
+    -- not from kinds, so a flag that outlived its kind's limit is still found.
+    SELECT q.name AS queue,
+           (SELECT min(t.limited_kind) FROM angela_queue.tasks t
+            WHERE t.status = 'queued' AND t.queue = q.name AND t.limited_kind > '') AS kind
     FROM unnest(%(queues)s::text[]) AS q(name)
     -- A paused queue is skipped (one primary-key probe per queue served).
+    WHERE NOT EXISTS (SELECT 1 FROM angela_queue.queues p WHERE p.name = q.name AND p.paused_at IS NOT NULL)
+    UNION ALL
+    SELECT l.queue,
+           (SELECT min(t.limited_kind) FROM angela_queue.tasks t
+            WHERE t.status = 'queued' AND t.queue = l.queue AND t.limited_kind > l.kind)
+    FROM limited l
+    WHERE l.kind IS NOT NULL
+), room AS MATERIALIZED (
+    -- How many of each this claim may start: angela_queue.claim_room for a
+    -- kind with a limit (exact across hosts); the whole claim for one whose
+    -- limit was lifted while its tasks still carried the flag ("lifted").
+    SELECT d.kind,
+           CASE WHEN k.kind IS NULL THEN %(limit)s ELSE angela_queue.claim_room(d.kind, %(limit)s) END AS room,
+           k.kind IS NULL AS lifted,
+           coalesce(k.rate_limit IS NOT NULL, false) AS rated
+    FROM (SELECT DISTINCT l.kind FROM limited l WHERE l.kind IS NOT NULL) AS d
+    LEFT JOIN angela_queue.kinds k ON k.kind = d.kind AND (k.concurrency IS NOT NULL OR k.rate_limit IS NOT NULL)
+), candidates AS (
+    SELECT c.id, c.kind, c.effective_priority, NULL::text AS limited_kind, NULL::integer AS room,
+           false AS lifted, false AS rated
+    FROM unnest(%(queues)s::text[]) AS q(name)
     CROSS JOIN LATERAL (SELECT 1 WHERE NOT EXISTS (
         SELECT 1 FROM angela_queue.queues p WHERE p.name = q.name AND p.paused_at IS NOT NULL)) AS running
     CROSS JOIN LATERAL (
-        SELECT t.id,
+        SELECT t.id, t.kind,
                t.priority + t.boost + t.aging_rate
                    * greatest(extract(epoch FROM now() - greatest(t.run_at, t.created_at))::double precision, 0) / 60.0
                    AS effective_priority
@@ -116,34 +127,47 @@ WITH room AS MATERIALIZED (
         FOR UPDATE SKIP LOCKED
     ) AS c
     UNION ALL
-    -- Each limited kind with room: its best tasks per queue, at most its room.
-    SELECT c.id, c.effective_priority, r.kind, r.room
+    -- Each limited kind with room: its best tasks in each queue where it has
+    -- some (the merge below keeps at most its room across them). LIMIT is the
+    -- claim's, which the planner can estimate, not the room.
+    SELECT c.id, r.kind, c.effective_priority, r.kind, r.room, r.lifted, r.rated
     FROM room r
-    CROSS JOIN unnest(%(queues)s::text[]) AS q(name)
-    CROSS JOIN LATERAL (SELECT 1 WHERE r.room > 0 AND NOT EXISTS (
-        SELECT 1 FROM angela_queue.queues p WHERE p.name = q.name AND p.paused_at IS NOT NULL)) AS running
+    JOIN limited l ON l.kind = r.kind
     CROSS JOIN LATERAL (
         SELECT t.id,
                t.priority + t.boost + t.aging_rate
                    * greatest(extract(epoch FROM now() - greatest(t.run_at, t.created_at))::double precision, 0) / 60.0
                    AS effective_priority
         FROM angela_queue.tasks t
-        WHERE t.status = 'queued' AND t.queue = q.name AND t.limited_kind = r.kind AND t.run_at <= now()
+        WHERE t.status = 'queued' AND t.queue = l.queue AND t.limited_kind = r.kind AND t.run_at <= now()
           AND t.attempts < t.max_attempts
         ORDER BY t.priority_key DESC, t.id
-        LIMIT r.room
+        LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) AS c
+    WHERE r.room > 0
+), checked AS (
+    -- A task of a kind that has a limit but carries no flag (inserted by a
+    -- transaction open while its kind got the limit) is not claimed here: it
+    -- is relabelled, and waits its turn under the limit.
+    SELECT c.*, (c.limited_kind IS NULL AND k.kind IS NOT NULL) AS mislabelled
+    FROM candidates c
+    LEFT JOIN angela_queue.kinds k ON k.kind = c.kind AND (k.concurrency IS NOT NULL OR k.rate_limit IS NOT NULL)
+), relabelled AS (
+    UPDATE angela_queue.tasks t SET limited_kind = t.kind
+    FROM checked c
+    WHERE c.mislabelled AND t.id = c.id AND t.status = 'queued'
 ), picked AS MATERIALIZED (
-    SELECT x.id, x.effective_priority
+    SELECT x.id, x.effective_priority, x.lifted, x.rated
     FROM (SELECT c.*, row_number() OVER (PARTITION BY c.limited_kind
                                          ORDER BY c.effective_priority DESC, c.id) AS nth
-          FROM candidates c
+          FROM checked c
           -- NULL takes any task; 5 takes only work that outranks a
           -- low-priority batch (see Worker._claim_size). A row passed over
           -- here was locked only until this statement's transaction ends.
-          WHERE %(min_effective)s::double precision IS NULL
-             OR c.effective_priority >= %(min_effective)s::double precision) AS x
+          WHERE NOT c.mislabelled
+            AND (%(min_effective)s::double precision IS NULL
+                 OR c.effective_priority >= %(min_effective)s::double precision)) AS x
     -- A limited kind takes at most its room across all the queues.
     WHERE x.limited_kind IS NULL OR x.nth <= x.room
     ORDER BY x.effective_priority DESC, x.id
@@ -151,22 +175,26 @@ WITH room AS MATERIALIZED (
 ), claimed AS (
     UPDATE angela_queue.tasks t
     SET status = 'running',
-        attempts = t.attempts + CASE WHEN t.priority < %(batch_below)s THEN 0 ELSE 1 END,
+        -- A rate-limited kind's task starts at its claim, never in a batch
+        -- collected over several claims: its start is what the window counts.
+        attempts = t.attempts + CASE WHEN t.priority < %(batch_below)s AND NOT picked.rated THEN 0 ELSE 1 END,
         worker_id = %(worker_id)s,
-        started_at = CASE WHEN t.priority < %(batch_below)s THEN NULL ELSE now() END, finished_at = NULL
+        started_at = CASE WHEN t.priority < %(batch_below)s AND NOT picked.rated THEN NULL ELSE now() END,
+        finished_at = NULL,
+        -- A flag that outlived its kind's limit is dropped as it is claimed.
+        limited_kind = CASE WHEN picked.lifted THEN '' ELSE t.limited_kind END
     FROM picked
     WHERE t.id = picked.id AND t.status = 'queued'
     RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.attempts, t.max_attempts, t.timeout_s,
-              t.deadline, t.created_at, t.run_at, t.started_at, t.trace_context, t.limited_kind,
+              t.deadline, t.created_at, t.run_at, t.started_at, t.trace_context, picked.rated,
               picked.effective_priority
 ), rate_counted AS (
     -- Each start of a rate-limited kind joins its window, while claim_room's
-    -- lock on the kind is still held.
+    -- lock on the kind is still held, at the clock's time (see claim_room).
     INSERT INTO angela_queue.kind_starts (kind, started_at)
-    SELECT c.kind, now()
+    SELECT c.kind, clock_timestamp()
     FROM claimed c
-    WHERE c.limited_kind <> ''
-      AND EXISTS (SELECT 1 FROM angela_queue.kinds k WHERE k.kind = c.kind AND k.rate_limit IS NOT NULL)
+    WHERE c.rated
 )
 SELECT c.id, c.queue, c.kind, c.payload::text AS payload, c.priority, c.attempts, c.max_attempts, c.timeout_s,
        c.deadline, c.created_at, c.run_at, c.started_at, c.trace_context, c.effective_priority,

@@ -204,3 +204,20 @@ def test_upgrade_from_0007_keeps_rows_and_limits_apply_to_waiting_tasks(empty_ds
         "queues": ["default"], "limit": 10, "worker_id": uuid.uuid4(), "min_effective": None, "batch_below": 0})
     assert [r["kind"] for r in claimed] == ["mail"]                       # the cap holds on upgraded rows
     assert scalar(empty_dsn, "SELECT count(*) FROM angela_queue.periodic") == 0
+
+
+def test_upgrade_from_0008_keeps_rows_and_the_rate_window(empty_dsn):
+    """0009 (limits on the clock): only claim_room changes; the tasks and the
+    starts already in a kind's window are kept and still count."""
+    migrations.upgrade(empty_dsn, "0008")
+    query(empty_dsn, """
+        INSERT INTO angela_queue.kinds (kind, rate_limit, rate_period_s) VALUES ('metered', 2, 3600);
+        INSERT INTO angela_queue.tasks (kind) SELECT 'metered' FROM generate_series(1, 3);
+        INSERT INTO angela_queue.kind_starts (kind, started_at) VALUES ('metered', now());
+    """)
+    before = all_tasks(empty_dsn)
+    migrations.upgrade(empty_dsn, "0009")
+    assert all_tasks(empty_dsn) == before
+    claimed = query(empty_dsn, queries.query("tasks_claim"), {
+        "queues": ["default"], "limit": 10, "worker_id": uuid.uuid4(), "min_effective": None, "batch_below": 0})
+    assert len(claimed) == 1                       # one start was already in the hour's window of 2

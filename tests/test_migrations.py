@@ -294,6 +294,9 @@ FROZEN_REVISIONS = {
     "0008_schedule.down.sql": "198beda141ecc46ca5673b6e656bb844eebc50f107978f38e6ce78102631fe2a",
     "0008_schedule.py": "ca760e318b455cd39b60180f75486bf8884b5a8b5f24f637b727aa608e70a455",
     "0008_schedule.sql": "cc2772c013e788fb77386c7b30fd2bc0906aedfa3d0bb3da51f79e5394c2510c",
+    "0009_limits_clock.down.sql": "c86279ccbe5e1aeae625ee89511705379ef26ac3e29d2cb1a7b8e7e0490dd384",
+    "0009_limits_clock.py": "9f627d3b30811920e3f349283b7d5fa444f5a1f05874f181c98db7755a12be6d",
+    "0009_limits_clock.sql": "b8de7691059465eee6c679bb5af9b1b30b0001e02714fa9d6206c5c93e0ce9ae",
 }
 
 

@@ -184,6 +184,58 @@ def test_the_leader_prunes_starts_that_left_every_window(conn):
     assert scalar(conn.info.dsn, "SELECT kind FROM angela_queue.kind_starts") == "live"
 
 
+def test_a_flag_left_stale_by_an_insert_racing_a_limit_change_is_healed_by_the_claim(dsn, conn):
+    """A producer's transaction open across a limit change keeps the old flag
+    (the change cannot see its row): lifted, the task must still run; added,
+    the task must not run outside the new cap."""
+    with psycopg.connect(dsn) as producer:
+        conn.execute("INSERT INTO angela_queue.kinds (kind, concurrency) VALUES ('k1', 1)")
+        producer.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('k1')")
+        conn.execute("UPDATE angela_queue.kinds SET concurrency = NULL WHERE kind = 'k1'")    # limit lifted
+        producer.commit()
+        assert [r["kind"] for r in claim(conn)] == ["k1"]
+        assert scalar(dsn, "SELECT limited_kind FROM angela_queue.tasks WHERE kind = 'k1'") == ""
+
+        conn.execute("INSERT INTO angela_queue.kinds (kind) VALUES ('k2')")
+        for _ in range(5):
+            producer.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('k2')")
+        conn.execute("UPDATE angela_queue.kinds SET concurrency = 1 WHERE kind = 'k2'")       # limit added
+        producer.commit()
+    assert claim(conn) == []                       # relabelled, not claimed past the cap
+    assert scalar(dsn, "SELECT count(*) FROM angela_queue.tasks WHERE limited_kind = 'k2'") == 5
+    assert [r["kind"] for r in claim(conn)] == ["k2"]
+    assert claim(conn) == []
+
+
+def test_a_rate_limited_low_priority_task_starts_at_its_claim_not_in_a_batch(conn):
+    conn.execute("INSERT INTO angela_queue.kinds (kind, rate_limit, rate_period_s, concurrency) VALUES "
+                 "('lowrate', 5, 60, NULL), ('lowcap', NULL, NULL, 5)")
+    enqueue(conn, "lowrate", 2, priority=2)
+    enqueue(conn, "lowcap", 2, priority=2)
+    rows = db.fetch_all(conn, "tasks_claim", {"queues": ["default"], "limit": 10, "worker_id": uuid.uuid4(),
+                                              "min_effective": None, "batch_below": 5})
+    started = {r["kind"]: (r["started_at"] is not None, r["attempts"]) for r in rows}
+    assert started == {"lowrate": (True, 1), "lowcap": (False, 0)}    # a capped kind may still batch
+
+
+def test_the_claim_stays_cheap_to_plan_with_big_limited_backlogs(conn):
+    """The planner cannot estimate a kind's room; a LIMIT it could not estimate
+    once pushed the claim's cost over jit_above_cost with 90k capped tasks."""
+    conn.execute("INSERT INTO angela_queue.kinds (kind, concurrency) VALUES ('lka', 2), ('lkb', 2), ('lkc', 2)")
+    conn.execute("INSERT INTO angela_queue.tasks (kind) SELECT k FROM unnest('{lka,lkb,lkc}'::text[]) k, "
+                 "generate_series(1, 30000)")
+    conn.execute("INSERT INTO angela_queue.tasks (kind) SELECT 'free' FROM generate_series(1, 1000)")
+    conn.execute("ANALYZE angela_queue.tasks")
+    with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
+        cur.execute("EXPLAIN (FORMAT JSON) " + __import__("angela_queue").queries.query("tasks_claim"),
+                    {"queues": ["default"], "limit": 1, "worker_id": uuid.uuid4(), "min_effective": None,
+                     "batch_below": 0})
+        cost = cur.fetchone()[0][0]["Plan"]["Total Cost"]
+    jit_above = float(scalar(conn.info.dsn, "SELECT setting FROM pg_settings WHERE name = 'jit_above_cost'"))
+    assert cost < jit_above / 10, cost
+    assert_claim_walks_its_index(conn)
+
+
 def test_claims_racing_on_one_capped_kind_never_exceed_it(dsn, conn):
     conn.execute("INSERT INTO angela_queue.kinds (kind, concurrency) VALUES ('capped', 3)")
     enqueue(conn, "capped", 50)
@@ -307,7 +359,9 @@ def test_several_workers_never_start_more_than_the_rate_in_any_window(dsn, conn,
     workers = [start_worker(app, "--concurrency", "4", *FAST) for _ in range(2)]
     wait_until(lambda: scalar(dsn, "SELECT rate_limit FROM angela_queue.kinds WHERE kind = 'metered'") == 4,
                details=lambda: workers[0].log())
-    enqueue(conn, "metered", 12)
+    # Low priority: below 5 a worker batches tasks over several claims, but a
+    # rate-limited kind's start is its claim.
+    enqueue(conn, "metered", 12, priority=2)
     enqueue(conn, "free", 20)
     wait_until(lambda: scalar(dsn, "SELECT count(*) FROM public.spans WHERE kind = 'metered'") == 12, timeout=60,
                details=lambda: "\n".join(w.log() for w in workers))
@@ -400,6 +454,81 @@ def test_a_full_queue_delays_the_slot_without_losing_it(conn):
     assert leader.run(conn, now=t0 + dt.timedelta(minutes=1, seconds=10)) == 1
 
 
+def test_cron_slots_across_both_dst_changes_fire_once_each():
+    """Counted forward from the last slot: croniter's get_prev returns an hour
+    early in the repeated hour, which lost slots and ran daily jobs twice."""
+    def fired(cron: str, start: dt.datetime, hours: int) -> list[dt.datetime]:
+        schedule = Schedule.parse(cron=cron, every_s=None, timezone="Europe/Paris")
+        last, out = schedule.latest_slot(start), []
+        for minute in range(hours * 60):
+            now = start + dt.timedelta(minutes=minute, seconds=30)
+            slot = schedule.latest_slot(now, after=last)
+            if slot is not None:
+                out.append(slot)
+                last = slot
+        return out
+    fall = dt.datetime(2026, 10, 24, 22, 0, tzinfo=UTC)       # Paris falls back at 01:00 UTC on the 25th
+    five = fired("*/5 * * * *", fall, 6)
+    assert len(five) == 6 * 12 - 1 and len(set(five)) == len(five)    # 22:05 .. 03:55 UTC
+    assert all(b - a == dt.timedelta(minutes=5) for a, b in zip(five, five[1:]))
+    nightly = fired("30 2 * * *", fall, 8)
+    assert len(nightly) == 1                                   # 02:30 comes twice on the wall; runs once
+    spring = dt.datetime(2026, 3, 28, 22, 0, tzinfo=UTC)      # Paris springs forward at 01:00 UTC on the 29th
+    hourly = fired("0 * * * *", spring, 6)
+    assert all(b - a == dt.timedelta(hours=1) for a, b in zip(hourly, hourly[1:])) and len(hourly) == 5
+
+
+def test_a_cron_that_never_comes_is_refused():
+    with pytest.raises(ScheduleError, match="never comes"):
+        Schedule.parse(cron="0 0 30 2 *", every_s=None)
+
+
+def test_a_schedule_removed_from_the_code_stops_and_remove_deletes_one(dsn, conn, clean_registry):
+    @task("report", cron="0 * * * *")
+    def report():
+        pass
+
+    @task("tick", every=60)
+    def tick():
+        pass
+
+    kinds.record(conn, "test")
+    conn.execute("INSERT INTO angela_queue.periodic (name, kind, every_s) VALUES ('by-hand', 'report', 300)")
+    assert {r["name"] for r in query(dsn, "SELECT name FROM angela_queue.periodic")} == {"report", "tick", "by-hand"}
+    registry.clear()
+
+    @task("report")                         # the schedule is gone from the code; the kind stays
+    def report_again():
+        pass
+
+    kinds.record(conn, "test")
+    # tick's kind is not this app's any more: not this code's to judge.
+    assert {r["name"] for r in query(dsn, "SELECT name FROM angela_queue.periodic")} == {"tick", "by-hand"}
+    removed = cli(dsn, "periodic", "remove", "by-hand")
+    assert removed.returncode == 0, removed.stderr
+    assert {r["name"] for r in query(dsn, "SELECT name FROM angela_queue.periodic")} == {"tick"}
+
+
+def test_a_changed_schedule_starts_at_its_next_slot(conn, clean_registry):
+    @task("tick", every=60)
+    def tick():
+        pass
+
+    kinds.record(conn, "test")
+    leader = Periodic()
+    t0 = dt.datetime(2026, 12, 2, 10, 0, 30, tzinfo=UTC)
+    leader.run(conn, now=t0)
+    registry.clear()
+
+    @task("tick", every=3600)
+    def tick_hourly():
+        pass
+
+    kinds.record(conn, "test")
+    assert leader.run(conn, now=t0 + dt.timedelta(minutes=1)) == 0      # re-armed, not fired at once
+    assert leader.run(conn, now=t0 + dt.timedelta(hours=1)) == 1
+
+
 PERIODIC_APP = APP_PRELUDE + """
 from angela_queue import task
 
@@ -448,5 +577,7 @@ def test_kinds_limit_sets_and_lifts_limits_from_the_cli(dsn):
     bad = cli(dsn, "kinds", "limit", "mail", "--concurrency", "-1")
     assert bad.returncode == 2 and "--concurrency" in bad.stderr
     assert cli(dsn, "kinds", "limit", "mail").returncode == 2
+    typo = cli(dsn, "kinds", "limit", "mial", "--concurrency", "none")
+    assert typo.returncode == 1 and "no kind named 'mial'" in typo.stderr
     status = cli(dsn, "status")
     assert "LIMITED KINDS (1)" in status.stdout and "0/3" in status.stdout, status.stdout

@@ -112,6 +112,11 @@ def register(main: click.Group) -> None:
         if not kind.strip() or len(kind.encode("utf-8", "surrogatepass")) > 255:
             raise click.BadParameter("must be a non-empty kind of at most 255 bytes", param_hint="KIND")
         with db.connect(resolve_dsn(ctx), application_name="angela-queue-kinds") as conn:
+            lifting_only = values["concurrency"] is None and values["rate_limit"] is None
+            if lifting_only and not any(r["kind"] == kind for r in db.fetch_all(conn, "kinds_list")):
+                # Lifting a limit of a kind nobody recorded: a typo, most likely.
+                echo(f"Error: no kind named {safe(kind)!r} is recorded (see `angela-queue kinds list`)", err=True)
+                ctx.exit(1)
             row = db.fetch_one(conn, "kinds_set_limits", values)
         assert row is not None
         echo(f"{safe(kind)}: {describe_limits(row)}")

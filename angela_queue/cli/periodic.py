@@ -35,7 +35,9 @@ def register(main: click.Group) -> None:
         _console().print(periodic_table(rows))
 
     for verb, query, done in (("pause", "periodic_pause", "paused: no slot is enqueued until it is resumed"),
-                              ("resume", "periodic_resume", "resumed: the latest slot missed meanwhile runs next")):
+                              ("resume", "periodic_resume", "resumed: the latest slot missed meanwhile runs next"),
+                              ("remove", "periodic_remove", "removed (one declared in code comes back when a "
+                                                            "worker whose code still declares it starts)")):
         def make(verb: str = verb, query: str = query, done: str = done):
             @command(periodic, verb)
             @click.argument("name")

@@ -48,7 +48,7 @@ class Periodic:
         name = row["name"]
         try:
             schedule = Schedule.parse(cron=row["cron"], every_s=row["every_s"], timezone=row["timezone"])
-            slot = schedule.latest_slot(now)
+            slot = schedule.latest_slot(now, after=row["last_slot"])
             next_slot = schedule.next_slot(now)
         except (ScheduleError, ValueError, KeyError) as exc:
             if row["error"] != str(exc):
@@ -56,9 +56,10 @@ class Periodic:
                 db.fetch_all(conn, "periodic_set_error", {"name": name, "error": str(exc)[:500]})
             return 0
         if row["last_slot"] is None:
-            db.fetch_all(conn, "periodic_arm", {"name": name, "slot": slot, "next_slot": next_slot})
+            db.fetch_all(conn, "periodic_arm", {"name": name, "slot": schedule.latest_slot(now),
+                                                "next_slot": next_slot})
             return 0
-        if row["paused_at"] is not None or slot <= row["last_slot"]:
+        if row["paused_at"] is not None or slot is None:
             if row["next_slot"] != next_slot or row["error"] is not None:
                 db.fetch_all(conn, "periodic_set_next", {"name": name, "next_slot": next_slot})
             return 0
@@ -76,6 +77,11 @@ class Periodic:
         self._failed.pop(name, None)
         if fired is None or fired["task_id"] is None:
             return 0                 # another leader took it, or a task still holds the slot's key
+        if fired["task_status"] == "dropped":
+            # A full bounded queue and priority < 5: the slot is spent, kept as a dropped row.
+            log.warning("leader: periodic task %r: its slot %s was dropped (task %s): %s", name,
+                        slot.isoformat(), fired["task_id"], fired["task_error"])
+            return 0
         log.info("leader: periodic task %r enqueued task %s for its slot %s", name, fired["task_id"],
                  slot.isoformat())
         return 1

@@ -670,7 +670,9 @@ class Worker:
     def _dispatch(self, task: ClaimedTask) -> None:
         self._hold(task)
         definition = lookup(task.kind)
-        if task.priority < self._batch_below:
+        # A low task the claim already started (a rate-limited kind's: its
+        # start is what the limit counts) runs now, not in a collected batch.
+        if task.priority < self._batch_below and task.started_at is None:
             key = (task.queue, task.kind)
             batch = self.collecting.get(key)
             if batch is None:
@@ -893,7 +895,8 @@ class Worker:
         """Connect, retrying with backoff while the database is away; None if told to stop first."""
         while True:
             try:
-                conn = await db.aconnect(self.dsn, application_name=f"angela-queue-worker-{self.short_id}")
+                conn = await db.aconnect(self.dsn, application_name=f"angela-queue-worker-{self.short_id}",
+                                         hot_path=True)
                 self.connect_backoff.succeeded()
                 return conn
             except Exception as exc:  # noqa: BLE001 - unreachable, refused, starting up: wait and retry
@@ -1000,7 +1003,7 @@ class Worker:
         for _ in range(12):
             try:
                 if self.conn is None or self.conn.closed:
-                    self.conn = await db.aconnect(self.dsn)
+                    self.conn = await db.aconnect(self.dsn, hot_path=True)
                 flush = self._take_outcomes()
                 statements = self._outcome_statements(flush)
                 if release_ids:
