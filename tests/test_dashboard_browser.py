@@ -118,11 +118,10 @@ def test_the_page_shows_the_database_and_retry_makes_a_failed_task_succeed(
     wait_until(lambda: conn.execute("SELECT count(*) AS n FROM angela_queue.worker_health "
                                     "WHERE status IN ('active', 'idle')").fetchone()["n"] == 1,
                timeout=20, interval=0.05, message="the worker to register", details=worker.log)
-    conn.execute("INSERT INTO angela_queue.kinds (kind, max_attempts) VALUES ('charge', 1) "
-                 "ON CONFLICT (kind) DO UPDATE SET max_attempts = 1")
     client.enqueue_many([{"kind": "mail", "payload": {"to": f"user{i}@example.com", "text": "hello?"},
                           "priority": 1 + i % 10} for i in range(40)])
-    charges = [client.enqueue("charge", {"order": 1000 + i, "amount_eur": 20 + i}, priority=7).id for i in range(3)]
+    charges = [client.enqueue("charge", {"order": 1000 + i, "amount_eur": 20 + i}, priority=7,
+                              max_attempts=1).id for i in range(3)]
     # A queue nobody serves, and a paused one: both warned about.
     client.enqueue("export", {"month": "2025-01"}, queue="reports")
     client.enqueue_many([{"kind": "mail", "payload": {"to": "bulk@example.com"}, "queue": "bulk"}] * 4)
