@@ -159,6 +159,12 @@ def test_a_bad_dsn_is_a_503_not_a_crash(start_dashboard):
     status, _, body = board.get("/healthz")
     assert status == 503 and body.startswith(b"unavailable: cannot connect")
     assert board.get("/")[0] == 200                              # the page still loads, and shows the error
+    for path in ("/api/tasks", "/api/tasks/1", "/api/history?range=24h"):
+        status, data = board.get_json(path)
+        assert status == 503 and data["ok"] is False and "cannot connect" in data["error"], (path, data)
+    status, data = board.post("/api/tasks/1/retry")
+    assert status == 503 and "cannot connect" in data["error"]
+    assert board.post("/api/tasks/1/retry", token=None)[0] == 401
     assert board.proc.poll() is None
     assert board.stop() == 0
 

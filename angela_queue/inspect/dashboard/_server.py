@@ -227,6 +227,9 @@ class DashboardHandler(BaseHTTPRequestHandler):
         self._send(response, send_body=method != "HEAD")
 
     def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True   # a chunked body is not read: the stream cannot be reused
+            raise ApiError(411, "send the body with a Content-Length")
         length_text = self.headers.get("Content-Length")
         if not length_text:
             return b""
