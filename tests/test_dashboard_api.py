@@ -14,6 +14,7 @@ import pytest
 from angela_queue import db
 from angela_queue.inspect.dashboard._history import shape
 from fix_dashboard import login, start_dashboard  # noqa: F401 - fixtures
+from fix_procs import wait_until
 
 W = uuid.UUID("00000000-0000-0000-0000-00000000da5b")
 
@@ -37,6 +38,12 @@ def fail(conn, ids: list[int], error: str, queue: str = "default") -> None:
     others = [c["id"] for c in claimed if c["id"] not in ids]
     if others:   # back as they were
         db.fetch_all(conn, "tasks_release_many", {"worker_id": W, "ids": others})
+
+
+def wait_for_stats(board, predicate) -> dict:
+    """The first snapshot of /api/stats for which ``predicate`` holds."""
+    return wait_until(lambda: d if predicate(d := board.ok_stats()) else None,
+                      timeout=10, interval=0.1, message="the dashboard's snapshot")
 
 
 def task_row(conn, id_: int) -> dict:
@@ -148,12 +155,6 @@ def test_bad_ids_queues_and_bodies_are_json_errors_not_tracebacks(dsn, conn, sta
     assert board.get_json("/api/history?range=2h")[0] == 400
     assert board.get_json("/api/retry")[0] == 405                                  # GET on an action
     assert "Traceback" not in board.log() and "internal error" not in board.log()
-
-
-def wait_for_stats(board, predicate):
-    from fix_procs import wait_until
-    return wait_until(lambda: (d := board.ok_stats()) if predicate(d := board.ok_stats()) else None,
-                      timeout=10, interval=0.1, message="the dashboard's snapshot")
 
 
 def test_failures_tasks_and_a_task_page_match_the_database(dsn, conn, start_dashboard):

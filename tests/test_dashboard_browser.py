@@ -163,6 +163,11 @@ def test_the_page_shows_the_database_and_retry_makes_a_failed_task_succeed(
     assert f"succeeded ({succeeded_total:,})" in total
     DOCS.mkdir(exist_ok=True)
     browser.save_screenshot(str(DOCS / "dashboard-overview.png"))
+    # The range picker: the same history in 15-minute points over 24 h.
+    browser.find_element(By.CSS_SELECTOR, '#range button[data-range="24h"]').click()
+    wait.until(lambda d: "15 min per point" in d.find_element(By.ID, "c-throughput").text)
+    day_total = scalar("SELECT coalesce(sum(succeeded), 0) AS n FROM angela_queue.stats_minute")   # all in 24 h
+    assert f"succeeded ({day_total:,})" in browser.find_element(By.ID, "l-throughput").text
 
     # The failures panel links to the task list filtered to the group, then to a task.
     row.find_element(By.CLASS_NAME, "f-count").click()
