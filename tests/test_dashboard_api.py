@@ -258,3 +258,28 @@ def test_history_shape_fills_every_bucket(range_name):
     assert shape(range_name, now, now, 1.0, [], [])["throughput"]["succeeded"][-1] is None   # the bucket of now
     assert rolled["t"][-1] <= now < rolled["t"][-1] + rolled["bucket_s"] == rolled["until"]
     assert [t["tier"] for t in rolled["tiers"]] == ["critical", "high", "medium", "low"]
+
+
+def test_a_route_is_one_line_and_the_router_answers_404_and_405():
+    from angela_queue.inspect.dashboard import ApiError, Response, Router, Token
+
+    router = Router()
+    router.add("GET", r"/metrics", lambda request: Response.text("# metrics\n"))
+    router.add("POST", r"/api/things/(?P<id>[0-9]+)/poke", lambda request: Response.json({"id": request.params}))
+    handler, params = router.resolve("GET", "/metrics")
+    assert handler(None).body == b"# metrics\n" and params == {}
+    assert router.resolve("HEAD", "/metrics")[1] == {}
+    assert router.resolve("POST", "/api/things/7/poke")[1] == {"id": "7"}
+    with pytest.raises(ApiError) as missing:
+        router.resolve("GET", "/nope")
+    assert missing.value.status == 404
+    with pytest.raises(ApiError) as wrong:
+        router.resolve("GET", "/api/things/7/poke")
+    assert wrong.value.status == 405
+
+    token = Token("abc")
+    assert token.accepts("Bearer abc") and token.accepts("bearer abc") and not token.accepts("Bearer abd")
+    assert not token.accepts(None) and not token.accepts("abc") and not token.accepts("Bearer ")
+    assert "abc" not in repr(token) and token.fragment() == ""
+    generated = Token(None)
+    assert generated.generated and generated.fragment() == f"#token={generated.value}" and len(generated.value) >= 40
