@@ -142,6 +142,10 @@ class Settings:
     # Dashboard
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8080
+    # The bearer token the dashboard's actions require (from the environment
+    # only, ANGELA_QUEUE_DASHBOARD_TOKEN: a flag would show in `ps`). None:
+    # generated at start and printed in the URL. Kept out of repr (logs).
+    dashboard_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         problems = _problems(self)

@@ -127,3 +127,88 @@ SELECT s.tier, sum(s.started)::bigint AS started, sum(s.on_time)::bigint AS on_t
        round(100.0 * sum(s.on_time) / nullif(sum(s.started), 0), 2)::double precision AS attainment_pct
 FROM angela_queue.tier_sla s
 GROUP BY s.tier;
+
+-- name: dashboard_queues
+-- Every queue's settings the page shows: its bound, whether it is paused
+-- (and since when) and its SLA grace. The queues table is small.
+SELECT q.name AS queue, q.max_size, q.paused_at,
+       extract(epoch FROM q.sla_grace)::double precision AS sla_grace_s
+FROM angela_queue.queues q
+ORDER BY q.name;
+
+-- name: dashboard_privileges
+-- Whether this login may act from the page. Retrying, pausing and resuming
+-- run with the caller's rights (UPDATE on tasks and queues), cancelling
+-- needs EXECUTE on cancel_task (revoked from PUBLIC): a reader login has
+-- none of them. Hazard: retry_task alone is not enough, since EXECUTE on it
+-- is PUBLIC's; the UPDATE it then takes is what a reader lacks.
+SELECT current_user AS login,
+       has_function_privilege('angela_queue.retry_task(bigint)', 'EXECUTE')
+       AND has_function_privilege('angela_queue.retry_tasks(text, text, text)', 'EXECUTE')
+       AND has_function_privilege('angela_queue.cancel_task(bigint)', 'EXECUTE')
+       AND has_function_privilege('angela_queue.pause_queue(text)', 'EXECUTE')
+       AND has_function_privilege('angela_queue.resume_queue(text)', 'EXECUTE')
+       AND has_table_privilege('angela_queue.tasks', 'UPDATE')
+       AND has_table_privilege('angela_queue.queues', 'UPDATE') AS can_act;
+
+-- name: dashboard_failures
+-- The failures panel: tasks failed for good, grouped by queue, kind and the
+-- first line of their error, largest groups first. Reads the failed range
+-- of tasks_finished_idx only; the pruner bounds it (failed rows are kept
+-- for their own retention). all_failed: over every group, not only those
+-- shown.
+SELECT t.queue, t.kind, split_part(coalesce(t.last_error, ''), E'\n', 1) AS error, count(*) AS tasks,
+       max(t.finished_at) AS last_at, max(t.id) AS last_id, sum(count(*)) OVER () AS all_failed
+FROM angela_queue.tasks t
+WHERE t.status = 'failed' AND t.finished_at IS NOT NULL
+GROUP BY t.queue, t.kind, split_part(coalesce(t.last_error, ''), E'\n', 1)
+ORDER BY count(*) DESC, max(t.finished_at) DESC
+LIMIT %(limit)s;
+
+-- name: dashboard_tasks
+-- The task list: newest first, filtered by status, kind, queue and the
+-- first line of the error (each NULL: any), %(limit)s a page, before
+-- %(before_id)s (NULL: from the newest). Walks the primary key backwards,
+-- as tasks_list does: a rare filter on a huge table reads further, but the
+-- statement timeout of the session bounds it.
+SELECT t.id, t.queue, t.kind, t.status, t.priority, t.tier, t.attempts, t.max_attempts, t.created_at,
+       t.run_at, t.started_at, t.finished_at, t.cancel_requested_at IS NOT NULL AS cancel_requested,
+       split_part(t.last_error, E'\n', 1) AS last_error
+FROM angela_queue.tasks t
+WHERE (%(status)s::text IS NULL OR t.status = %(status)s::text)
+  AND (%(kind)s::text IS NULL OR t.kind = %(kind)s::text)
+  AND (%(queue)s::text IS NULL OR t.queue = %(queue)s::text)
+  AND (%(error)s::text IS NULL OR split_part(coalesce(t.last_error, ''), E'\n', 1) = %(error)s::text)
+  AND (%(before_id)s::bigint IS NULL OR t.id < %(before_id)s::bigint)
+ORDER BY t.id DESC
+LIMIT %(limit)s;
+
+-- name: dashboard_task
+-- The task page: one task, its payload, result, timings (wait: from when it
+-- could run to its start; run: start to finish) and its error history.
+SELECT t.id, t.queue, t.kind, t.status, t.priority, t.boost, t.boost_rules, t.tier, t.attempts,
+       t.max_attempts, t.timeout_s, t.dedup_key, t.worker_id, t.enqueued_by, t.payload, t.result,
+       t.last_error, t.errors, t.created_at, t.run_at, t.deadline, t.started_at, t.finished_at, t.failed_at,
+       t.cancel_requested_at,
+       extract(epoch FROM t.started_at - greatest(t.run_at, t.created_at))::double precision * 1000 AS wait_ms,
+       extract(epoch FROM t.finished_at - t.started_at)::double precision * 1000 AS run_ms,
+       extract(epoch FROM angela_queue.tier_window(t.priority))::double precision AS start_within_s
+FROM angela_queue.tasks t
+WHERE t.id = %(id)s;
+
+-- name: dashboard_history_clock
+-- Where the history stands: the rollup's progress (minutes before it are
+-- final), the database clock, and the SLA grace the queues allow (the most
+-- of them), for the charts' windows.
+SELECT now() AS db_now,
+       (SELECT p.rolled_until FROM angela_queue.stats_progress p) AS rolled_until,
+       coalesce((SELECT max(extract(epoch FROM q.sla_grace)) FROM angela_queue.queues q), 1)::double precision
+           AS sla_grace_s;
+
+-- name: dashboard_action_session
+-- The session the page's actions run on (a connection of their own, never
+-- the collector's read-only one): a statement that waits on a row lock, a
+-- retry behind a long claim, say, gives up after %(lock_timeout_ms)s ms and
+-- any statement after %(statement_timeout_ms)s ms.
+SELECT set_config('statement_timeout', %(statement_timeout_ms)s::text, false) AS statement_timeout,
+       set_config('lock_timeout', %(lock_timeout_ms)s::text, false) AS lock_timeout;

@@ -7,17 +7,11 @@ process; the dashboard is read over HTTP exactly as the page reads it.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -27,82 +21,10 @@ from angela_queue import db
 from fix_db import backdate
 from angela_queue.maintenance import lease as leader
 from angela_queue.inspect.dashboard import Throughput
+from fix_dashboard import start_dashboard  # noqa: F401 - a fixture
 from fix_procs import wait_until
 
 CHROMIUM = "/usr/bin/chromium"
-STARTUP_S = 20.0
-
-
-class Dashboard:
-    """`python -m angela_queue --dsn DSN dashboard --port 0` and the URL it prints."""
-
-    def __init__(self, dsn: str, *args: str, log_dir: Path, env: dict[str, str] | None = None):
-        full_env = {k: v for k, v in os.environ.items()
-                    if not k.startswith("ANGELA_QUEUE_DASHBOARD_") and k not in ("ANGELA_QUEUE_DSN", "DATABASE_URL")}
-        full_env.update(env or {})
-        self.log_path = log_dir / f"dashboard-{uuid.uuid4().hex[:6]}.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "angela_queue", "--dsn", dsn, "dashboard", *args],
-                                     stdout=subprocess.PIPE, stderr=self._log, env=full_env, text=True)
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: lines.put(self.proc.stdout.readline()), daemon=True).start()
-        try:
-            line = lines.get(timeout=STARTUP_S)
-        except queue.Empty:
-            self.close()
-            raise AssertionError(f"the dashboard printed no URL within {STARTUP_S}s\n{self.log()}") from None
-        match = re.search(r"http://\S+/", line)
-        assert match, f"no URL in {line!r}\n{self.log()}"
-        self.url = match.group(0)
-
-    def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
-        try:
-            with urllib.request.urlopen(self.url + path.lstrip("/"), timeout=10) as resp:
-                return resp.status, dict(resp.headers), resp.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, dict(exc.headers), exc.read()
-
-    def stats(self) -> tuple[int, dict]:
-        status, headers, body = self.get("/api/stats")
-        assert headers["Content-Type"] == "application/json"
-        return status, json.loads(body)
-
-    def ok_stats(self) -> dict:
-        status, data = self.stats()
-        assert status == 200 and data["ok"], data
-        return data
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"the dashboard did not stop within {timeout}s\n{self.log()}") from None
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc.stdout.close()
-        self._log.close()
-
-
-@pytest.fixture
-def start_dashboard(tmp_path: Path):
-    started: list[Dashboard] = []
-
-    def start(dsn: str, *args: str, env: dict[str, str] | None = None) -> Dashboard:
-        board = Dashboard(dsn, *(args or ("--port", "0")), log_dir=tmp_path, env=env)
-        started.append(board)
-        return board
-
-    yield start
-    for board in started:
-        board.close()
 
 
 def by(rows: list[dict], **match) -> dict:
@@ -237,6 +159,12 @@ def test_a_bad_dsn_is_a_503_not_a_crash(start_dashboard):
     status, _, body = board.get("/healthz")
     assert status == 503 and body.startswith(b"unavailable: cannot connect")
     assert board.get("/")[0] == 200                              # the page still loads, and shows the error
+    for path in ("/api/tasks", "/api/tasks/1", "/api/history?range=24h"):
+        status, data = board.get_json(path)
+        assert status == 503 and data["ok"] is False and "cannot connect" in data["error"], (path, data)
+    status, data = board.post("/api/tasks/1/retry")
+    assert status == 503 and "cannot connect" in data["error"]
+    assert board.post("/api/tasks/1/retry", token=None)[0] == 401
     assert board.proc.poll() is None
     assert board.stop() == 0
 

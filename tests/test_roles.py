@@ -209,10 +209,12 @@ def test_a_reader_login_runs_status_and_the_dashboard_and_changes_nothing(conn, 
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = board.stdout.readline()
-        url = line.split("dashboard: ", 1)[1].split(" ", 1)[0]
+        # http://host:port/#token=...: the fragment is the page's, not a path.
+        url = line.split("dashboard: ", 1)[1].split(" ", 1)[0].split("#", 1)[0]
         with urllib.request.urlopen(url + "api/stats", timeout=30) as response:
             stats = json.load(response)
         assert stats["ok"] and stats["totals"]["queued"] == 1
+        assert stats["can_act"] is False                         # the page shows its actions disabled
     finally:
         board.terminate()
         board.wait(30)

@@ -1,18 +1,35 @@
-"""``angela-queue dashboard``: a live web page of the queue's performance.
+"""``angela-queue dashboard``: a web page of the queue's performance, history
+and failures, which can act on tasks and queues.
 
 Standard library only (``http.server``): run ``angela-queue dashboard
-[--host 127.0.0.1] [--port 8080]`` and open the printed URL. Routes:
+[--host 127.0.0.1] [--port 8080]`` and open the printed URL (it carries the
+actions' token in its fragment, ``#token=...``). Routes (``_server.default_router``):
 
 ``GET /``
-    One self-contained HTML page (inline CSS and JS, nothing fetched from
-    elsewhere) that polls ``/api/stats`` every second.
+    One self-contained HTML page (inline CSS, JS and SVG, nothing fetched
+    from elsewhere) that polls ``/api/stats`` every second; views for the
+    overview, the task list (``#tasks?status=failed&kind=k``) and a task
+    (``#task/42``).
 ``GET /api/stats``
     The JSON below; 200 while the database answers, else 503 with
     ``{"ok": false, "error": "...", "database": ..., "error_since": ...,
     "last_ok_at": ...}``.
+``GET /api/history?range=1h|24h|7d``
+    The charts' series, from the per-minute history (see _history).
+``GET /api/tasks?status=&kind=&queue=&error=&before=&limit=``, ``GET /api/tasks/{id}``
+    The task list and one task (see _browse).
+``POST /api/tasks/{id}/retry``, ``/api/tasks/{id}/cancel``, ``/api/queues/{name}/pause``,
+``/api/queues/{name}/resume``, ``/api/retry`` (``{"status", "kind", "queue"}``)
+    The actions (see _actions). Each needs ``Authorization: Bearer <token>``
+    (401 without it, before anything is read or changed: see _auth), and a
+    login that may act (403 for a reader).
 ``GET /healthz``
     ``200 ok`` when the database answers a query, ``503 unavailable: ...``
     otherwise.
+
+Every error is JSON, ``{"ok": false, "error": "..."}``: 400 bad input, 404
+no such task, queue or route, 405 wrong method, 409 an action that does not
+apply to the task's status, 503 the database did not answer.
 
 The shape of ``/api/stats`` (timestamps are UTC ISO 8601 strings, durations
 are seconds ``*_s`` or milliseconds ``*_ms``; NULL/None where nothing was
@@ -54,6 +71,15 @@ measured)::
         "complete": true,                            # false: row_limit cut the lookback short
         "covers_s": 7199.9,                          # the oldest sampled task was enqueued this long ago
         "computed_at": "...", "query_ms": 25.0},
+      "unserved": [{"queue": "q", "kind": "k", "waiting": 3, "queue_served": false}, ...],
+                                                     # kinds waiting where no live worker serves them
+      "queue_settings": [{"queue": "default", "max_size": null, "paused_at": null, "sla_grace_s": 1.0}, ...],
+      "paused": [...],                               # the queue_settings rows of paused queues
+      "failures": [{"queue": "default", "kind": "mail", "error": "SMTPError: 421", "tasks": 3,
+                    "last_at": "...", "last_id": 17, "all_failed": 5}, ...],
+                                                     # status 'failed', by queue, kind and the error's
+                                                     # first line; all_failed: over every group
+      "can_act": true, "login": "app",              # whether this login may act (false: a reader)
       "workers": [                                   # live, plus stopped/dead in the last 10 minutes
         {"id": "uuid", "supervisor_id": "uuid", "host": "h", "pid": 123, "status": "active",
          "queues": ["default"], "concurrency": 1, "tasks_completed": 41, "tasks_failed": 2,
@@ -72,8 +98,10 @@ key over the tasks enqueued lately, and one collector thread samples for
 every open page.
 """
 
+from ._auth import Token
 from ._collector import Collector, Throughput
-from ._server import DEFAULT_HOST, DEFAULT_PORT, DashboardServer, HealthCheck, make_server, serve
+from ._routes import ApiError, Request, Response, Router
+from ._server import DEFAULT_HOST, DEFAULT_PORT, DashboardServer, HealthCheck, default_router, make_server, serve
 
 __all__ = ["Collector", "Throughput", "DashboardServer", "HealthCheck", "make_server", "serve",
-           "DEFAULT_HOST", "DEFAULT_PORT"]
+           "DEFAULT_HOST", "DEFAULT_PORT", "Token", "Router", "Request", "Response", "ApiError", "default_router"]

@@ -63,6 +63,8 @@ THROUGHPUT_WINDOW_S = 60.0      # tasks/s over the last minute
 HISTORY_S = 600.0               # throughput bars: the last 10 minutes...
 BUCKET_S = 10.0                 # ...in 10-second bars
 RECENT_ROWS_S = 600.0           # stopped workers and supervisors stay listed this long
+FAILURE_GROUPS = 20             # the failures panel: the largest groups of (queue, kind, error)
+PRIVILEGES_EVERY_S = 10.0       # a grant or revoke shows on the page this soon
 # Latency and SLA are drawn from the tasks enqueued in the last LOOKBACK_S
 # (SLA window + 1 h, so a start that waited up to an hour past any deadline
 # is still seen), at most the newest SAMPLE_ROWS of them (~60 ms to read).
@@ -251,6 +253,9 @@ class Collector:
         self._recent = _Section("dashboard_recent_starts", RECENT_EVERY_S)
         self._unserved = _Section("status_unserved_kinds", RECENT_EVERY_S)
         self._sla = _Section("dashboard_tier_sla", RECENT_EVERY_S)
+        self._failures = _Section("dashboard_failures", RECENT_EVERY_S)
+        self._queues = _Section("dashboard_queues", refresh_s)
+        self._privileges = _Section("dashboard_privileges", PRIVILEGES_EVERY_S)
         self._cond = threading.Condition()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -360,6 +365,12 @@ class Collector:
                         self._unserved.run(conn, {"limit": 20})
                     if now >= self._sla.due:
                         self._sla.run(conn, {})
+                    if now >= self._failures.due:
+                        self._failures.run(conn, {"limit": FAILURE_GROUPS})
+                    if now >= self._queues.due:
+                        self._queues.run(conn, {})
+                    if now >= self._privileges.due:
+                        self._privileges.run(conn, {})
                     if now >= self._recent.due:
                         self._recent.run(conn, {"row_limit": self.sample_rows, "lookback_s": LOOKBACK_S,
                                                 "latency_window_s": LATENCY_WINDOW_S,
@@ -426,6 +437,8 @@ class Collector:
         first = next(iter(recent.values()), {})
         sample_rows = first.get("sample_rows", 0)
         live = [w for w in workers if w["status"] not in ("stopped", "dead")]
+        privileges = (self._privileges.rows or [{}])[0]
+        queue_rows = self._queues.rows or []
         return {
             "ok": True,
             "generated_at": iso_utc(now),
@@ -447,6 +460,15 @@ class Collector:
             # Kinds waiting in a queue that no live worker serves (a deploy
             # that lost a handler, a producer's typo): shown as warnings.
             "unserved": self._unserved.rows or [],
+            # Every queue's settings; the paused ones are warned about too.
+            "queue_settings": queue_rows,
+            "paused": [q for q in queue_rows if q["paused_at"] is not None],
+            # Tasks failed for good, by queue, kind and the first line of the error.
+            "failures": self._failures.rows or [],
+            # Whether this login may act (a reader may not): the page
+            # disables the actions, and the POSTs answer 403.
+            "can_act": bool(privileges.get("can_act", False)),
+            "login": privileges.get("login"),
             "throughput": self.throughput.summary(now),
             "sample": {
                 "rows": sample_rows,

@@ -1,10 +1,14 @@
-"""The HTTP side: a standard-library threading server with three routes.
+"""The HTTP side: a standard-library threading server and its routes.
 
 ``/`` is one static page (``static/index.html``, shipped as package data;
 no CDN, no build step), ``/api/stats`` the collector's latest snapshot and
-``/healthz`` a live round trip to the database. Requests never run the
-dashboard queries themselves, so a thousand open tabs cost the database
-what one does.
+``/healthz`` a live round trip to the database. The overview never runs
+the dashboard queries itself, so a thousand open tabs cost the database
+what one does; the task list, a task page and the history are read on
+request, one at a time, on one read-only session (_session), and the
+actions (POST, token required: _auth) on a session of their own.
+
+The routes are a table (``default_router``): another one is one line.
 """
 
 from __future__ import annotations
@@ -18,13 +22,19 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 
 from ... import db
 from ...errors import ConfigError, DatabaseUnavailable
-from ._collector import APPLICATION_NAME, CONNECT_TIMEOUT_S, Collector, describe_error
+from ._actions import Actions, task_id
+from ._auth import Token
+from ._browse import Browser
+from ._collector import APPLICATION_NAME, CONNECT_TIMEOUT_S, STATEMENT_TIMEOUT_MS, Collector, describe_error
+from ._history import DEFAULT_RANGE, RANGES, HistoryReader
+from ._routes import MAX_BODY_BYTES, ApiError, Request, Response, Router, parse_query
+from ._session import Session
 
 log = logging.getLogger("angela_queue.dashboard")
 
@@ -84,12 +94,21 @@ class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True          # a slow client never holds up shutdown
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], collector: Collector, health: HealthCheck, page_html: bytes):
+    def __init__(self, address: tuple[str, int], collector: Collector, health: HealthCheck, page_html: bytes,
+                 *, dsn: str | None = None, token: Token | None = None):
         if _is_ipv6(address[0]):
             self.address_family = socket.AF_INET6
         self.collector = collector
         self.health = health
         self.page = page_html
+        self.token = token or Token()
+        dsn = dsn if dsn is not None else collector.dsn
+        self.reads = Session(dsn, application_name=f"{APPLICATION_NAME}-reads", setup="dashboard_session",
+                             setup_params={"statement_timeout_ms": STATEMENT_TIMEOUT_MS}, read_only=True)
+        self.browser = Browser(self.reads)
+        self.history = HistoryReader(self.reads)
+        self.actions = Actions(dsn)
+        self.router = default_router(self)
         super().__init__(address, DashboardHandler)
 
     @property
@@ -97,6 +116,10 @@ class DashboardServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         shown = f"[{host}]" if _is_ipv6(host) else host
         return f"http://{shown}:{port}/"
+
+    def close_sessions(self) -> None:
+        self.reads.close()
+        self.actions.close()
 
 
 def _is_ipv6(host: str) -> bool:
@@ -106,6 +129,68 @@ def _is_ipv6(host: str) -> bool:
         return False
 
 
+def default_router(server: DashboardServer) -> Router:
+    """Every route of the dashboard. Reads are open; each POST is an action
+    and needs the token (checked by the handler before the route runs)."""
+    router = Router()
+
+    def index(request: Request) -> Response:
+        return Response(200, "text/html; charset=utf-8", server.page)
+
+    def stats(request: Request) -> Response:
+        status, body = server.collector.stats()
+        return Response(status, "application/json", body)
+
+    def healthz(request: Request) -> Response:
+        ok, message = server.health.check()
+        return Response.text(message + "\n" if ok else f"unavailable: {message}\n", 200 if ok else 503)
+
+    def history(request: Request) -> Response:
+        name = request.arg("range") or DEFAULT_RANGE
+        if name not in RANGES:
+            raise ApiError(400, f"range must be one of {', '.join(RANGES)} (got {name!r})")
+        return Response.json(_reading(lambda: server.history.read(name)))
+
+    def tasks(request: Request) -> Response:
+        return Response.json(_reading(lambda: server.browser.tasks(request)))
+
+    def task(request: Request) -> Response:
+        return Response.json(_reading(lambda: server.browser.task(request.params["id"])))
+
+    def acting(action: Callable[[Request], tuple[int, dict]]) -> Callable[[Request], Response]:
+        def handler(request: Request) -> Response:
+            status, data = action(request)
+            return Response.json(data, status)
+        return handler
+
+    router.add("GET", r"/|/index\.html", index)
+    router.add("GET", r"/api/stats", stats)
+    router.add("GET", r"/api/history", history)
+    router.add("GET", r"/api/tasks", tasks)
+    router.add("GET", r"/api/tasks/(?P<id>[0-9]{1,25})", task)
+    router.add("GET", r"/healthz", healthz)
+    router.add("POST", r"/api/tasks/(?P<id>[0-9]{1,25})/retry",
+               acting(lambda r: server.actions.retry(task_id(r.params["id"]))))
+    router.add("POST", r"/api/tasks/(?P<id>[0-9]{1,25})/cancel",
+               acting(lambda r: server.actions.cancel(task_id(r.params["id"]))))
+    router.add("POST", r"/api/queues/(?P<name>[^/]+)/pause",
+               acting(lambda r: server.actions.pause(unquote(r.params["name"]))))
+    router.add("POST", r"/api/queues/(?P<name>[^/]+)/resume",
+               acting(lambda r: server.actions.resume(unquote(r.params["name"]))))
+    router.add("POST", r"/api/retry", acting(lambda r: server.actions.retry_many(r.json())))
+    return router
+
+
+def _reading(read: Callable[[], dict]) -> dict:
+    """A read on the read-only session: a database that does not answer is a 503."""
+    try:
+        return read()
+    except ApiError:
+        raise
+    except (DatabaseUnavailable, psycopg.Error) as exc:
+        raise ApiError(503, describe_error(exc)) from None
+
+
 class DashboardHandler(BaseHTTPRequestHandler):
     server: DashboardServer
     server_version = "angela-queue-dashboard"
@@ -113,38 +198,66 @@ class DashboardHandler(BaseHTTPRequestHandler):
     timeout = 60  # seconds an idle keep-alive connection keeps its thread
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server protocol
-        self._route(send_body=True)
+        self._dispatch("GET")
 
     def do_HEAD(self) -> None:  # noqa: N802
-        self._route(send_body=False)
+        self._dispatch("HEAD")
 
-    def _route(self, send_body: bool) -> None:
-        path = urlsplit(self.path).path
-        if path in ("/", "/index.html"):
-            self._send(200, "text/html; charset=utf-8", self.server.page, send_body)
-        elif path == "/api/stats":
-            status, body = self.server.collector.stats()
-            self._send(status, "application/json", body, send_body)
-        elif path == "/healthz":
-            ok, message = self.server.health.check()
-            self._send(200 if ok else 503, "text/plain; charset=utf-8",
-                       (message if ok else f"unavailable: {message}").encode() + b"\n", send_body)
-        else:
-            self._send(404, "text/plain; charset=utf-8", b"not found\n", send_body)
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
 
-    def _send(self, status: int, content_type: str, body: bytes, send_body: bool) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+    def _dispatch(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        try:
+            body = self._read_body()
+            request = Request(method, parts.path, parse_query(parts.query), self.headers, body)
+            handler, request.params = self.server.router.resolve(method, parts.path)
+            if method == "POST" and not self.server.token.accepts(self.headers.get("Authorization")):
+                # Before the action runs: nothing is read or changed without it.
+                raise ApiError(401, "this action needs the dashboard's token: Authorization: Bearer <token> "
+                                    "(open the URL the dashboard printed, or set ANGELA_QUEUE_DASHBOARD_TOKEN)")
+            response = handler(request)
+        except ApiError as exc:
+            response = exc.response()
+            if exc.status == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="angela-queue dashboard"'
+        except Exception:  # noqa: BLE001 - a bug answers 500 with one line; the traceback goes to the log
+            log.exception("dashboard request %s %s failed", method, parts.path)
+            response = ApiError(500, "internal error (see the dashboard's log)").response()
+        self._send(response, send_body=method != "HEAD")
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True   # a chunked body is not read: the stream cannot be reused
+            raise ApiError(411, "send the body with a Content-Length")
+        length_text = self.headers.get("Content-Length")
+        if not length_text:
+            return b""
+        try:
+            length = int(length_text)
+        except ValueError:
+            self.close_connection = True
+            raise ApiError(400, "bad Content-Length") from None
+        if length < 0 or length > MAX_BODY_BYTES:
+            self.close_connection = True   # the rest of the body is never read
+            raise ApiError(413, f"request body too large (at most {MAX_BODY_BYTES} bytes)")
+        return self.rfile.read(length)
+
+    def _send(self, response: Response, send_body: bool) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
-        if content_type.startswith("text/html"):
+        if response.content_type.startswith("text/html"):
             self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        for name, value in response.headers.items():
+            self.send_header(name, value)
         self.end_headers()
         if send_body:
             try:
-                self.wfile.write(body)
+                self.wfile.write(response.body)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the browser went away mid-response
 
@@ -163,30 +276,35 @@ def check_schema_if_reachable(dsn: str) -> None:
 
 
 def make_server(dsn: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
-                dead_after_s: float = 30.0) -> DashboardServer:
-    """Bind the listening socket (port 0: any free port); nothing runs until serve()."""
+                dead_after_s: float = 30.0, token: str | None = None) -> DashboardServer:
+    """Bind the listening socket (port 0: any free port); nothing runs until serve().
+
+    ``token``: the actions' bearer token (ANGELA_QUEUE_DASHBOARD_TOKEN);
+    None or empty generates one (``server.token``).
+    """
     collector = Collector(dsn, dead_after_s=dead_after_s)
     page_html = page()
     try:
-        return DashboardServer((host, port), collector, HealthCheck(dsn), page_html)
+        return DashboardServer((host, port), collector, HealthCheck(dsn), page_html, dsn=dsn, token=Token(token))
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
 def serve(dsn: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, dead_after_s: float = 30.0,
-          announce: Callable[[str], None] | None = None) -> int:
+          announce: Callable[[str], None] | None = None, token: str | None = None) -> int:
     """Run the dashboard until SIGTERM or SIGINT; returns the exit status (0).
 
     The bound URL is announced (printed on stdout by default) once the
-    socket listens, so ``--port 0`` can be discovered by whoever started us.
-    Must run on the main thread (it installs the signal handlers).
+    socket listens, so ``--port 0`` can be discovered by whoever started us;
+    a generated token rides in its fragment (``#token=...``), which the page
+    reads. Must run on the main thread (it installs the signal handlers).
 
     A database that answers with a schema of another revision is refused at
     start (SchemaMismatch); one that does not answer yet is served as 503
     until it does.
     """
     check_schema_if_reachable(dsn)
-    server = make_server(dsn, host, port, dead_after_s=dead_after_s)
+    server = make_server(dsn, host, port, dead_after_s=dead_after_s, token=token)
     stop = threading.Event()
 
     def on_signal(signum: int, frame) -> None:
@@ -199,8 +317,10 @@ def serve(dsn: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, dead_
         server.collector.start()
         thread.start()
         if not _is_loopback(host):
-            log.warning("listening on %s, beyond this machine: the dashboard has no authentication", host)
-        (announce or _print)(f"angela-queue dashboard: {server.url} (database {server.collector.database})")
+            log.warning("listening on %s, beyond this machine: anyone who reaches it can read the queue "
+                        "(the actions need the token)", host)
+        (announce or _print)(f"angela-queue dashboard: {server.url}{server.token.fragment()} "
+                             f"(database {server.collector.database})")
         while not stop.wait(0.5):
             pass
         log.info("stopping the dashboard")
@@ -210,6 +330,7 @@ def serve(dsn: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, dead_
         server.server_close()
         server.collector.stop()
         server.health.close()
+        server.close_sessions()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
