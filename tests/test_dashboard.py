@@ -112,6 +112,30 @@ def test_page_health_and_stats_of_a_known_database(dsn, conn, start_dashboard):
     assert board.stop() == 0
 
 
+def test_metrics_periodic_tasks_and_limits_on_the_dashboard(dsn, conn, start_dashboard):
+    conn.execute("INSERT INTO angela_queue.kinds (kind, concurrency, rate_limit, rate_period_s) "
+                 "VALUES ('call_api', 2, 100, 60)")
+    conn.execute("INSERT INTO angela_queue.periodic (name, kind, cron, timezone) "
+                 "VALUES ('nightly', 'digest', '30 2 * * *', 'Europe/Paris')")
+    conn.execute("INSERT INTO angela_queue.tasks (kind, priority) VALUES ('mail', 7), ('mail', 7)")
+    board = start_dashboard(dsn)
+    data = board.ok_stats()
+    [periodic] = data["periodic"]
+    assert (periodic["name"], periodic["kind"], periodic["schedule"], periodic["timezone"], periodic["paused"]) == (
+        "nightly", "digest", "30 2 * * *", "Europe/Paris", False)
+    [limit] = data["limits"]
+    assert (limit["kind"], limit["concurrency"], limit["running"], limit["rate_limit"], limit["rate_period_s"]) == (
+        "call_api", 2, 0, 100, 60)
+    status, headers, body = board.get("/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    text = body.decode()
+    assert "angela_queue_up 1.0" in text
+    assert 'angela_queue_tasks{queue="default",state="queued",tier="high"} 2.0' in text, text
+    page = board.get("/")[2].decode()
+    assert 'id="periodic"' in page and 'id="limits"' in page
+    assert board.stop() == 0
+
+
 FAST = ["--poll-interval", "0.2", "--heartbeat-interval", "0.2"]
 
 NOOP_APP = """

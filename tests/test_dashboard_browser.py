@@ -4,7 +4,9 @@ page are the database's, and Retry on a failed task makes it succeed.
 
 The handler of kind "charge" fails the first time it sees an order (a flag
 table records the order) and succeeds on retry. Screenshots of the overview
-and of the task page are saved to docs/ (the README shows them).
+and of the task page are saved in the test's directory, and to docs/ (the
+README shows them) when ANGELA_QUEUE_SAVE_SCREENSHOTS=1, so an ordinary run
+leaves the checkout clean.
 
 The charts read the per-minute history; a test cannot wait an hour for one,
 so the hour before this minute is written into stats_minute and depth_minute
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -28,6 +31,14 @@ from fix_procs import wait_until
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def shots_dir(tmp_path: Path) -> Path:
+    """docs/ when asked to refresh the README's screenshots, else the test's own directory."""
+    if os.environ.get("ANGELA_QUEUE_SAVE_SCREENSHOTS") == "1":
+        DOCS.mkdir(exist_ok=True)
+        return DOCS
+    return tmp_path
 FAST = ["--poll-interval", "0.2", "--heartbeat-interval", "0.2", "--concurrency", "4"]
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the test extra)")
@@ -108,11 +119,16 @@ def browser(tmp_path):
 
 
 def test_the_page_shows_the_database_and_retry_makes_a_failed_task_succeed(
-        dsn, conn, client, write_app, start_worker, start_dashboard, browser):
+        dsn, conn, client, write_app, start_worker, start_dashboard, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     conn.execute("CREATE TABLE public.charge_seen (order_id integer PRIMARY KEY)")
+    # What the Schedule panels show: a nightly periodic task and a capped kind.
+    conn.execute("INSERT INTO angela_queue.periodic (name, kind, cron, timezone) "
+                 "VALUES ('nightly-digest', 'digest', '30 2 * * *', 'Europe/Paris')")
+    conn.execute("INSERT INTO angela_queue.kinds (kind, concurrency, rate_limit, rate_period_s) "
+                 "VALUES ('call_api', 4, 100, 60)")
     seed_history(conn)
     worker = start_worker(write_app(APP), *FAST)
     wait_until(lambda: conn.execute("SELECT count(*) AS n FROM angela_queue.worker_health "
@@ -165,8 +181,7 @@ def test_the_page_shows_the_database_and_retry_makes_a_failed_task_succeed(
     assert len(browser.find_elements(By.CSS_SELECTOR, "#c-wait line[stroke-dasharray]")) == 4
     assert "tasks / min" in browser.find_element(By.ID, "c-throughput").text
     assert f"succeeded ({charted_total(browser):,})" in browser.find_element(By.ID, "l-throughput").text
-    DOCS.mkdir(exist_ok=True)
-    browser.save_screenshot(str(DOCS / "dashboard-overview.png"))
+    browser.save_screenshot(str(shots_dir(tmp_path) / "dashboard-overview.png"))
     # The range picker: the same history in 15-minute points over 24 h.
     browser.find_element(By.CSS_SELECTOR, '#range button[data-range="24h"]').click()
     wait.until(lambda d: "15 min per point" in d.find_element(By.ID, "c-throughput").text)
@@ -192,6 +207,6 @@ def test_the_page_shows_the_database_and_retry_makes_a_failed_task_succeed(
     wait.until(lambda d: '"charged_eur": 20' in text_of(d, "t-result"))
     browser.set_window_size(1440, 1150)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#t-errors tr")) == len(row["errors"]) == 1
-    browser.save_screenshot(str(DOCS / "dashboard-task.png"))
+    browser.save_screenshot(str(shots_dir(tmp_path) / "dashboard-task.png"))
     assert board.stop() == 0
     assert worker.stop() == 0

@@ -26,6 +26,10 @@ actions' token in its fragment, ``#token=...``). Routes (``_server.default_route
 ``GET /healthz``
     ``200 ok`` when the database answers a query, ``503 unavailable: ...``
     otherwise.
+``GET /metrics``
+    Prometheus' text format, from inspect/metrics.py (the same series as
+    ``run --metrics-port`` minus the supervisor's own); ``angela_queue_up 0``
+    while the database does not answer.
 
 Every error is JSON, ``{"ok": false, "error": "..."}``: 400 bad input, 404
 no such task, queue or route, 405 wrong method, 409 an action that does not

@@ -256,6 +256,8 @@ class Collector:
         self._failures = _Section("dashboard_failures", RECENT_EVERY_S)
         self._queues = _Section("dashboard_queues", refresh_s)
         self._privileges = _Section("dashboard_privileges", PRIVILEGES_EVERY_S)
+        self._periodic = _Section("periodic_status", RECENT_EVERY_S)
+        self._limits = _Section("status_limits", RECENT_EVERY_S)
         self._cond = threading.Condition()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -371,6 +373,10 @@ class Collector:
                         self._queues.run(conn, {})
                     if now >= self._privileges.due:
                         self._privileges.run(conn, {})
+                    if now >= self._periodic.due:
+                        self._periodic.run(conn, {})
+                    if now >= self._limits.due:
+                        self._limits.run(conn, {})
                     if now >= self._recent.due:
                         self._recent.run(conn, {"row_limit": self.sample_rows, "lookback_s": LOOKBACK_S,
                                                 "latency_window_s": LATENCY_WINDOW_S,
@@ -465,6 +471,11 @@ class Collector:
             "paused": [q for q in queue_rows if q["paused_at"] is not None],
             # Tasks failed for good, by queue, kind and the first line of the error.
             "failures": self._failures.rows or [],
+            # Periodic tasks: schedule, last slot and its task, next slot, error.
+            "periodic": self._periodic.rows or [],
+            # Kinds with a global limit: running against the cap, starts in
+            # the current window against the rate.
+            "limits": self._limits.rows or [],
             # Whether this login may act (a reader may not): the page
             # disables the actions, and the POSTs answer 403.
             "can_act": bool(privileges.get("can_act", False)),

@@ -108,6 +108,10 @@ class DashboardServer(ThreadingHTTPServer):
         self.browser = Browser(self.reads)
         self.history = HistoryReader(self.reads)
         self.actions = Actions(dsn)
+        # /metrics: the same collector as `run --metrics-port` (inspect/metrics.py),
+        # on a connection of its own; counters start at the first scrape.
+        from ..metrics import registry_for
+        self.metrics_registry, self.metrics = registry_for(dsn)
         self.router = default_router(self)
         super().__init__(address, DashboardHandler)
 
@@ -120,6 +124,7 @@ class DashboardServer(ThreadingHTTPServer):
     def close_sessions(self) -> None:
         self.reads.close()
         self.actions.close()
+        self.metrics.close()
 
 
 def _is_ipv6(host: str) -> bool:
@@ -145,6 +150,12 @@ def default_router(server: DashboardServer) -> Router:
         ok, message = server.health.check()
         return Response.text(message + "\n" if ok else f"unavailable: {message}\n", 200 if ok else 503)
 
+    def metrics(request: Request) -> Response:
+        # Prometheus' text format. A database that does not answer is
+        # angela_queue_up 0 in a 200, as exporters do, not an error page.
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        return Response(200, CONTENT_TYPE_LATEST, generate_latest(server.metrics_registry))
+
     def history(request: Request) -> Response:
         name = request.arg("range") or DEFAULT_RANGE
         if name not in RANGES:
@@ -169,6 +180,7 @@ def default_router(server: DashboardServer) -> Router:
     router.add("GET", r"/api/tasks", tasks)
     router.add("GET", r"/api/tasks/(?P<id>[0-9]{1,25})", task)
     router.add("GET", r"/healthz", healthz)
+    router.add("GET", r"/metrics", metrics)
     router.add("POST", r"/api/tasks/(?P<id>[0-9]{1,25})/retry",
                acting(lambda r: server.actions.retry(task_id(r.params["id"]))))
     router.add("POST", r"/api/tasks/(?P<id>[0-9]{1,25})/cancel",
