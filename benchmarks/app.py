@@ -41,6 +41,10 @@ async def bench_noop_async(**_payload) -> None:
 
 @task(CAPPED)
 async def bench_capped(**_payload) -> None:
+    """Slow on purpose: the capped backlog holds one slot, and costs the
+    drain next to no CPU of its own, so the drain measures the claim."""
+    import asyncio
+    await asyncio.sleep(1.0)
     _calls[CAPPED] += 1
 
 

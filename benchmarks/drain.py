@@ -60,6 +60,9 @@ class DrainConfig:
     # Tasks of a kind capped at 1 running at once, queued ahead of the drain
     # (priority 8): the claim of every other kind must not slow down for it.
     capped_backlog: int = 0
+    # impl "supervisor": `angela-queue run` processes (`processes` of them),
+    # each with this many worker processes of `concurrency`.
+    workers_each: int = 1
 
     @property
     def kind(self) -> str:
@@ -69,6 +72,11 @@ class DrainConfig:
         if self.impl == "reference":
             cmd = [sys.executable, "-m", "benchmarks.reference", "--dsn", dsn,
                    "--batch", str(self.concurrency), "--mode", self.mode]
+        elif self.impl == "supervisor":
+            n = str(self.workers_each)
+            cmd = [sys.executable, "-m", "angela_queue", "--dsn", dsn, "--log-level", self.log_level, "run",
+                   "--app", app.__name__, "--concurrency", str(self.concurrency), "--min-workers", n,
+                   "--base-workers", n, "--max-workers", n, "--scale-interval", "60"]
         else:
             cmd = worker_command(dsn, self.concurrency, log_level=self.log_level)
         return [cmd] * self.processes
@@ -170,6 +178,11 @@ def worker_configs(full: bool) -> list[DrainConfig]:
         DrainConfig("aq async 2x10", "angela-queue", 2, 10, "async"),
         # The same drain behind 10,000 tasks of a kind capped at 1 at once.
         DrainConfig("aq async 2x10 + capped backlog", "angela-queue", 2, 10, "async", capped_backlog=10_000),
+        # Supervisors sharing one database: the same 2 worker processes under
+        # one supervisor, or one under each of two (leader election, shared
+        # scaling depth, every claim racing the other supervisor's).
+        DrainConfig("aq run: 1 supervisor x 2 workers x 10", "supervisor", 1, 10, "async", workers_each=2),
+        DrainConfig("aq run: 2 supervisors x 1 worker x 10", "supervisor", 2, 10, "async", workers_each=1),
     ]
     if full:
         # What the default INFO logging (one line per task) costs.

@@ -286,6 +286,8 @@ class CpuSampler:
         if pid in self.pids:
             return OURS_PY
         try:
+            if proc.ppid() in self.pids:       # a supervisor's worker processes
+                return OURS_PY
             if pid == self._me or proc.ppid() == self._me:
                 return SUITE
             if pid == 2 or proc.ppid() == 2:

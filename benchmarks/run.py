@@ -28,14 +28,18 @@ from benchmarks import drain as drain_mod  # noqa: E402
 from benchmarks import enqueue as enqueue_mod  # noqa: E402
 from benchmarks import latency as latency_mod  # noqa: E402
 from benchmarks import priority as priority_mod  # noqa: E402
+from benchmarks import scale as scale_mod  # noqa: E402
 from benchmarks import pyspy  # noqa: E402
 from benchmarks.harness import (DEFAULT_ADMIN_DSN, RESULTS_DIR, BenchDB, machine_info, median,  # noqa: E402
                                 spread_pct, wait_for_quiet)
 
-SECTIONS = ("drain", "latency", "enqueue", "priority", "reference")
+SECTIONS = ("drain", "latency", "enqueue", "priority", "scale", "reference")
 
 # (quick, full) sizes.
 SIZES = {
+    # Queued backlogs the claim is timed against, and a finished history.
+    "scale_queued": ((1_000, 10_000), (1_000, 100_000, 1_000_000)),
+    "scale_finished": (20_000, 1_000_000),
     "drain_n": (2_000, 20_000),
     "repeat": (1, 3),
     "latency_n": (100, 300),
@@ -243,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
                 before = quiet(args)
                 results["priority"].append(priority_mod.run_priority(db, pn, batch_size=batch_size))
                 results["priority"][-1].update(before)
+        if "scale" in sections:
+            sizes = size(args, "scale_queued")
+            log(f"claim cost at {', '.join(f'{n:,}' for n in sizes)} queued, and behind "
+                f"{size(args, 'scale_finished'):,} finished ...")
+            results["scale"] = scale_mod.run_scale(db, sizes, size(args, "scale_finished"))
     finally:
         results["seconds"] = round(time.monotonic() - began, 1)
         results.setdefault("machine", {})["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -322,6 +331,19 @@ def report(results: dict[str, Any]) -> str:
             if p["inversions_by_tier_of_early_task"]:
                 parts.append(f"  {p['label']}: inversions by tier of the task that started too early: "
                              f"{p['inversions_by_tier_of_early_task']}")
+    if "scale" in results:
+        sc = results["scale"]
+        parts += ["", f"6. Claim cost against the queue's size (tasks_claim of {sc['claim_limit']} then its completion, "
+                      f"{sc['rounds']} rounds on one connection; median claim round trip)",
+                  table(["tasks queued", "finished rows", "claim p50 ms", "max ms", "ratio"],
+                        [[fmt(r["queued"]), "0", fmt(r["claim_ms_p50"], 3), fmt(r["claim_ms_max"], 2),
+                          f"{r['ratio_to_smallest']:.2f}x"] for r in sc["queued"]]
+                        + ([[fmt(sc["finished"]["queued"]), fmt(sc["finished"]["finished"]),
+                             fmt(sc["finished"]["claim_ms_p50"], 3), "", f"{sc['finished']['ratio_to_none_finished']:.2f}x"]]
+                           if sc.get("finished") else [])
+                        + ([[f"{fmt(sc['capped']['queued'])} + {fmt(sc['capped']['capped_queued'])} capped", "0",
+                             fmt(sc["capped"]["claim_ms_p50"], 3), "", f"{sc['capped']['ratio_to_none_capped']:.2f}x"]]
+                           if sc.get("capped") else []))]
     if "reference" in results:
         parts += ["", "5. Reference: lean hand-written psycopg loop on the same table (same claim CTE)",
                   drain_table(results["reference"]["summary"])]
@@ -334,8 +356,14 @@ def _capped_ratio(summary: list[dict[str, Any]]) -> list[str]:
     plain, capped = by_label.get("aq async 2x10"), by_label.get("aq async 2x10 + capped backlog")
     if not plain or not capped or not plain.get("tps_median") or not capped.get("tps_median"):
         return []
-    return [f"   behind 10,000 tasks of a kind capped at 1 at once: {fmt(capped['tps_median'])} tasks/s, "
-            f"{capped['tps_median'] / plain['tps_median']:.2f}x the same drain without them"]
+    lines = [f"   behind 10,000 tasks of a kind capped at 1 at once: {fmt(capped['tps_median'])} tasks/s, "
+             f"{capped['tps_median'] / plain['tps_median']:.2f}x the same drain without them"]
+    one, two = by_label.get("aq run: 1 supervisor x 2 workers x 10"), by_label.get("aq run: 2 supervisors x 1 worker x 10")
+    if one and two and one.get("tps_median") and two.get("tps_median"):
+        lines.append(f"   two supervisors on one database: {fmt(two['tps_median'])} tasks/s, "
+                     f"{two['tps_median'] / one['tps_median']:.2f}x one supervisor with the same 2 workers "
+                     f"(exactly once: {'yes' if one['verified'] and two['verified'] else 'NO'})")
+    return lines
 
 
 def _beats(p: dict[str, Any]) -> str:

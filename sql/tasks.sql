@@ -100,7 +100,14 @@ WITH RECURSIVE limited AS (
     -- kind with a limit (exact across hosts); the whole claim for one whose
     -- limit was lifted while its tasks still carried the flag ("lifted").
     SELECT d.kind,
-           CASE WHEN k.kind IS NULL THEN %(limit)s ELSE angela_queue.claim_room(d.kind, %(limit)s) END AS room,
+           CASE WHEN k.kind IS NULL THEN %(limit)s
+                -- Already at its cap as this statement sees it: skip the lock
+                -- (a write) for this turn. Only ever skips: a slot freed since
+                -- is taken by the next claim; claim_room alone grants room.
+                WHEN k.concurrency IS NOT NULL
+                     AND (SELECT count(*) FROM angela_queue.tasks t
+                          WHERE t.status = 'running' AND t.limited_kind = d.kind) >= k.concurrency THEN 0
+                ELSE angela_queue.claim_room(d.kind, %(limit)s) END AS room,
            k.kind IS NULL AS lifted,
            coalesce(k.rate_limit IS NOT NULL, false) AS rated
     FROM (SELECT DISTINCT l.kind FROM limited l WHERE l.kind IS NOT NULL) AS d
