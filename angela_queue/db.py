@@ -58,6 +58,17 @@ async def aconnect(dsn: str, *, autocommit: bool = True, application_name: str =
     return conn
 
 
+def close_quietly(conn: psycopg.Connection | None) -> None:
+    """Close a connection that may be broken already (closing one can raise):
+    it is gone either way."""
+    if conn is None:
+        return
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001
+        pass
+
+
 # SQLSTATEs that end the session: the server is shutting down or restarting.
 _SESSION_ENDING = ("57P01", "57P02", "57P03")
 

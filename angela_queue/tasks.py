@@ -196,21 +196,11 @@ def many_params(specs: list[TaskSpec], trace_context: Mapping[str, str] | None =
     """
     parts = []
     for s in specs:
-        fields = [f'"kind":{json.dumps(s.kind)}', f'"payload":{s._payload_json}']
-        if s.queue is not None:
-            fields.append(f'"queue":{json.dumps(s.queue)}')
-        if s.priority is not None:
-            fields.append(f'"priority":{s.priority}')
-        if s.run_at is not None:
-            fields.append(f'"run_at":"{s.run_at.isoformat()}"')
-        if s.delay_s is not None:
-            fields.append(f'"delay_s":{s.delay_s!r}')
-        if s.max_attempts is not None:
-            fields.append(f'"max_attempts":{s.max_attempts}')
-        if s.timeout_s is not None:
-            fields.append(f'"timeout_s":{s.timeout_s!r}')
-        if s.dedup_key is not None:
-            fields.append(f'"dedup_key":{json.dumps(s.dedup_key)}')
+        options = (("queue", s.queue), ("priority", s.priority),
+                   ("run_at", None if s.run_at is None else s.run_at.isoformat()), ("delay_s", s.delay_s),
+                   ("max_attempts", s.max_attempts), ("timeout_s", s.timeout_s), ("dedup_key", s.dedup_key))
+        fields = [f'"kind":{json.dumps(s.kind)}', f'"payload":{s._payload_json}',
+                  *(f'"{key}":{json.dumps(value)}' for key, value in options if value is not None)]
         parts.append("{" + ",".join(fields) + "}")
     return {"trace_context": Jsonb(dict(trace_context)) if trace_context else None,
             "tasks": "[" + ",".join(parts) + "]"}

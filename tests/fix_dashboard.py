@@ -115,27 +115,3 @@ def start_dashboard(tmp_path: Path):
 
 
 
-
-@pytest.fixture
-def login(pg_server, dsn):
-    """``login("angela_queue_reader")``: a new login in that group on this
-    test's database (as test_roles makes them); returns its DSN."""
-    from psycopg import sql
-    from psycopg.conninfo import make_conninfo
-
-    made: list[str] = []
-
-    def make(group: str) -> str:
-        name = f"aq_dash_{pg_server.run_id}_{group.rsplit('_', 1)[-1]}_{uuid.uuid4().hex[:6]}"
-        with pg_server.admin() as admin:
-            admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw' IN ROLE {}").format(
-                sql.Identifier(name), sql.Identifier(group)))
-        made.append(name)
-        return make_conninfo(dsn, user=name, password="pw")
-
-    yield make
-    with pg_server.admin() as admin:
-        for name in made:
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,))
-            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
-__all__ = ["Dashboard", "start_dashboard", "login"]

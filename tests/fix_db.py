@@ -137,5 +137,41 @@ def client(dsn: str):
         yield c
 
 
-__all__ = ["PgServer", "angela_queue_server", "angela_queue_template", "backdate", "pg_server", "template_db", "dsn", "empty_dsn", "conn", "client", "module_dsn",
-           "rollback_conn"]
+@pytest.fixture
+def login(pg_server, dsn):
+    """``login("angela_queue_producer")``: a new login in that group on this
+    test's database; returns its DSN. Roles are cluster-wide: each gets a
+    unique name, and is dropped (its sessions ended) afterwards."""
+    import uuid
+
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    made: list[str] = []
+
+    def make(group: str) -> str:
+        name = f"aq_test_{pg_server.run_id}_{group.rsplit('_', 1)[-1]}_{uuid.uuid4().hex[:6]}"
+        with pg_server.admin() as admin:
+            admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw' IN ROLE {}").format(
+                sql.Identifier(name), sql.Identifier(group)))
+        made.append(name)
+        return make_conninfo(dsn, user=name, password="pw")
+
+    yield make
+    with pg_server.admin() as admin:
+        for name in made:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,))
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def clean_registry():
+    """An empty @task registry for the test, and after it."""
+    from angela_queue import registry
+    registry.clear()
+    yield
+    registry.clear()
+
+
+__all__ = ["PgServer", "angela_queue_server", "angela_queue_template", "backdate", "pg_server", "template_db", "dsn",
+           "empty_dsn", "conn", "client", "module_dsn", "rollback_conn", "login", "clean_registry"]

@@ -13,7 +13,7 @@ import pytest
 
 from angela_queue import db
 from angela_queue.inspect.dashboard._history import shape
-from fix_dashboard import login, start_dashboard  # noqa: F401 - fixtures
+from fix_dashboard import start_dashboard  # noqa: F401 - a fixture
 from fix_procs import wait_until
 
 W = uuid.UUID("00000000-0000-0000-0000-00000000da5b")
@@ -236,7 +236,7 @@ def test_a_reader_login_sees_everything_and_may_do_nothing(dsn, conn, login, sta
     reader = login("angela_queue_reader")
     board = start_dashboard(reader)
     data = wait_for_stats(board, lambda d: d["failures"])
-    assert data["can_act"] is False and data["login"].startswith("aq_dash_")
+    assert data["can_act"] is False and data["login"].startswith("aq_test_")
     assert board.get_json(f"/api/tasks/{failed}")[1]["task"]["status"] == "failed"
     before, queue_before = task_row(conn, failed), queue_row(conn, "default")
     for path, body in ((f"/api/tasks/{failed}/retry", {}), (f"/api/tasks/{failed}/cancel", {}),

@@ -15,17 +15,11 @@ import uuid
 
 import pytest
 
-from angela_queue import (AsyncClient, Client, DatabaseUnavailable, EnqueuedTask, TaskNotFound, TaskSpec, registry,
-                          task)
+from angela_queue import AsyncClient, Client, DatabaseUnavailable, EnqueuedTask, TaskNotFound, TaskSpec, task
 
 UTC = dt.timezone.utc
 
 
-@pytest.fixture
-def clean_registry():
-    registry.clear()
-    yield
-    registry.clear()
 
 
 def row(conn, task_id: int) -> dict:

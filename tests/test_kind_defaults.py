@@ -31,11 +31,6 @@ def plain(n=0):
 """
 
 
-@pytest.fixture
-def clean_registry():
-    registry.clear()
-    yield
-    registry.clear()
 
 
 def insert_sql(conn, sql: str, params=None) -> dict:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -32,24 +31,6 @@ def canary(n):
 """
 
 
-@pytest.fixture
-def login(pg_server, dsn) -> Iterator[Callable[[str], str]]:
-    """``login("angela_queue_producer")``: a new login in that group; returns its DSN."""
-    made: list[str] = []
-
-    def make(group: str) -> str:
-        name = f"aq_test_{pg_server.run_id}_{group.rsplit('_', 1)[-1]}_{uuid.uuid4().hex[:6]}"
-        with pg_server.admin() as admin:
-            admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw' IN ROLE {}").format(
-                sql.Identifier(name), sql.Identifier(group)))
-        made.append(name)
-        return make_conninfo(dsn, user=name, password="pw")
-
-    yield make
-    with pg_server.admin() as admin:
-        for name in made:
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,))
-            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 def connect(dsn: str) -> psycopg.Connection:

@@ -25,11 +25,6 @@ FAST = ["--poll-interval", "0.2", "--heartbeat-interval", "0.5"]
 UTC = dt.timezone.utc
 
 
-@pytest.fixture
-def clean_registry():
-    registry.clear()
-    yield
-    registry.clear()
 
 
 def claim(conn, limit: int = 10, queues=("default",)) -> list[dict]:

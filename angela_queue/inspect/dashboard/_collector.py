@@ -342,11 +342,7 @@ class Collector:
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection may fail; it is gone either way
-                pass
+        db.close_quietly(conn)
 
     def _tick(self) -> None:
         watched = time.monotonic() - self._last_request < IDLE_AFTER_S

@@ -83,11 +83,7 @@ class HealthCheck:
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - a broken connection is gone either way
-                pass
+        db.close_quietly(conn)
 
 
 class DashboardServer(ThreadingHTTPServer):

@@ -69,11 +69,7 @@ class Session:
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - a broken connection is gone either way
-                pass
+        db.close_quietly(conn)
 
     def close(self) -> None:
         with self._lock:
