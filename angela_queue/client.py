@@ -333,10 +333,21 @@ class AsyncClient:
 # --- Drivers ------------------------------------------------------------------
 # The operations of a flow (tasks.run_flow), on a pooled connection.
 
+# The enqueues whose transaction the client owns here (autocommit: one
+# statement, one transaction): into a 'fast' queue they may commit without
+# waiting for the disk (queues.durability). On the caller's connection
+# (transactional.py) they never do: that transaction is the application's.
+_ENQUEUES = frozenset({"tasks_enqueue", "tasks_enqueue_many"})
+
+
+def _params(op: Query) -> Any:
+    return {**op.params, "relax": True} if op.name in _ENQUEUES else op.params
+
+
 def _drive_sync(conn: psycopg.Connection, flow: Flow) -> Any:
     def perform(op: Operation) -> Any:
         if isinstance(op, Query):
-            return db.fetch_all(conn, op.name, op.params)
+            return db.fetch_all(conn, op.name, _params(op))
         if isinstance(op, Listen):
             (db.listen if op.on else db.unlisten)(conn, op.channel)
         elif isinstance(op, WaitForSpace):
@@ -349,7 +360,7 @@ def _drive_sync(conn: psycopg.Connection, flow: Flow) -> Any:
 async def _drive_async(conn: psycopg.AsyncConnection, flow: Flow) -> Any:
     async def perform(op: Operation) -> Any:
         if isinstance(op, Query):
-            return await db.afetch_all(conn, op.name, op.params)
+            return await db.afetch_all(conn, op.name, _params(op))
         if isinstance(op, Listen):
             await (db.alisten if op.on else db.aunlisten)(conn, op.channel)
         elif isinstance(op, WaitForSpace):

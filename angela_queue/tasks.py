@@ -182,7 +182,7 @@ class TaskSpec:
         return {"queue": self.queue, "kind": self.kind, "payload": Jsonb(dict(self.payload)),
                 "priority": self.priority, "run_at": self.run_at, "delay_s": self.delay_s,
                 "max_attempts": self.max_attempts, "timeout_s": self.timeout_s, "dedup_key": self.dedup_key,
-                "trace_context": Jsonb(dict(trace_context)) if trace_context else None}
+                "trace_context": Jsonb(dict(trace_context)) if trace_context else None, "relax": False}
 
 
 def many_params(specs: list[TaskSpec], trace_context: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -203,7 +203,7 @@ def many_params(specs: list[TaskSpec], trace_context: Mapping[str, str] | None =
                   *(f'"{key}":{json.dumps(value)}' for key, value in options if value is not None)]
         parts.append("{" + ",".join(fields) + "}")
     return {"trace_context": Jsonb(dict(trace_context)) if trace_context else None,
-            "tasks": "[" + ",".join(parts) + "]"}
+            "tasks": "[" + ",".join(parts) + "]", "relax": False}
 
 
 def _finite(value: int | float) -> bool:

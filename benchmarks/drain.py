@@ -63,6 +63,9 @@ class DrainConfig:
     # impl "supervisor": `angela-queue run` processes (`processes` of them),
     # each with this many worker processes of `concurrency`.
     workers_each: int = 1
+    # The queue's durability (queues.durability): "fast" commits without
+    # waiting for the disk.
+    durability: str = "durable"
 
     @property
     def kind(self) -> str:
@@ -84,6 +87,7 @@ class DrainConfig:
 
 def run_drain(db: BenchDB, config: DrainConfig, n: int, pyspy_out: Path | None = None) -> dict[str, Any]:
     db.reset()
+    db.conn.execute("UPDATE angela_queue.queues SET durability = %s WHERE name = 'default'", (config.durability,))
     if config.capped_backlog:
         db.conn.execute("INSERT INTO angela_queue.kinds (kind, concurrency) VALUES (%s, 1) "
                         "ON CONFLICT (kind) DO UPDATE SET concurrency = 1", (app.CAPPED,))
@@ -183,6 +187,8 @@ def worker_configs(full: bool) -> list[DrainConfig]:
         # scaling depth, every claim racing the other supervisor's).
         DrainConfig("aq run: 1 supervisor x 2 workers x 10", "supervisor", 1, 10, "async", workers_each=2),
         DrainConfig("aq run: 2 supervisors x 1 worker x 10", "supervisor", 2, 10, "async", workers_each=1),
+        # The same drain on a queue whose durability is 'fast'.
+        DrainConfig("aq async 2x10, fast queue", "angela-queue", 2, 10, "async", durability="fast"),
     ]
     if full:
         # What the default INFO logging (one line per task) costs.

@@ -358,6 +358,10 @@ def _capped_ratio(summary: list[dict[str, Any]]) -> list[str]:
         return []
     lines = [f"   behind 10,000 tasks of a kind capped at 1 at once: {fmt(capped['tps_median'])} tasks/s, "
              f"{capped['tps_median'] / plain['tps_median']:.2f}x the same drain without them"]
+    fast = by_label.get("aq async 2x10, fast queue")
+    if fast and fast.get("tps_median"):
+        lines.append(f"   on a 'fast' queue (synchronous_commit off): {fmt(fast['tps_median'])} tasks/s, "
+                     f"{fast['tps_median'] / plain['tps_median']:.2f}x the durable drain")
     one, two = by_label.get("aq run: 1 supervisor x 2 workers x 10"), by_label.get("aq run: 2 supervisors x 1 worker x 10")
     if one and two and one.get("tps_median") and two.get("tps_median"):
         lines.append(f"   two supervisors on one database: {fmt(two['tps_median'])} tasks/s, "

@@ -70,3 +70,7 @@ GRANT SELECT ON angela_queue.periodic, angela_queue.periodic_status, angela_queu
     TO angela_queue_worker, angela_queue_reader;
 REVOKE EXECUTE ON FUNCTION angela_queue.claim_room(text, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION angela_queue.claim_room(text, integer) TO angela_queue_worker;
+
+-- Durability (revision 0010): a producer's client reads whether its queue is
+-- fast (angela_queue.commit_fast), and nothing else of queues.
+GRANT SELECT (name, durability) ON angela_queue.queues TO angela_queue_producer;

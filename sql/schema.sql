@@ -49,7 +49,16 @@ CREATE TABLE angela_queue.queues (
     -- NaN passes "> 0" in Postgres (it sorts above every number): hence the upper bound.
     default_timeout_s    double precision
                          CONSTRAINT queue_default_timeout_positive_and_finite
-                         CHECK (default_timeout_s > 0 AND default_timeout_s < 'Infinity')
+                         CHECK (default_timeout_s > 0 AND default_timeout_s < 'Infinity'),
+    -- 'durable' (the default): every enqueue and outcome is on disk when it
+    -- is acknowledged. 'fast': the Python client's own enqueues into the
+    -- queue, and the workers that serve only fast queues, commit with
+    -- synchronous_commit = off (angela_queue.commit_fast): after a crash of
+    -- the database server the last few hundred milliseconds of acknowledged
+    -- writes may be lost (an enqueue, or an outcome: that task runs again),
+    -- never corrupted or half-applied.
+    durability           text NOT NULL DEFAULT 'durable'
+                         CONSTRAINT queue_durability_known CHECK (durability IN ('durable', 'fast'))
 );
 
 INSERT INTO angela_queue.queues (name) VALUES ('default');
@@ -1103,6 +1112,20 @@ CREATE TABLE angela_queue.stats_progress (
     only_row      boolean PRIMARY KEY DEFAULT true CONSTRAINT stats_progress_one_row CHECK (only_row),
     rolled_until  timestamptz NOT NULL
 );
+
+-- Commit the caller's current transaction with synchronous_commit = off
+-- (SET LOCAL: this transaction only) when every queue named is 'fast';
+-- returns whether it did. Called by the client for the enqueues whose
+-- transaction it owns, never inside an application's transaction.
+CREATE FUNCTION angela_queue.commit_fast(p_queues text[]) RETURNS boolean
+LANGUAGE sql VOLATILE AS $$
+    SELECT CASE WHEN cardinality(p_queues) > 0 AND NOT EXISTS (
+                    SELECT 1 FROM unnest(p_queues) AS u(name)
+                    LEFT JOIN angela_queue.queues q ON q.name = u.name
+                    WHERE q.durability IS DISTINCT FROM 'fast')
+                THEN pg_catalog.set_config('synchronous_commit', 'off', true) = 'off'
+                ELSE false END
+$$;
 
 -- ---------------------------------------------------------------------------
 -- Global limits per kind (kinds.concurrency, kinds.rate_limit), enforced in

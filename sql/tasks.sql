@@ -7,6 +7,9 @@
 -- name: tasks_enqueue
 -- Insert one task. Returns no row when an unfinished task already holds the
 -- same (queue, dedup_key); the caller then looks that one up.
+-- %(relax)s: the client owns this statement's transaction, so a task of a
+-- 'fast' queue commits without waiting for the disk (commit_fast).
+WITH ins AS (
 INSERT INTO angela_queue.tasks
     (queue, kind, payload, priority, run_at, max_attempts, timeout_s, dedup_key, trace_context)
 VALUES (
@@ -16,14 +19,19 @@ VALUES (
 ON CONFLICT (queue, dedup_key)
     WHERE dedup_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')
     DO NOTHING
-RETURNING id, queue, kind, status, priority, boost, tier, run_at, dedup_key, last_error;
+RETURNING id, queue, kind, status, priority, boost, tier, run_at, dedup_key, last_error
+)
+SELECT i.* FROM ins i
+WHERE NOT %(relax)s::boolean OR angela_queue.commit_fast(ARRAY(SELECT f.queue FROM ins f)) IS NOT NULL;
 
 -- name: tasks_enqueue_many
 -- Insert many tasks in one statement (one round trip). %(tasks)s is one JSON
 -- array of {"kind", "payload", and any of "queue", "priority", "run_at",
 -- "delay_s", "max_attempts", "timeout_s", "dedup_key"}; a key left out is
 -- unset. Rows whose dedup_key is already held by an unfinished task are
--- skipped, as in tasks_enqueue. Returned in the order given.
+-- skipped, as in tasks_enqueue. Returned in the order given. %(relax)s: as
+-- in tasks_enqueue (all the rows' queues must be fast).
+WITH ins AS (
 INSERT INTO angela_queue.tasks
     (queue, kind, payload, priority, run_at, max_attempts, timeout_s, dedup_key, trace_context)
 SELECT s.queue, s.kind, s.payload, s.priority,
@@ -37,7 +45,10 @@ ORDER BY s.n
 ON CONFLICT (queue, dedup_key)
     WHERE dedup_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')
     DO NOTHING
-RETURNING id, queue, kind, status, priority, boost, tier, run_at, dedup_key, last_error;
+RETURNING id, queue, kind, status, priority, boost, tier, run_at, dedup_key, last_error
+)
+SELECT i.* FROM ins i
+WHERE NOT %(relax)s::boolean OR angela_queue.commit_fast(ARRAY(SELECT DISTINCT f.queue FROM ins f)) IS NOT NULL;
 
 -- name: tasks_find_unfinished_by_dedup_key
 -- The unfinished task that holds a dedup key, if any (through the SECURITY

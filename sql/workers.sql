@@ -40,3 +40,17 @@ RETURNING id;
 -- worker compares this list with what it really runs.
 SELECT t.id FROM angela_queue.tasks t
 WHERE t.status = 'running' AND t.worker_id = %(worker_id)s;
+
+-- name: workers_commit_mode
+-- The worker's commit mode, set for its session: synchronous_commit off
+-- while every queue it serves is 'fast' (see queues.durability), else the
+-- session's own default (reset_val: what the server and the DSN chose).
+-- Part of the poll, so a change of a queue's durability applies within a
+-- poll interval.
+SELECT pg_catalog.set_config('synchronous_commit',
+           CASE WHEN NOT EXISTS (SELECT 1 FROM unnest(%(queues)s::text[]) AS u(name)
+                                 LEFT JOIN angela_queue.queues q ON q.name = u.name
+                                 WHERE q.durability IS DISTINCT FROM 'fast')
+                THEN 'off'
+                ELSE (SELECT s.reset_val FROM pg_catalog.pg_settings s WHERE s.name = 'synchronous_commit') END,
+           false) AS synchronous_commit;

@@ -205,7 +205,8 @@ def test_a_killed_demo_takes_its_children_with_it(dsn, run_demo):
     demo.proc.kill()
     demo.proc.wait(10)
     wait_until(lambda: not demo.left_behind(), timeout=60, message="the children to exit after the demo died",
-               details=lambda: f"left: {demo.left_behind()}")
+               details=lambda: "left: " + "; ".join(f"{pid} {' '.join(demo.seen[pid].cmdline())[:200]}"
+                                                     for pid in demo.left_behind()))
 
 
 @pytest.mark.parametrize("args, complaint", [

@@ -28,8 +28,9 @@ NOW = dt.datetime.now(dt.timezone.utc)
 HOT = {
     "tasks_enqueue": ({"queue": "default", "kind": "k", "payload": "{}", "priority": 5, "run_at": None,
                        "delay_s": None, "max_attempts": None, "timeout_s": None, "dedup_key": "d",
-                       "trace_context": None}, set()),
-    "tasks_enqueue_many": ({"tasks": json.dumps([{"kind": "k", "payload": {}}]), "trace_context": None}, set()),
+                       "trace_context": None, "relax": True}, set()),
+    "tasks_enqueue_many": ({"tasks": json.dumps([{"kind": "k", "payload": {}}]), "trace_context": None, "relax": True},
+                           set()),
     "tasks_claim_kind": ({"queue": "default", "kind": "low", "limit": 5, "worker_id": WORKER},
                          {"tasks_batch_fill_idx", "tasks_pkey"}),
     "tasks_start_many": ({"ids": [1, 2], "worker_id": WORKER}, HELD),

@@ -221,3 +221,18 @@ def test_upgrade_from_0008_keeps_rows_and_the_rate_window(empty_dsn):
     claimed = query(empty_dsn, queries.query("tasks_claim"), {
         "queues": ["default"], "limit": 10, "worker_id": uuid.uuid4(), "min_effective": None, "batch_below": 0})
     assert len(claimed) == 1                       # one start was already in the hour's window of 2
+
+
+def test_upgrade_from_0009_keeps_queues_and_they_stay_durable(empty_dsn):
+    """0010 (durability): every existing queue is durable, its rows untouched."""
+    migrations.upgrade(empty_dsn, "0009")
+    query(empty_dsn, """
+        INSERT INTO angela_queue.queues (name, max_size, aging_rate) VALUES ('bulk', 10, 0.5);
+        INSERT INTO angela_queue.tasks (kind, queue) VALUES ('k', 'bulk'), ('k', 'default');
+    """)
+    before = all_tasks(empty_dsn)
+    migrations.upgrade(empty_dsn, "0010")
+    assert all_tasks(empty_dsn) == before
+    assert query(empty_dsn, "SELECT name, max_size, aging_rate, durability FROM angela_queue.queues ORDER BY name") == [
+        {"name": "bulk", "max_size": 10, "aging_rate": 0.5, "durability": "durable"},
+        {"name": "default", "max_size": None, "aging_rate": 0.1, "durability": "durable"}]

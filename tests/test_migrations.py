@@ -297,6 +297,10 @@ FROZEN_REVISIONS = {
     "0009_limits_clock.down.sql": "c86279ccbe5e1aeae625ee89511705379ef26ac3e29d2cb1a7b8e7e0490dd384",
     "0009_limits_clock.py": "9f627d3b30811920e3f349283b7d5fa444f5a1f05874f181c98db7755a12be6d",
     "0009_limits_clock.sql": "b8de7691059465eee6c679bb5af9b1b30b0001e02714fa9d6206c5c93e0ce9ae",
+    "0010_durability.down.sql": "9ed1b4f2cd329216e2c5112a20e81400ef2c5fc4fead62c2819d4f6e5e50b4ad",
+    "0010_durability.py": "10bcdf7bb2441ca1482b258c581686268c9535506817368bd40b584029152f81",
+    "0010_durability.sql": "fb15d875241676464047632005ac3426a3ddb3e1ebaffd5a6a197fc7564b4849",
+    "0010_roles.sql": "594f5bda2d069df8c3196aed693e7f1ec1ccb7b6b5d6538e86b5d964341cdc1c",
 }
 
 

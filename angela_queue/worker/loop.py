@@ -620,6 +620,8 @@ class Worker:
             ("tasks_queued_depth", {"queues": self.queues, "cap": DEPTH_FAST + 1}),
             # The backstop for a lost cancel NOTIFY.
             ("tasks_cancel_requested_for_worker", {"worker_id": self.id}),
+            # synchronous_commit off for this session while every queue served is 'fast'.
+            ("workers_commit_mode", {"queues": self.queues}),
         ]
 
     def _housekeeping_done(self, results: list[list[dict[str, Any]]]) -> None:
