@@ -32,6 +32,25 @@ class Periodic:
         # The slots we have already logged a failure for (a full queue): one
         # line per slot, not one per round.
         self._failed: dict[str, dt.datetime] = {}
+        # Parsed schedules (or why they cannot be), by (cron, every_s,
+        # timezone): a round runs every heartbeat, and parsing validates with
+        # croniter and looks the zone up each time.
+        self._parsed: dict[tuple[Any, Any, Any], Schedule | str] = {}
+
+    def _schedule(self, row: dict[str, Any]) -> Schedule:
+        key = (row["cron"], row["every_s"], row["timezone"])
+        if key not in self._parsed:
+            if len(self._parsed) > 10_000:
+                self._parsed.clear()          # rows edited by the thousand: start over
+            try:
+                self._parsed[key] = Schedule.parse(cron=row["cron"], every_s=row["every_s"],
+                                                   timezone=row["timezone"])
+            except ScheduleError as exc:
+                self._parsed[key] = str(exc)
+        parsed = self._parsed[key]
+        if isinstance(parsed, str):
+            raise ScheduleError(parsed)   # a new one each time: a re-raised one would grow its traceback
+        return parsed
 
     def run(self, conn: psycopg.Connection, *, now: dt.datetime | None = None) -> int:
         """One round; returns how many tasks it enqueued."""
@@ -47,7 +66,7 @@ class Periodic:
     def _one(self, conn: psycopg.Connection, row: dict[str, Any], now: dt.datetime) -> int:
         name = row["name"]
         try:
-            schedule = Schedule.parse(cron=row["cron"], every_s=row["every_s"], timezone=row["timezone"])
+            schedule = self._schedule(row)
             slot = schedule.latest_slot(now, after=row["last_slot"])
             next_slot = schedule.next_slot(now)
         except (ScheduleError, ValueError, KeyError) as exc:
