@@ -46,11 +46,16 @@ WHERE t.status = 'running' AND t.worker_id = %(worker_id)s;
 -- while every queue it serves is 'fast' (see queues.durability), else the
 -- session's own default (reset_val: what the server and the DSN chose).
 -- Part of the poll, so a change of a queue's durability applies within a
--- poll interval.
-SELECT pg_catalog.set_config('synchronous_commit',
-           CASE WHEN NOT EXISTS (SELECT 1 FROM unnest(%(queues)s::text[]) AS u(name)
-                                 LEFT JOIN angela_queue.queues q ON q.name = u.name
-                                 WHERE q.durability IS DISTINCT FROM 'fast')
-                THEN 'off'
-                ELSE (SELECT s.reset_val FROM pg_catalog.pg_settings s WHERE s.name = 'synchronous_commit') END,
-           false) AS synchronous_commit;
+-- poll interval; a poll that changes nothing sets nothing, and reads
+-- pg_settings (every setting, a function scan) only to leave fast mode.
+SELECT CASE
+           WHEN NOT EXISTS (SELECT 1 FROM unnest(%(queues)s::text[]) AS u(name)
+                            LEFT JOIN angela_queue.queues q ON q.name = u.name
+                            WHERE q.durability IS DISTINCT FROM 'fast') THEN
+               CASE WHEN pg_catalog.current_setting('synchronous_commit') = 'off' THEN 'off'
+                    ELSE pg_catalog.set_config('synchronous_commit', 'off', false) END
+           WHEN pg_catalog.current_setting('synchronous_commit') = 'off' THEN
+               pg_catalog.set_config('synchronous_commit',
+                   (SELECT s.reset_val FROM pg_catalog.pg_settings s WHERE s.name = 'synchronous_commit'), false)
+           ELSE pg_catalog.current_setting('synchronous_commit')
+       END AS synchronous_commit;
