@@ -326,6 +326,10 @@ def test_several_workers_never_run_more_than_the_cap_and_other_kinds_flow(dsn, c
     workers = [start_worker(app, "--concurrency", "4", *FAST) for _ in range(3)]
     wait_until(lambda: scalar(dsn, "SELECT concurrency FROM angela_queue.kinds WHERE kind = 'capped'") == 2,
                details=lambda: workers[0].log())
+    # All three up and listening before the work arrives, so it is shared.
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                                   "'angela-queue-listen' AND datname = current_database()") == 3,
+               details=lambda: "\n".join(w.log() for w in workers))
     enqueue(conn, "capped", 24, priority=8)        # at the head of the queue: 1.8 s of work at 2 at once
     enqueue(conn, "free", 40, priority=5)
     wait_until(lambda: scalar(dsn, "SELECT count(*) FROM public.spans WHERE kind = 'capped'") == 24
