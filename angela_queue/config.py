@@ -41,9 +41,15 @@ DEFAULT_QUEUE = "default"
 # Overflow: how long a priority >= 5 enqueue waits for space in a full queue.
 ENQUEUE_FULL_WAIT_S = 5.0
 
+# A worker's critical slots (--critical-slots) are extra tasks at once: a few.
+MAX_CRITICAL_SLOTS = 100
+
 # NOTIFY channels (payload: the queue name).
 CHANNEL_INSERT = "angela_queue_insert"
 CHANNEL_SPACE = "angela_queue_space"
+# Also sent when a statement queues a critical task (priority >= 9): it wakes
+# workers whose ordinary slots are all busy to fill their critical slot.
+CHANNEL_CRITICAL = "angela_queue_critical"
 # Payload: the id of a running task that was asked to stop.
 CHANNEL_CANCEL = "angela_queue_cancel"
 # Tasks reached a final status (angela_queue.notify_done): ids, comma-separated, or "*".
@@ -100,6 +106,10 @@ class Settings:
 
     # Worker
     concurrency: int = 1
+    # Slots beside those that only critical tasks (effective priority >= 9)
+    # may take, so one starts at once while every other slot is busy
+    # (worker/slots.py). 0: none.
+    critical_slots: int = 1
     batch_size: int = 5
     batch_wait_s: float = 2.0
     poll_fast_s: float = 0.1    # depth > 20
@@ -213,6 +223,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("queues", "--queue", "Queue to serve (repeat, or comma-separate, for several). Default: 'default'.",
            "worker"),
     Option("concurrency", "--concurrency", "Tasks at once per worker process (default 1).", "worker"),
+    Option("critical_slots", "--critical-slots",
+           "Extra slots per worker that only critical tasks (priority >= 9) take, so they start at once while "
+           "every other slot is busy (default 1; 0: none).", "worker"),
     Option("batch_size", "--batch-size", "Low-priority (< 5) tasks of one kind claimed together (default 5).",
            "worker"),
     Option("batch_wait_s", "--batch-wait", "Seconds a low-priority batch waits to fill (default 2).", "worker"),
@@ -280,6 +293,8 @@ def _problems(s: Settings) -> list[str]:
     for name in ("concurrency", "batch_size", "max_workers"):
         if getattr(s, name) < 1:
             bad(name, "must be at least 1")
+    if not 0 <= s.critical_slots <= MAX_CRITICAL_SLOTS:
+        bad("critical_slots", f"must be a whole number from 0 to {MAX_CRITICAL_SLOTS}")
     for name in ("min_workers", "base_workers", "scale_down_depth", "scale_up_depth"):
         if getattr(s, name) < 0:
             bad(name, "must not be negative")

@@ -599,14 +599,23 @@ CREATE TRIGGER queues_after_update_aging_rate
 
 -- Wake idle workers. One NOTIFY per statement and queue, not per row, so a
 -- bulk insert of 10,000 tasks sends a handful of notifications. The payload is
--- the queue name; workers LISTEN on 'angela_queue_insert'.
+-- the queue name; workers LISTEN on 'angela_queue_insert'. A statement that
+-- queues a critical task (priority >= 9) also notifies 'angela_queue_critical':
+-- a worker whose ordinary slots are all busy fills its critical slot on it
+-- (revision 0011; worker/slots.py).
 CREATE FUNCTION angela_queue.tasks_after_insert_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     q text;
+    critical boolean;
 BEGIN
-    FOR q IN SELECT DISTINCT n.queue FROM new_tasks n WHERE n.status = 'queued' LOOP
+    FOR q, critical IN
+        SELECT n.queue, bool_or(n.priority >= 9) FROM new_tasks n WHERE n.status = 'queued' GROUP BY n.queue
+    LOOP
         PERFORM pg_notify('angela_queue_insert', q);
+        IF critical THEN
+            PERFORM pg_notify('angela_queue_critical', q);
+        END IF;
     END LOOP;
     RETURN NULL;
 END

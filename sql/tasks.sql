@@ -181,7 +181,8 @@ WITH RECURSIVE limited AS (
                                          ORDER BY c.effective_priority DESC, c.id) AS nth
           FROM checked c
           -- NULL takes any task; 5 takes only work that outranks a
-          -- low-priority batch (see Worker._claim_size). A row passed over
+          -- low-priority batch, 9 only critical work for a critical slot
+          -- (worker/slots.py). A row passed over
           -- here was locked only until this statement's transaction ends.
           WHERE NOT c.mislabelled
             AND (%(min_effective)s::double precision IS NULL

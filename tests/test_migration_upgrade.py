@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 
+import psycopg
 import pytest
 
 from angela_queue import migrations, queries
@@ -236,3 +237,22 @@ def test_upgrade_from_0009_keeps_queues_and_they_stay_durable(empty_dsn):
     assert query(empty_dsn, "SELECT name, max_size, aging_rate, durability FROM angela_queue.queues ORDER BY name") == [
         {"name": "bulk", "max_size": 10, "aging_rate": 0.5, "durability": "durable"},
         {"name": "default", "max_size": None, "aging_rate": 0.1, "durability": "durable"}]
+
+
+def test_upgrade_from_0010_keeps_rows_and_critical_inserts_notify_both_channels(empty_dsn):
+    """0011 (critical wake-up): only the insert trigger's function changes; rows
+    are kept, and an insert of a critical task notifies 'angela_queue_critical'
+    beside 'angela_queue_insert' (an ordinary one only the latter)."""
+    migrations.upgrade(empty_dsn, "0010")
+    query(empty_dsn, "INSERT INTO angela_queue.tasks (kind, priority) VALUES ('k', 3), ('k', 10)")
+    before = all_tasks(empty_dsn)
+    migrations.upgrade(empty_dsn, "0011")
+    assert all_tasks(empty_dsn) == before
+    with psycopg.connect(empty_dsn, autocommit=True) as listener, psycopg.connect(empty_dsn, autocommit=True) as w:
+        listener.execute("LISTEN angela_queue_insert")
+        listener.execute("LISTEN angela_queue_critical")
+        w.execute("INSERT INTO angela_queue.tasks (kind, priority) VALUES ('k', 5)")
+        w.execute("INSERT INTO angela_queue.tasks (kind, priority, queue) VALUES ('k', 9, 'urgent'), ('k', 1, 'urgent')")
+        notes = [(n.channel, n.payload) for n in listener.notifies(timeout=2, stop_after=3)]
+    assert sorted(notes) == [("angela_queue_critical", "urgent"), ("angela_queue_insert", "default"),
+                             ("angela_queue_insert", "urgent")]

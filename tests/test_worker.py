@@ -179,6 +179,54 @@ def test_batch_collection_never_delays_a_critical_task(dsn, client, write_app, s
     assert scalar(dsn, "SELECT count(*) FROM public.runs WHERE n = 1") == 0
 
 
+def _listening(dsn):
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                                   "'angela-queue-listen' AND datname = current_database()"),
+               message="listener connected")
+
+
+def test_a_critical_task_starts_at_once_while_every_slot_is_busy(dsn, client, write_app, start_worker):
+    """The critical slot (worker/slots.py): with its one ordinary slot held by
+    a long task, the worker still runs a critical task on its NOTIFY (the
+    poll is 120 s), and an ordinary task queued first stays queued: it never
+    takes the critical slot."""
+    setup_runs(dsn)
+    app = write_app(BASIC_APP)
+    long = client.enqueue("sleep", {"seconds": 60, "n": 1}, priority=5)
+    start_worker(app, "--concurrency", "1", "--poll-interval", "120", "--heartbeat-interval", "0.5")
+    wait_status(dsn, long.id, "running")
+    _listening(dsn)
+    ordinary = client.enqueue("record", {"n": 2}, priority=8)
+    critical = client.enqueue("record", {"n": 3}, priority=9)
+    wait_status(dsn, critical.id, "succeeded", timeout=20)
+    assert task_row(dsn, ordinary.id)["status"] == "queued"
+    assert task_row(dsn, long.id)["status"] == "running"
+
+
+def test_a_critical_task_that_comes_due_without_an_insert_finds_the_critical_slot(dsn, client, write_app,
+                                                                                    start_worker):
+    """No NOTIFY for a delayed task becoming due: the poll is the backstop."""
+    setup_runs(dsn)
+    app = write_app(BASIC_APP)
+    long = client.enqueue("sleep", {"seconds": 60, "n": 1}, priority=5)
+    start_worker(app, "--concurrency", "1", *FAST)
+    wait_status(dsn, long.id, "running")
+    delayed = client.enqueue("record", {"n": 2}, priority=10, delay=0.5)
+    wait_status(dsn, delayed.id, "succeeded", timeout=20)
+    assert task_row(dsn, long.id)["status"] == "running"
+
+
+def test_without_critical_slots_a_critical_task_waits_for_a_slot(dsn, client, write_app, start_worker):
+    setup_runs(dsn)
+    app = write_app(BASIC_APP)
+    busy = client.enqueue("sleep", {"seconds": 1.5, "n": 1}, priority=5)
+    start_worker(app, "--concurrency", "1", "--critical-slots", "0", *FAST)
+    wait_status(dsn, busy.id, "running")
+    critical = client.enqueue("record", {"n": 2}, priority=10)
+    done = wait_status(dsn, critical.id, "succeeded", timeout=20)
+    assert done["started_at"] >= task_row(dsn, busy.id)["finished_at"]
+
+
 def test_notify_wakes_an_idle_worker_without_polling(dsn, client, write_app, start_worker):
     app = write_app(BASIC_APP)
     worker = start_worker(app, "--poll-interval", "120", "--heartbeat-interval", "0.5")

@@ -45,21 +45,20 @@ import psycopg
 
 from .. import db, kinds, schema
 from ..backoff import Backoff
-from ..config import CHANNEL_CANCEL, CHANNEL_INSERT, Settings
+from ..config import CHANNEL_CANCEL, CHANNEL_CRITICAL, CHANNEL_INSERT, Settings
 from ..errors import ConfigError, SchemaMismatch
 from ..logs import tier_of
 from ..registry import lookup, registered_kinds
 from .execution import ClaimedTask, ExecutionPolicy, Outcome, clean_text, execute_batch, execute_one
 from .handler_threads import HandlerThreads
 from .heartbeat import Heartbeat
+from .slots import BATCH_BELOW_PRIORITY, Claim, claim_size
 
 log = logging.getLogger("angela_queue.worker")
 
 # Exit status asking the supervisor for a fresh process (sysexits EX_TEMPFAIL).
 EXIT_RETIRE = 75
 
-# Below this base priority, tasks are claimed and run in batches (the plan).
-BATCH_BELOW_PRIORITY = 5
 # How often a collecting batch tries to claim more of its kind.
 BATCH_FILL_EVERY_S = 0.1
 # Depth thresholds of the plan's adaptive polling.
@@ -188,6 +187,10 @@ class Worker:
         self.conn: psycopg.AsyncConnection | None = None
         self.held: dict[int, ClaimedTask] = {}          # claimed, outcome not yet stored
         self.executing: set[asyncio.Task] = set()        # each uses one slot
+        self.critical_jobs: set[asyncio.Task] = set()    # those of executing in a critical slot (slots.py)
+        # A critical task may be waiting: a NOTIFY on CHANNEL_CRITICAL, or the
+        # poll. Only then does a worker with every ordinary slot busy claim.
+        self.critical_wanted = True
         self.collecting: dict[tuple[str, str], Batch] = {}
         self.ready: collections.deque[Batch] = collections.deque()
         self.outcomes: list[Outcome] = []
@@ -273,7 +276,7 @@ class Worker:
         self._wake = asyncio.Event()
         # Two spare threads: a sync handler that overran its timeout keeps its
         # thread while the worker finishes its other tasks before retiring.
-        self._threads = HandlerThreads(self._loop, self.settings.concurrency + 2)
+        self._threads = HandlerThreads(self._loop, self.settings.concurrency + self.settings.critical_slots + 2)
         signals_seen = 0
 
         def on_signal(signum: int) -> None:
@@ -496,10 +499,15 @@ class Worker:
                     statements.append(("tasks_claim_kind", {
                         "queue": batch.queue, "kind": batch.kind, "worker_id": self.id,
                         "limit": self.settings.batch_size - len(batch.tasks)}))
-        asked, min_effective = self._claim_size(starting=len(starting))
+        claim = self._claim_size(starting=len(starting))
+        asked = claim.limit
         if asked:
+            if claim.critical:
+                self.critical_wanted = False
+            # A critical slot's task starts at its claim (batch_below 0) and runs alone.
             statements.append(("tasks_claim", {"queues": self.queues, "limit": asked, "worker_id": self.id,
-                                               "min_effective": min_effective, "batch_below": self._batch_below}))
+                                               "min_effective": claim.min_effective,
+                                               "batch_below": 0 if claim.critical else self._batch_below}))
         if not statements:
             return 0, 0
 
@@ -520,12 +528,15 @@ class Worker:
                 batch.tasks.append(self.held[row["id"]])
             self._batch_maybe_ready(batch)
         claimed_rows = results[-1] if asked else []
+        if claim.critical and len(claimed_rows) >= asked:
+            self.critical_wanted = True   # every critical slot filled: there may be more
         for row in claimed_rows:
-            self._dispatch(ClaimedTask.from_row(row))
+            self._dispatch(ClaimedTask.from_row(row), critical_slot=claim.critical)
         return len(claimed_rows), asked
 
     def free_slots(self) -> int:
-        return self.settings.concurrency - len(self.executing)
+        """Free ordinary slots (the critical ones are slots.py's)."""
+        return self.settings.concurrency - (len(self.executing) - len(self.critical_jobs))
 
     @property
     def _batch_below(self) -> int:
@@ -552,26 +563,13 @@ class Worker:
                 batch.tasks = kept
                 self._start(self._run_batch(batch), list(kept))
 
-    def _claim_size(self, starting: int = 0) -> tuple[int, float | None]:
-        """How many tasks to claim now, and the least effective priority to take.
-
-        Each batch that is collecting or waiting for a slot reserves the slot
-        it will run in, so a worker never holds more than it can run: without
-        this, low-priority tasks of many kinds would each start a batch that
-        takes no slot, and one worker would hoard the whole low backlog.
-        When every free slot is reserved, the worker still takes one task of
-        effective priority >= 5, so batch collection never delays work that
-        outranks it; low tasks wait for a slot.
-        """
-        if self.stopping or self.retiring:
-            return 0, None
-        free = self.free_slots() - starting
-        if free <= 0:
-            return 0, None
-        reserved = len(self.collecting) + len(self.ready)
-        if free > reserved:
-            return free - reserved, None
-        return 1, float(BATCH_BELOW_PRIORITY)
+    def _claim_size(self, starting: int = 0) -> Claim:
+        """How many tasks to claim now, and the least effective priority to take (slots.py)."""
+        return claim_size(concurrency=self.settings.concurrency, critical_slots=self.settings.critical_slots,
+                          running=len(self.executing) - len(self.critical_jobs),
+                          critical_running=len(self.critical_jobs), starting=starting,
+                          batches=len(self.collecting) + len(self.ready), critical_wanted=self.critical_wanted,
+                          stopping=self.stopping or self.retiring)
 
     async def _wait(self) -> None:
         """Sleep until a slot frees, a NOTIFY arrives, a batch is due, or the poll timer fires."""
@@ -636,6 +634,9 @@ class Worker:
             self.next_scheduled_at = None
         self.depth = results[2][0]["depth"] if results[2] else 0
         self.housekeeping_due = time.monotonic() + poll_interval(self.depth, self.settings)
+        # The backstop for critical tasks that came due without an insert (a
+        # delayed one, a retry, a reclaim): one look per poll.
+        self.critical_wanted = True
         for row in results[3]:
             if row["id"] in self.held and row["id"] not in self.cancel_requested:
                 self._cancel_requested(row["id"])
@@ -648,13 +649,17 @@ class Worker:
                 async with await db.aconnect(self.dsn, application_name="angela-queue-listen") as conn:
                     await db.alisten(conn, CHANNEL_INSERT)
                     await db.alisten(conn, CHANNEL_CANCEL)
+                    await db.alisten(conn, CHANNEL_CRITICAL)
                     delay = 0.1
+                    self.critical_wanted = True
                     self.wake()  # anything inserted while we were not listening
                     async for note in conn.notifies():
                         if note.channel == CHANNEL_CANCEL:
                             if note.payload.isdigit() and int(note.payload) in self.held:
                                 self._cancel_requested(int(note.payload))
                         elif note.payload in self.queues:
+                            if note.channel == CHANNEL_CRITICAL:
+                                self.critical_wanted = True
                             self.wake()
             except asyncio.CancelledError:
                 raise
@@ -669,9 +674,15 @@ class Worker:
         self.held[task.id] = task
         self.stats.last_active = time.time()
 
-    def _dispatch(self, task: ClaimedTask) -> None:
+    def _dispatch(self, task: ClaimedTask, critical_slot: bool = False) -> None:
         self._hold(task)
         definition = lookup(task.kind)
+        if critical_slot:
+            # Started at its claim: it runs now, alone (a batch handler gets a list of one).
+            coro = self._run_batch(Batch(task.queue, task.kind, [task])) if definition is not None and \
+                definition.batch else self._run_one(task)
+            self._start(coro, [task], critical_slot=True)
+            return
         # A low task the claim already started (a rate-limited kind's: its
         # start is what the limit counts) runs now, not in a collected batch.
         if task.priority < self._batch_below and task.started_at is None:
@@ -707,9 +718,11 @@ class Worker:
         for batch in list(self.collecting.values()):
             self._batch_maybe_ready(batch)
 
-    def _start(self, coro, tasks: list[ClaimedTask]) -> None:
+    def _start(self, coro, tasks: list[ClaimedTask], critical_slot: bool = False) -> None:
         job = asyncio.create_task(self._in_slot(coro, tasks))
         self.executing.add(job)
+        if critical_slot:
+            self.critical_jobs.add(job)
 
     async def _in_slot(self, coro, tasks: list[ClaimedTask]) -> None:
         # The slot frees the moment the handler's outcome is recorded, in the
@@ -733,6 +746,7 @@ class Worker:
                                                                 f"{type(exc).__name__}")))
         finally:
             self.executing.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self.critical_jobs.discard(asyncio.current_task())  # type: ignore[arg-type]
             self.wake()
 
     def _cancel_requested(self, task_id: int) -> None:

@@ -1,0 +1,75 @@
+"""How much a worker claims at a turn: a pure function of its slots.
+
+A worker runs at most ``concurrency`` tasks in its ordinary slots, plus
+``critical_slots`` more that only critical work may take (effective
+priority >= 9, the critical tier). Without them a critical task that
+arrives while every slot is busy waits for one to free: with 20 ms jobs and
+four slots that is most of its wait. With them it starts at once, and
+ordinary work loses nothing: it never runs in a critical slot, and the
+ordinary slots stay ``concurrency``. A critical task claimed while an
+ordinary slot is free takes that slot (it is what the worker runs next).
+
+Hazard: probing for critical work at every turn would cost a claim per
+insert under load. The critical slots are filled only when there may be
+something for them: a NOTIFY on 'angela_queue_critical' (sent by the insert
+trigger, revision 0011) or the poll, the backstop for delayed and retried
+critical tasks that become due without an insert.
+
+The worker's loop (loop.py) calls :func:`claim_size`; the tests call it
+directly, like ``supervisor/scaling.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Below this base priority, tasks are claimed and run in batches (the plan).
+BATCH_BELOW_PRIORITY = 5
+# The critical tier (logs.tier_of): what a critical slot may take.
+CRITICAL_AT = 9.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim statement's size: up to ``limit`` tasks of effective priority
+    at least ``min_effective`` (None: any). ``critical``: for the critical
+    slots, so each task starts at its claim and runs alone, never collected
+    into a batch."""
+
+    limit: int
+    min_effective: float | None = None
+    critical: bool = False
+
+
+NOTHING = Claim(0)
+
+
+def claim_size(*, concurrency: int, critical_slots: int, running: int, critical_running: int = 0,
+               starting: int = 0, batches: int = 0, critical_wanted: bool = False,
+               stopping: bool = False) -> Claim:
+    """What to claim now.
+
+    ``running``: jobs in ordinary slots; ``critical_running``: in critical
+    ones; ``starting``: ready batches this turn starts, an ordinary slot
+    each; ``batches``: low-priority batches collecting or waiting for a slot.
+    Each of those reserves the slot it will run in, so a worker never holds
+    more than it can run: without this, low-priority tasks of many kinds
+    would each start a batch that takes no slot, and one worker would hoard
+    the whole low backlog. When every free slot is reserved, the worker still
+    takes one task of effective priority >= 5, so collection never delays
+    work that outranks it.
+
+    Every ordinary slot busy: the free critical slots, if critical work may
+    be waiting (``critical_wanted``).
+    """
+    if stopping:
+        return NOTHING
+    free = concurrency - running - starting
+    if free > batches:
+        return Claim(free - batches)
+    if free > 0:
+        return Claim(1, float(BATCH_BELOW_PRIORITY))
+    headroom = critical_slots - critical_running
+    if headroom > 0 and critical_wanted:
+        return Claim(headroom, CRITICAL_AT, critical=True)
+    return NOTHING
