@@ -69,8 +69,8 @@ def _resolve_dsn(dsn: str | None) -> str:
     return embedded.ensure_running()
 
 
-def _pool_kwargs() -> dict[str, Any]:
-    return {"autocommit": True, "row_factory": dict_row, "prepare_threshold": db.PREPARE_THRESHOLD,
+def _pool_kwargs(prepare: bool | None) -> dict[str, Any]:
+    return {"autocommit": True, "row_factory": dict_row, "prepare_threshold": db.threshold_for(prepare),
             "application_name": "angela-queue-client"}
 
 
@@ -78,14 +78,17 @@ class Client:
     """Enqueue, cancel and look up tasks from synchronous code.
 
     ``Client()`` reads the DSN from ANGELA_QUEUE_DSN or DATABASE_URL, and with
-    neither uses the local embedded Postgres.
+    neither uses the local embedded Postgres. ``prepare=False`` never uses
+    prepared statements (PgBouncer's transaction pooling before 1.21); None
+    follows ANGELA_QUEUE_PREPARE, on by default.
     """
 
     def __init__(self, dsn: str | None = None, *, pool_size: int = 4,
-                 full_queue_wait_s: float = ENQUEUE_FULL_WAIT_S):
+                 full_queue_wait_s: float = ENQUEUE_FULL_WAIT_S, prepare: bool | None = None):
         self.dsn = _resolve_dsn(dsn)
         self.full_queue_wait_s = full_queue_wait_s
-        self._pool = ConnectionPool(self.dsn, min_size=1, max_size=pool_size, kwargs=_pool_kwargs(),
+        self._prepare = prepare
+        self._pool = ConnectionPool(self.dsn, min_size=1, max_size=pool_size, kwargs=_pool_kwargs(prepare),
                                     open=False, name="angela-queue-client")
         self._schema_checked_until = 0.0
         self._done = waiting.DoneListener(self.dsn)
@@ -106,7 +109,7 @@ class Client:
         # open(wait=True) only reports "pool initialization incomplete" after
         # its timeout. One direct connection first fails at once with the
         # server's reason (DatabaseUnavailable).
-        with db.connect(self.dsn, application_name="angela-queue-client") as probe:
+        with db.connect(self.dsn, application_name="angela-queue-client", prepare=self._prepare) as probe:
             schema.check(probe)   # SchemaMissing / SchemaMismatch: one clear line
         self._schema_checked_until = time.monotonic() + SCHEMA_RECHECK_S
         self._pool.open(wait=True, timeout=10)
@@ -219,10 +222,11 @@ class AsyncClient:
     """The same API as ``Client``, for asyncio code."""
 
     def __init__(self, dsn: str | None = None, *, pool_size: int = 4,
-                 full_queue_wait_s: float = ENQUEUE_FULL_WAIT_S):
+                 full_queue_wait_s: float = ENQUEUE_FULL_WAIT_S, prepare: bool | None = None):
         self.dsn = _resolve_dsn(dsn)
         self.full_queue_wait_s = full_queue_wait_s
-        self._pool = AsyncConnectionPool(self.dsn, min_size=1, max_size=pool_size, kwargs=_pool_kwargs(),
+        self._prepare = prepare
+        self._pool = AsyncConnectionPool(self.dsn, min_size=1, max_size=pool_size, kwargs=_pool_kwargs(prepare),
                                          open=False, name="angela-queue-async-client")
         self._schema_checked_until = 0.0
         self._done = waiting.AsyncDoneListener(self.dsn)
@@ -238,7 +242,7 @@ class AsyncClient:
         """See Client.open: fail fast, with the reason, on a bad DSN or schema."""
         if not self._pool.closed:
             return
-        probe = await db.aconnect(self.dsn, application_name="angela-queue-client")
+        probe = await db.aconnect(self.dsn, application_name="angela-queue-client", prepare=self._prepare)
         try:
             await schema.acheck(probe)
         finally:

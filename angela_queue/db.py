@@ -9,6 +9,8 @@ error mapping; only the awaiting differs.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
@@ -19,20 +21,55 @@ from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 
 from . import queries
-from .errors import DatabaseUnavailable, QueueFull
+from .errors import ConfigError, DatabaseUnavailable, QueueFull
 
 Row = dict[str, Any]
 
 # Statements are prepared server-side from their first use: the same dozen
 # queries run millions of times, so parse/plan once per connection.
 PREPARE_THRESHOLD = 0
+# Hazard: PgBouncer before 1.21 in transaction pooling gives each transaction
+# whichever server connection is free, and a statement prepared on one is
+# unknown on the next. ANGELA_QUEUE_PREPARE=off makes this process's
+# connections never prepare (a connection opened with prepare_threshold=None
+# is never prepared, here or by psycopg).
+PREPARE_ENV = "ANGELA_QUEUE_PREPARE"
+# invalid_sql_statement_name ("prepared statement ... does not exist") and
+# duplicate_prepared_statement: what a pooler that moves us between server
+# connections looks like.
+PREPARED_STATEMENT_LOST = ("26000", "42P05")
+_ON, _OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
+
+
+@functools.cache
+def prepare_threshold() -> int | None:
+    """This process's choice, read once: PREPARE_THRESHOLD, or None (never prepare)."""
+    value = os.environ.get(PREPARE_ENV, "on").strip().lower()
+    if value in _ON or not value:
+        return PREPARE_THRESHOLD
+    if value in _OFF:
+        return None
+    raise ConfigError(f"{PREPARE_ENV} must be on or off (got {value!r}); off is for PgBouncer's transaction "
+                      f"pooling before 1.21")
+
+
+def threshold_for(prepare: bool | None) -> int | None:
+    """A connection's prepare_threshold: ``prepare`` if given, else the environment's."""
+    if prepare is None:
+        return prepare_threshold()
+    return PREPARE_THRESHOLD if prepare else None
+
+
+def _prepare(conn: psycopg.Connection | psycopg.AsyncConnection) -> bool:
+    """Prepare each named query, unless this connection was opened never to."""
+    return conn.prepare_threshold is not None
 
 
 def connect(dsn: str, *, autocommit: bool = True, application_name: str = "angela-queue",
-            connect_timeout: float = 10) -> psycopg.Connection:
+            connect_timeout: float = 10, prepare: bool | None = None) -> psycopg.Connection:
     try:
         conn = psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row,
-                               prepare_threshold=PREPARE_THRESHOLD,
+                               prepare_threshold=threshold_for(prepare),
                                application_name=application_name,
                                connect_timeout=max(1, int(connect_timeout)))
     except psycopg.OperationalError as exc:
@@ -41,7 +78,8 @@ def connect(dsn: str, *, autocommit: bool = True, application_name: str = "angel
 
 
 async def aconnect(dsn: str, *, autocommit: bool = True, application_name: str = "angela-queue",
-                   connect_timeout: float = 10, hot_path: bool = False) -> psycopg.AsyncConnection:
+                   connect_timeout: float = 10, hot_path: bool = False,
+                   prepare: bool | None = None) -> psycopg.AsyncConnection:
     """``hot_path``: the worker's own connection, which claims and completes.
     JIT is turned off on it: the claim's cost estimate grows with a limited
     kind's backlog and can cross jit_above_cost, and compiling a claim costs
@@ -49,7 +87,7 @@ async def aconnect(dsn: str, *, autocommit: bool = True, application_name: str =
     option: PgBouncer refuses unknown startup parameters.)"""
     try:
         conn = await psycopg.AsyncConnection.connect(
-            dsn, autocommit=autocommit, row_factory=dict_row, prepare_threshold=PREPARE_THRESHOLD,
+            dsn, autocommit=autocommit, row_factory=dict_row, prepare_threshold=threshold_for(prepare),
             application_name=application_name, connect_timeout=max(1, int(connect_timeout)))
         if hot_path:
             await conn.execute("SET jit = off")
@@ -121,6 +159,9 @@ def translate_errors() -> Iterator[None]:
             diag = exc.diag
             raise QueueFull(_queue_from_message(diag.message_primary or ""),
                             (diag.message_primary or str(exc)).removeprefix("angela_queue: ")) from exc
+        if getattr(exc, "sqlstate", None) in PREPARED_STATEMENT_LOST:
+            exc.add_note(f"angela-queue: a prepared statement was lost between transactions, as behind PgBouncer's "
+                         f"transaction pooling before 1.21: set {PREPARE_ENV}=off (or Client(prepare=False))")
         raise
 
 
@@ -141,7 +182,7 @@ def fetch_all(conn: psycopg.Connection, name: str, params: Mapping[str, Any] | N
     # dict_row on the cursor, whatever the connection's factory (Alembic
     # hands migrations a plain one).
     with translate_errors(), conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(queries.query(name), params, prepare=True)
+        cur.execute(queries.query(name), params, prepare=_prepare(conn))
         return cur.fetchall() if cur.description else []
 
 
@@ -216,7 +257,7 @@ async def afetch_all(conn: psycopg.AsyncConnection, name: str,
                      params: Mapping[str, Any] | None = None) -> list[Row]:
     with translate_errors():
         async with conn.cursor() as cur:
-            await cur.execute(queries.query(name), params, prepare=True)
+            await cur.execute(queries.query(name), params, prepare=_prepare(conn))
             return await cur.fetchall() if cur.description else []
 
 
@@ -250,7 +291,7 @@ async def apipeline(conn: psycopg.AsyncConnection,
             cursors = []
             for name, params in statements:
                 cur = conn.cursor()
-                await cur.execute(queries.query(name), params, prepare=True)
+                await cur.execute(queries.query(name), params, prepare=_prepare(conn))
                 cursors.append(cur)
         for cur in cursors:
             # pgresult.status, not cur.description: the latter builds Column
