@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -205,8 +206,21 @@ def test_a_killed_demo_takes_its_children_with_it(dsn, run_demo):
     demo.proc.kill()
     demo.proc.wait(10)
     wait_until(lambda: not demo.left_behind(), timeout=60, message="the children to exit after the demo died",
-               details=lambda: "left: " + "; ".join(f"{pid} {' '.join(demo.seen[pid].cmdline())[:200]}"
-                                                     for pid in demo.left_behind()))
+               details=lambda: "left: " + "; ".join(
+                   f"{pid} {' '.join(demo.seen[pid].cmdline())[:200]}\n{_probe(pid)}" for pid in demo.left_behind()))
+
+
+def _probe(pid: int) -> str:
+    """What a process left behind is doing: its signal masks, and its threads' stacks if py-spy is here."""
+    out = ""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            out += "".join(line for line in status if line.startswith(("State", "PPid", "Sig", "Shd")))
+    except OSError as exc:
+        out += f"{exc}\n"
+    if shutil.which("py-spy"):
+        out += subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True).stdout
+    return out
 
 
 @pytest.mark.parametrize("args, complaint", [

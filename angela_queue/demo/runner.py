@@ -43,7 +43,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -54,6 +53,7 @@ import psutil
 import psycopg
 
 from ..errors import AngelaQueueError
+from ..stopflag import StopFlag
 from ..worker.loop import set_parent_death_signal
 from .workload import BURST_EVERY_S, QUEUE, Workload
 
@@ -107,7 +107,7 @@ class Demo:
     log_args: tuple[str, ...] = ("--log-level", "WARNING")
 
     def __post_init__(self) -> None:
-        self._stop = threading.Event()
+        self._stop = StopFlag()  # not a threading.Event: set from a signal handler (stopflag.py)
         self._signals = 0
         self._children: list[Child] = []
         self.enqueued = 0

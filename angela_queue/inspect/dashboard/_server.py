@@ -28,6 +28,7 @@ import psycopg
 
 from ... import db
 from ...errors import ConfigError, DatabaseUnavailable
+from ...stopflag import StopFlag
 from ._actions import Actions, task_id
 from ._auth import Token
 from ._browse import Browser
@@ -313,7 +314,7 @@ def serve(dsn: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, dead_
     """
     check_schema_if_reachable(dsn)
     server = make_server(dsn, host, port, dead_after_s=dead_after_s, token=token)
-    stop = threading.Event()
+    stop = StopFlag()  # not a threading.Event: set from a signal handler (stopflag.py)
 
     def on_signal(signum: int, frame) -> None:
         stop.set()
