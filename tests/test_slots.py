@@ -57,3 +57,4 @@ def test_the_critical_tier_is_nine_and_up():
 @pytest.mark.parametrize("kw", [{"stopping": True}, {"stopping": True, "running": 4, "critical_wanted": True}])
 def test_a_stopping_worker_claims_nothing(kw):
     assert size(**kw) is NOTHING
+

@@ -139,7 +139,12 @@ def _contain_base_exceptions(loop: asyncio.AbstractEventLoop, coro, **kwargs) ->
     task would loop forever. Contained, the exception reaches the handler's
     await like any other, and the attempt fails with it.
     """
-    return asyncio.Task(_contained(coro), loop=loop, **kwargs)
+    task = asyncio.Task(_contained(coro), loop=loop, **kwargs)
+    # A task cancelled before its first step never runs _contained, so the
+    # coroutine it was given would never be awaited (and warn as it is
+    # collected): close it. On a coroutine that ran, close() does nothing.
+    task.add_done_callback(lambda done: coro.close() if done.cancelled() else None)
+    return task
 
 
 async def _contained(coro):
@@ -581,6 +586,8 @@ class Worker:
                           max(0.0, batch.next_fill_at - now))
         if self.next_scheduled_at is not None:
             timeout = min(timeout, max(0.0, self.next_scheduled_at - now))
+        if timeout <= 0:
+            return  # something is due now: the next turn does it
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except asyncio.TimeoutError:
