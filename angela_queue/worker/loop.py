@@ -541,7 +541,10 @@ class Worker:
 
     def free_slots(self) -> int:
         """Free ordinary slots (the critical ones are slots.py's)."""
-        return self.settings.concurrency - (len(self.executing) - len(self.critical_jobs))
+        return self.settings.concurrency - self._ordinary_running()
+
+    def _ordinary_running(self) -> int:
+        return len(self.executing) - len(self.critical_jobs)
 
     @property
     def _batch_below(self) -> int:
@@ -571,7 +574,7 @@ class Worker:
     def _claim_size(self, starting: int = 0) -> Claim:
         """How many tasks to claim now, and the least effective priority to take (slots.py)."""
         return claim_size(concurrency=self.settings.concurrency, critical_slots=self.settings.critical_slots,
-                          running=len(self.executing) - len(self.critical_jobs),
+                          running=self._ordinary_running(),
                           critical_running=len(self.critical_jobs), starting=starting,
                           batches=len(self.collecting) + len(self.ready), critical_wanted=self.critical_wanted,
                           stopping=self.stopping or self.retiring)
@@ -684,15 +687,10 @@ class Worker:
     def _dispatch(self, task: ClaimedTask, critical_slot: bool = False) -> None:
         self._hold(task)
         definition = lookup(task.kind)
-        if critical_slot:
-            # Started at its claim: it runs now, alone (a batch handler gets a list of one).
-            coro = self._run_batch(Batch(task.queue, task.kind, [task])) if definition is not None and \
-                definition.batch else self._run_one(task)
-            self._start(coro, [task], critical_slot=True)
-            return
         # A low task the claim already started (a rate-limited kind's: its
-        # start is what the limit counts) runs now, not in a collected batch.
-        if task.priority < self._batch_below and task.started_at is None:
+        # start is what the limit counts, or a critical slot's) runs now, not
+        # in a collected batch.
+        if task.priority < self._batch_below and task.started_at is None and not critical_slot:
             key = (task.queue, task.kind)
             batch = self.collecting.get(key)
             if batch is None:
@@ -707,9 +705,9 @@ class Worker:
         if definition is not None and definition.batch:
             # A batch handler takes a list whatever the priority or batch size:
             # alone, a list of one.
-            self._start(self._run_batch(Batch(task.queue, task.kind, [task])), [task])
+            self._start(self._run_batch(Batch(task.queue, task.kind, [task])), [task], critical_slot)
             return
-        self._start(self._run_one(task), [task])
+        self._start(self._run_one(task), [task], critical_slot)
 
     def _batch_maybe_ready(self, batch: Batch) -> None:
         key = (batch.queue, batch.kind)
