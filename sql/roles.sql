@@ -28,7 +28,18 @@ GRANT USAGE ON SCHEMA angela_queue TO angela_queue_producer, angela_queue_worker
 -- The schema-revision check every process makes at start.
 GRANT SELECT ON angela_queue.alembic_version TO angela_queue_producer, angela_queue_worker, angela_queue_reader;
 
-GRANT SELECT, INSERT ON angela_queue.tasks TO angela_queue_producer;
+GRANT SELECT ON angela_queue.tasks TO angela_queue_producer;
+-- Bulk enqueue (revision 0012): a producer's INSERT names any column of
+-- tasks but enqueued_by, which marks a row enqueue_many built whole (the
+-- insert trigger passes over such rows); the trigger sets it for every
+-- other row, so nothing a producer may do changed.
+REVOKE INSERT ON angela_queue.tasks FROM angela_queue_producer;
+GRANT INSERT (queue, kind, payload, priority, boost, boost_rules, status, created_at, run_at, deadline,
+              aging_rate, priority_key, attempts, max_attempts, timeout_s, dedup_key, worker_id, started_at,
+              finished_at, result, last_error, errors, failed_at, cancel_requested_at, trace_context,
+              limited_kind)
+    ON angela_queue.tasks TO angela_queue_producer;
+GRANT EXECUTE ON FUNCTION angela_queue.enqueue_many(jsonb, jsonb) TO angela_queue_producer, angela_queue_worker;
 REVOKE EXECUTE ON FUNCTION angela_queue.find_unfinished_task(text, text), angela_queue.cancel_task(bigint)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION angela_queue.find_unfinished_task(text, text), angela_queue.cancel_task(bigint)

@@ -25,27 +25,17 @@ SELECT i.* FROM ins i
 WHERE NOT %(relax)s::boolean OR angela_queue.commit_fast(ARRAY(SELECT f.queue FROM ins f)) IS NOT NULL;
 
 -- name: tasks_enqueue_many
--- Insert many tasks in one statement (one round trip). %(tasks)s is one JSON
--- array of {"kind", "payload", and any of "queue", "priority", "run_at",
--- "delay_s", "max_attempts", "timeout_s", "dedup_key"}; a key left out is
--- unset. Rows whose dedup_key is already held by an unfinished task are
--- skipped, as in tasks_enqueue. Returned in the order given. %(relax)s: as
--- in tasks_enqueue (all the rows' queues must be fast).
+-- Insert many tasks in one statement (one round trip), through
+-- angela_queue.enqueue_many: the insert trigger's work done set-based for
+-- the whole list (revision 0012). %(tasks)s is one JSON array of {"kind",
+-- "payload", and any of "queue", "priority", "run_at", "delay_s",
+-- "max_attempts", "timeout_s", "dedup_key"}; a key left out is unset. Rows
+-- whose dedup_key is already held by an unfinished task are skipped, as in
+-- tasks_enqueue. Returned in the order given. %(relax)s: as in
+-- tasks_enqueue (all the rows' queues must be fast).
 WITH ins AS (
-INSERT INTO angela_queue.tasks
-    (queue, kind, payload, priority, run_at, max_attempts, timeout_s, dedup_key, trace_context)
-SELECT s.queue, s.kind, s.payload, s.priority,
-       coalesce(s.run_at, now() + make_interval(secs => coalesce(s.delay_s, 0))),
-       s.max_attempts, s.timeout_s, s.dedup_key, %(trace_context)s::jsonb
-FROM ROWS FROM (jsonb_to_recordset(%(tasks)s::jsonb)
-                AS (queue text, kind text, payload jsonb, priority integer, run_at timestamptz,
-                    delay_s double precision, max_attempts integer, timeout_s double precision, dedup_key text))
-     WITH ORDINALITY AS s(queue, kind, payload, priority, run_at, delay_s, max_attempts, timeout_s, dedup_key, n)
-ORDER BY s.n
-ON CONFLICT (queue, dedup_key)
-    WHERE dedup_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')
-    DO NOTHING
-RETURNING id, queue, kind, status, priority, boost, tier, run_at, dedup_key, last_error
+SELECT e.id, e.queue, e.kind, e.status, e.priority, e.boost, e.tier, e.run_at, e.dedup_key, e.last_error
+FROM angela_queue.enqueue_many(%(tasks)s::jsonb, %(trace_context)s::jsonb) AS e
 )
 SELECT i.* FROM ins i
 WHERE NOT %(relax)s::boolean OR angela_queue.commit_fast(ARRAY(SELECT DISTINCT f.queue FROM ins f)) IS NOT NULL;

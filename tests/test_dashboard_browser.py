@@ -120,6 +120,7 @@ def browser(tmp_path):
 
 def test_the_page_shows_the_database_and_retry_makes_a_failed_task_succeed(
         dsn, conn, client, write_app, start_worker, start_dashboard, browser, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -188,7 +189,13 @@ def test_the_page_shows_the_database_and_retry_makes_a_failed_task_succeed(
     assert f"succeeded ({charted_total(browser):,})" in browser.find_element(By.ID, "l-throughput").text
 
     # The failures panel links to the task list filtered to the group, then to a task.
-    row.find_element(By.CLASS_NAME, "f-count").click()
+    # Found again, and again if a refresh redraws the panel's rows between
+    # finding and clicking (the range change just asked for one).
+    def click_count(d) -> bool:
+        d.find_element(By.CSS_SELECTOR, '#failures tr[data-kind="charge"] .f-count').click()
+        return True
+    WebDriverWait(browser, 20, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)).until(
+        click_count)
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '#tasks tr[data-status="failed"]')) == 3)
     assert browser.find_element(By.ID, "f-status").get_attribute("value") == "failed"
     assert browser.find_element(By.ID, "f-kind").get_attribute("value") == "charge"

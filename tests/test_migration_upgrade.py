@@ -256,3 +256,26 @@ def test_upgrade_from_0010_keeps_rows_and_critical_inserts_notify_both_channels(
         notes = [(n.channel, n.payload) for n in listener.notifies(timeout=2, stop_after=3)]
     assert sorted(notes) == [("angela_queue_critical", "urgent"), ("angela_queue_insert", "default"),
                              ("angela_queue_insert", "urgent")]
+
+
+def test_upgrade_from_0011_keeps_rows_and_bulk_enqueue_builds_what_the_trigger_builds(empty_dsn):
+    """0012 (bulk enqueue): rows are kept, their claim keys are what the new
+    (inlinable) priority_key computes, a plain INSERT still goes through the
+    trigger, and angela_queue.enqueue_many gives a task the same row."""
+    migrations.upgrade(empty_dsn, "0011")
+    query(empty_dsn, "INSERT INTO angela_queue.tasks (kind, priority, payload, run_at) VALUES "
+                     "('k', 3, '{}', now() - interval '3 days'), ('k', 10, '{\"text\": \"urgent\"}', now()), "
+                     "('k', 6, '{}', now() + interval '1 hour')")
+    before = all_tasks(empty_dsn)
+    migrations.upgrade(empty_dsn, "0012")
+    assert all_tasks(empty_dsn) == before
+    assert scalar(empty_dsn, "SELECT count(*) FROM angela_queue.tasks WHERE priority_key IS DISTINCT FROM "
+                             "angela_queue.priority_key(priority, boost, aging_rate, greatest(run_at, created_at))") == 0
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        plain = conn.execute("INSERT INTO angela_queue.tasks (kind, payload) VALUES ('k', '{\"text\": \"urgent?\"}') "
+                             "RETURNING boost, boost_rules, enqueued_by").fetchone()
+        bulk_id = conn.execute("SELECT id FROM angela_queue.enqueue_many("
+                               "'[{\"kind\": \"k\", \"payload\": {\"text\": \"urgent?\"}}]')").fetchone()[0]
+        bulk = conn.execute("SELECT boost, boost_rules, enqueued_by FROM angela_queue.tasks WHERE id = %s",
+                            (bulk_id,)).fetchone()
+    assert plain == bulk and plain[0] == 4 and plain[2] is not None

@@ -304,6 +304,10 @@ FROZEN_REVISIONS = {
     "0011_critical_wake.down.sql": "34199d125183e6a18483fc105391e53b83fa12cf915cd55cb8f5afb143b3170d",
     "0011_critical_wake.py": "192780005e0c75e37260b13834a28a4ff9670e31f5cf87f49151f41cb005093e",
     "0011_critical_wake.sql": "013c3032724f12d6298ebf4f21ade9b43a5b2154094a93803b3c1f078e7cdda7",
+    "0012_bulk_enqueue.down.sql": "d6a87e37c968b0ab8ad1c8b77f0786a7657cf0a956db8832022e403bddc2b505",
+    "0012_bulk_enqueue.py": "7588beb26c5eb4319cb8e6bcf4449363f52a76294b92906e2bc66ee3cdec8ef8",
+    "0012_bulk_enqueue.sql": "d98943c9dd1a2a86361aad960bb0e3307ce8aab3e58a4174a3a2ab56fee4bcfd",
+    "0012_roles.sql": "b750f34aa4855c781009bcc3fe299026826591c67f7732c96bdffdec26c13f37",
 }
 
 

@@ -45,7 +45,12 @@ def denied(conn: psycopg.Connection, statement: str, params=None) -> None:
 def test_migrate_created_the_roles_and_granted_to_them(conn):
     assert {r["rolname"] for r in conn.execute(
         "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND NOT rolcanlogin", (list(ROLES),))} == set(ROLES)
-    assert conn.execute("SELECT has_table_privilege('angela_queue_producer', 'angela_queue.tasks', 'INSERT') "
+    # INSERT of every column but enqueued_by (it marks a row enqueue_many
+    # built whole, which the insert trigger passes over), and no UPDATE.
+    assert conn.execute("SELECT has_column_privilege('angela_queue_producer', 'angela_queue.tasks', 'kind', 'INSERT') "
+                        "AND has_column_privilege('angela_queue_producer', 'angela_queue.tasks', 'status', 'INSERT') "
+                        "AND NOT has_column_privilege('angela_queue_producer', 'angela_queue.tasks', 'enqueued_by', "
+                        "'INSERT') "
                         "AND NOT has_table_privilege('angela_queue_producer', 'angela_queue.tasks', 'UPDATE') "
                         "AS ok").fetchone()["ok"]
 
@@ -206,7 +211,8 @@ def test_roles_sql_prints_what_a_dba_runs(conn):
                          timeout=60)
     assert out.returncode == 0
     assert "CREATE ROLE angela_queue_producer NOLOGIN;" in out.stdout
-    assert "GRANT SELECT, INSERT ON angela_queue.tasks TO angela_queue_producer;" in out.stdout
+    assert "GRANT SELECT ON angela_queue.tasks TO angela_queue_producer;" in out.stdout
+    assert "ON angela_queue.tasks TO angela_queue_producer;" in out.stdout.split("GRANT INSERT (", 1)[1]
     # The grants part runs as the owner on a migrated database (idempotent).
     from angela_queue.roles import split_parts
     conn.execute(split_parts(out.stdout)["grants"])
@@ -238,6 +244,26 @@ def test_an_insert_cannot_forge_what_workers_write(conn, login):
         (0, None, None, None, None, None, [], None, None)
     with pytest.raises(psycopg.errors.CheckViolation, match="task_failed_at_in_range"):
         conn.execute("UPDATE angela_queue.tasks SET failed_at = 'infinity' WHERE id = %s", (row["id"],))
+
+
+def test_a_producer_cannot_skip_the_insert_trigger(conn, login):
+    """The trigger passes over rows that carry enqueued_by (enqueue_many builds
+    them whole): a producer may not name that column, so a row it writes
+    itself always goes through the trigger, and enqueue_many's rows are its
+    own, with every default, boost and check."""
+    dsn = login("angela_queue_producer")
+    with connect(dsn) as producer:
+        denied(producer, "INSERT INTO angela_queue.tasks (kind, queue, priority, max_attempts, deadline, "
+                         "enqueued_by, status, attempts) VALUES ('k', 'default', 5, 5, now(), 'someone_else', "
+                         "'running', 7)")
+        me = producer.execute("SELECT session_user AS me").fetchone()["me"]
+        rows = producer.execute("SELECT * FROM angela_queue.enqueue_many(%s::jsonb)",
+                                (json.dumps([{"kind": "k", "payload": {"text": "urgent?"}}]),)).fetchall()
+        assert [r["boost"] for r in rows] == [4]
+        assert producer.execute("SELECT count(*) AS n FROM angela_queue.tasks").fetchone()["n"] == 1
+    stored = conn.execute("SELECT * FROM angela_queue.tasks WHERE id = %s", (rows[0]["id"],)).fetchone()
+    assert (stored["enqueued_by"], stored["status"], stored["attempts"], stored["boost_rules"]) == \
+        (me, "queued", 0, ["question", "urgent"])
 
 
 def test_without_the_roles_a_login_that_may_use_the_schema_cannot_cancel(conn, pg_server, dsn):
