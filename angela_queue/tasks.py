@@ -35,6 +35,11 @@ BULK_RETRIES = 3
 # Rows a purge deletes per transaction.
 PURGE_CHUNK = 10_000
 
+# One encoder for every payload: json.dumps with any argument builds a new
+# encoder per call, which cost a bulk enqueue more than the encoding.
+# allow_nan=False: Python writes NaN/Infinity, which jsonb rejects.
+_JSON = json.JSONEncoder(allow_nan=False)
+
 STATUSES = ("scheduled", "queued", "running", "succeeded", "failed", "cancelled", "dropped")
 WAITING_STATUSES = ("scheduled", "queued")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled", "dropped")
@@ -97,8 +102,7 @@ class TaskSpec:
         if not isinstance(self.payload, Mapping):
             raise ValueError(f"payload must be a JSON object (a dict), got {type(self.payload).__name__}")
         try:
-            # allow_nan=False: Python writes NaN/Infinity, which jsonb rejects.
-            text = json.dumps(self.payload, allow_nan=False)
+            text = _JSON.encode(self.payload)
         except (TypeError, ValueError, RecursionError) as exc:
             raise ValueError(f"payload is not JSON-serialisable: {exc}") from None
         if "\\u0000" in text:
@@ -199,8 +203,8 @@ def many_params(specs: list[TaskSpec], trace_context: Mapping[str, str] | None =
         options = (("queue", s.queue), ("priority", s.priority),
                    ("run_at", None if s.run_at is None else s.run_at.isoformat()), ("delay_s", s.delay_s),
                    ("max_attempts", s.max_attempts), ("timeout_s", s.timeout_s), ("dedup_key", s.dedup_key))
-        fields = [f'"kind":{json.dumps(s.kind)}', f'"payload":{s._payload_json}',
-                  *(f'"{key}":{json.dumps(value)}' for key, value in options if value is not None)]
+        fields = [f'"kind":{_JSON.encode(s.kind)}', f'"payload":{s._payload_json}',
+                  *(f'"{key}":{_JSON.encode(value)}' for key, value in options if value is not None)]
         parts.append("{" + ",".join(fields) + "}")
     return {"trace_context": Jsonb(dict(trace_context)) if trace_context else None,
             "tasks": "[" + ",".join(parts) + "]", "relax": False}
