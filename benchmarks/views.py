@@ -31,10 +31,11 @@ RUNS = 5
 # calls would take most of the run.
 FINISHED_ROWS = """
 INSERT INTO angela_queue.tasks (queue, kind, payload, priority, status, created_at, run_at, deadline,
-                                priority_key, attempts, started_at, finished_at, last_error, failed_at, errors)
+                                priority_key, attempts, max_attempts, started_at, finished_at, last_error,
+                                failed_at, errors)
 SELECT 'default', 'kind_' || (g %% 20), '{}', 1 + g %% 10,
        CASE WHEN g %% 50 = 0 THEN 'failed' ELSE 'succeeded' END,
-       t.at - interval '2 seconds', t.at - interval '2 seconds', t.at, 0, 1, t.at - interval '1 second', t.at,
+       t.at - interval '2 seconds', t.at - interval '2 seconds', t.at, 0, 1, 5, t.at - interval '1 second', t.at,
        CASE WHEN g %% 50 = 0 THEN 'ValueError: bench' END,
        CASE WHEN g %% 50 = 0 THEN t.at END, '[]'
 FROM generate_series(%(first)s::integer, %(last)s::integer) g
