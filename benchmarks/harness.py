@@ -454,3 +454,13 @@ def _git(*args: str) -> str:
                               timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def write_results(result: dict[str, Any], out: str | None, name: str) -> Path:
+    """Write a run's JSON to ``out``, or to results/<time>-<name>.json; say where."""
+    path = Path(out) if out else RESULTS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str))
+    print(f"results: {path}")
+    return path
+

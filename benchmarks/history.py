@@ -17,17 +17,15 @@ of the run). It reports; it never asserts.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from angela_queue import Client
 
 from . import app
-from .harness import DEFAULT_ADMIN_DSN, BenchDB, machine_info, median
+from .harness import DEFAULT_ADMIN_DSN, BenchDB, machine_info, write_results, median
 from .scale import _time_claims
 from .views import FINISHED_ROWS, VIEWS, _time_views
 
@@ -113,11 +111,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{result['ratios']['view ' + v]:>7.2f}x")
     print(f"sequential scans of tasks with the history: {', '.join(full['seq_scan_on_tasks']) or 'none'}; "
           f"table and indexes {size / 2**30:.1f} GiB; load {load_s:.0f} s, vacuum analyze {settle_s:.0f} s")
-    out = Path(args.out) if args.out else (Path(__file__).parent / "results" /
-                                           f"{time.strftime('%Y%m%d-%H%M%S')}-history.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"results: {out}")
+    write_results(result, args.out, "history")
     return 0
 
 
