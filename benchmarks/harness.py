@@ -401,7 +401,7 @@ def machine_info(db: BenchDB) -> dict[str, Any]:
     settings = {r["name"]: r["setting"] + (r["unit"] or "") for r in c.execute(
         "SELECT name, setting, unit FROM pg_settings WHERE name IN ('shared_buffers', 'synchronous_commit', "
         "'fsync', 'wal_level', 'max_connections', 'work_mem', 'checkpoint_timeout', 'max_wal_size', "
-        "'commit_delay', 'jit')")}
+        "'commit_delay', 'jit', 'autovacuum')")}
     cpu_model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
