@@ -306,7 +306,7 @@ FROZEN_REVISIONS = {
     "0011_critical_wake.sql": "013c3032724f12d6298ebf4f21ade9b43a5b2154094a93803b3c1f078e7cdda7",
     "0012_bulk_enqueue.down.sql": "d6a87e37c968b0ab8ad1c8b77f0786a7657cf0a956db8832022e403bddc2b505",
     "0012_bulk_enqueue.py": "7588beb26c5eb4319cb8e6bcf4449363f52a76294b92906e2bc66ee3cdec8ef8",
-    "0012_bulk_enqueue.sql": "d98943c9dd1a2a86361aad960bb0e3307ce8aab3e58a4174a3a2ab56fee4bcfd",
+    "0012_bulk_enqueue.sql": "61f57b62917e4c93c933c5655307ecb3214b84527479562763c110ca0f5336d3",
     "0012_roles.sql": "b750f34aa4855c781009bcc3fe299026826591c67f7732c96bdffdec26c13f37",
 }
 

@@ -119,19 +119,12 @@ BEGIN
                                   dedup_key, n)
         LEFT JOIN angela_queue.kinds k ON k.kind = s.kind
     ),
-    -- The room left in each bounded queue this call fills: each count stops
-    -- at max_size and walks a small partial index, as in the trigger, but
-    -- once per queue instead of once per row.
+    -- The room left in each bounded queue this call fills
+    -- (angela_queue.queue_room: the trigger's counts, stopping at max_size),
+    -- once per queue instead of once per row; NULL for an unbounded one.
     room AS (
-        SELECT q.name, q.max_size - (
-                   (SELECT count(*) FROM (SELECT 1 FROM angela_queue.tasks t
-                                          WHERE t.queue = q.name AND t.status = 'queued'
-                                          LIMIT q.max_size) AS queued)
-                 + (SELECT count(*) FROM (SELECT 1 FROM angela_queue.tasks t
-                                          WHERE t.queue = q.name AND t.status = 'scheduled'
-                                          LIMIT q.max_size) AS scheduled)) AS left_over
-        FROM angela_queue.queues q
-        WHERE q.max_size IS NOT NULL AND q.name IN (SELECT g.queue FROM given g)
+        SELECT d.queue AS name, angela_queue.queue_room(d.queue) AS left_over
+        FROM (SELECT DISTINCT g.queue FROM given g) AS d
     ),
     resolved AS (
         SELECT g.n, g.kind, g.payload, g.dedup_key, g.queue, g.limited_kind, g.run_at,
