@@ -25,9 +25,9 @@ from typing import Any
 from angela_queue import Client
 
 from . import app
-from .harness import DEFAULT_ADMIN_DSN, BenchDB, machine_info, write_results, median
-from .scale import _time_claims
-from .views import FINISHED_ROWS, VIEWS, _time_views
+from .harness import DEFAULT_ADMIN_DSN, BenchDB, machine_info, median, write_results
+from .scale import time_claims
+from .views import FINISHED_ROWS, VIEWS, time_views
 
 SINGLE = 300          # Client.enqueue calls, one task each
 BULK_CALLS = 5        # Client.enqueue_many calls of BULK_SIZE
@@ -51,8 +51,8 @@ def _measure(db: BenchDB) -> dict[str, Any]:
             start = time.perf_counter()
             client.enqueue_many(tasks)
             bulk.append((time.perf_counter() - start) * 1000)
-    claims = _time_claims(db.dsn, CLAIM_ROUNDS)
-    views = _time_views(db)
+    claims = time_claims(db.dsn, CLAIM_ROUNDS)
+    views = time_views(db)
     return {"enqueue_ms_p50": median(single), "enqueue_many_1000_ms_p50": median(bulk),
             "claim_ms_p50": median(claims),
             "views": {v: views[v]["median_ms"] for v in VIEWS},

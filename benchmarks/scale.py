@@ -26,7 +26,7 @@ from .harness import BenchDB, median
 ROUNDS = 200
 
 
-def _time_claims(dsn: str, rounds: int) -> list[float]:
+def time_claims(dsn: str, rounds: int) -> list[float]:
     worker = uuid.uuid4()
     claim = queries.query("tasks_claim")
     complete = queries.query("tasks_complete_many")
@@ -51,7 +51,7 @@ def run_scale(db: BenchDB, sizes: tuple[int, ...], finished: int, rounds: int = 
         # Enough that the backlog never falls below n while the rounds take theirs.
         db.insert_noops(n + rounds * 10, "bench_noop")
         db.settle()
-        times = _time_claims(db.dsn, rounds)
+        times = time_claims(db.dsn, rounds)
         out["queued"].append({"queued": n, "claim_ms_p50": median(times), "claim_ms_max": max(times)})
     base = out["queued"][0]["claim_ms_p50"]
     for row in out["queued"]:
@@ -66,7 +66,7 @@ def run_scale(db: BenchDB, sizes: tuple[int, ...], finished: int, rounds: int = 
                     "worker_id = gen_random_uuid() WHERE id = (SELECT min(id) FROM angela_queue.tasks)")
     db.insert_noops(sizes[0] + rounds * 10, "bench_noop")
     db.settle()
-    times = _time_claims(db.dsn, rounds)
+    times = time_claims(db.dsn, rounds)
     out["capped"] = {"capped_queued": 10_000, "queued": sizes[0], "claim_ms_p50": median(times),
                      "ratio_to_none_capped": median(times) / base if base else None}
     if finished:
@@ -77,7 +77,7 @@ def run_scale(db: BenchDB, sizes: tuple[int, ...], finished: int, rounds: int = 
                         "finished_at = now()")
         db.insert_noops(sizes[0] + rounds * 10, "bench_noop")
         db.settle()
-        times = _time_claims(db.dsn, rounds)
+        times = time_claims(db.dsn, rounds)
         out["finished"] = {"finished": finished, "queued": sizes[0], "claim_ms_p50": median(times),
                            "ratio_to_none_finished": median(times) / base if base else None}
     return out

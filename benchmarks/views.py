@@ -50,7 +50,7 @@ def _nodes(plan: dict) -> list[dict]:
     return found
 
 
-def _time_views(db: BenchDB) -> dict[str, dict]:
+def time_views(db: BenchDB) -> dict[str, dict]:
     out = {}
     for view in VIEWS:
         times = []
@@ -78,14 +78,14 @@ def main(argv: list[str] | None = None) -> int:
             db.conn.execute("SET LOCAL session_replication_role = replica")
             db.conn.execute(FINISHED_ROWS, {"first": 1, "last": recent, "n": args.finished})
         db.settle()
-        empty = _time_views(db)
+        empty = time_views(db)
         started = time.monotonic()
         with db.conn.transaction():
             db.conn.execute("SET LOCAL session_replication_role = replica")
             db.conn.execute(FINISHED_ROWS, {"first": recent + 1, "last": args.finished, "n": args.finished})
         load_s = time.monotonic() - started
         db.settle()
-        full = _time_views(db)
+        full = time_views(db)
         result = {"finished_rows": args.finished, "backlog": args.backlog, "load_s": round(load_s, 1),
                   "views": {v: {"empty_ms": empty[v]["median_ms"], "full_ms": full[v]["median_ms"],
                                 "ratio": round(full[v]["median_ms"] / max(empty[v]["median_ms"], 0.001), 2),
