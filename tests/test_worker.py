@@ -334,7 +334,9 @@ def test_priority_order_with_one_worker(dsn, client, write_app, start_worker, co
     conn.execute("""INSERT INTO angela_queue.tasks (kind, payload, priority) VALUES
         ('record', '{"n": 4}', 5), ('record', '{"n": 2}', 9), ('record', '{"n": 1}', 2), ('record', '{"n": 3}', 7)""")
     backdate(conn, scalar(dsn, "SELECT id FROM angela_queue.tasks WHERE payload = '{\"n\": 1}'"), 200)
-    start_worker(app, "--concurrency", "1", *FAST)
+    # One slot and no critical slot: with one, the critical task (n=2) would
+    # run beside n=1 instead of after it, and their order be a race.
+    start_worker(app, "--concurrency", "1", "--critical-slots", "0", *FAST)
     wait_until(lambda: scalar(dsn, "SELECT count(*) FROM public.runs") == 4, message="all ran")
     assert [r["n"] for r in query(dsn, "SELECT n FROM public.runs ORDER BY at")] == [1, 2, 3, 4]
 
