@@ -1,6 +1,7 @@
 """Connections and query execution: the only module that sends SQL.
 
-Callers name a query from sql/*.sql and pass parameters; this module fetches
+Callers pass a ``queries.Query`` (or name a query from sql/*.sql and pass
+parameters); this module fetches
 the text, executes it (prepared, so the hot path skips parsing and planning)
 and returns rows as dicts. Sync and async share the query catalogue and the
 error mapping; only the awaiting differs.
@@ -12,7 +13,7 @@ import contextlib
 import functools
 import os
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -21,6 +22,7 @@ from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 
 from . import queries
+from .queries import Query
 from .errors import ConfigError, DatabaseUnavailable, QueueFull
 
 Row = dict[str, Any]
@@ -178,16 +180,26 @@ def _queue_from_message(message: str) -> str:
     return name.replace("\\\\", "\\") if message[match.start() + 6] == "E" else name
 
 
-def fetch_all(conn: psycopg.Connection, name: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+def _statement(q: Query | str, params: Mapping[str, Any] | None) -> tuple[str, Mapping[str, Any] | None]:
+    """The text and parameters of a Query, or of a query name and its parameters."""
+    if isinstance(q, Query):
+        if params is not None:
+            raise TypeError(f"{q.name}: a Query carries its own parameters")
+        return q.text, q.params
+    return queries.query(q), params
+
+
+def fetch_all(conn: psycopg.Connection, q: Query | str, params: Mapping[str, Any] | None = None) -> list[Row]:
     # dict_row on the cursor, whatever the connection's factory (Alembic
     # hands migrations a plain one).
+    text, params = _statement(q, params)
     with translate_errors(), conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(queries.query(name), params, prepare=_prepare(conn))
+        cur.execute(text, params, prepare=_prepare(conn))
         return cur.fetchall() if cur.description else []
 
 
-def fetch_one(conn: psycopg.Connection, name: str, params: Mapping[str, Any] | None = None) -> Row | None:
-    rows = fetch_all(conn, name, params)
+def fetch_one(conn: psycopg.Connection, q: Query | str, params: Mapping[str, Any] | None = None) -> Row | None:
+    rows = fetch_all(conn, q, params)
     return rows[0] if rows else None
 
 
@@ -253,11 +265,12 @@ def execute_script(conn: psycopg.Connection, text: str | pgsql.Composable) -> No
     conn.execute(text, prepare=False)
 
 
-async def afetch_all(conn: psycopg.AsyncConnection, name: str,
+async def afetch_all(conn: psycopg.AsyncConnection, q: Query | str,
                      params: Mapping[str, Any] | None = None) -> list[Row]:
+    text, params = _statement(q, params)
     with translate_errors():
         async with conn.cursor() as cur:
-            await cur.execute(queries.query(name), params, prepare=_prepare(conn))
+            await cur.execute(text, params, prepare=_prepare(conn))
             return await cur.fetchall() if cur.description else []
 
 
@@ -277,8 +290,7 @@ async def aunlisten(conn: psycopg.AsyncConnection, channel: str) -> None:
     await conn.execute(pgsql.SQL("UNLISTEN {}").format(pgsql.Identifier(channel)))
 
 
-async def apipeline(conn: psycopg.AsyncConnection,
-                    statements: list[tuple[str, Mapping[str, Any] | None]]) -> list[list[Row]]:
+async def apipeline(conn: psycopg.AsyncConnection, statements: Sequence[Query]) -> list[list[Row]]:
     """Run several named queries in one round trip (pipeline mode).
 
     They run in order and, with no Sync between them, inside one implicit
@@ -289,9 +301,9 @@ async def apipeline(conn: psycopg.AsyncConnection,
     with translate_errors():
         async with conn.pipeline():
             cursors = []
-            for name, params in statements:
+            for statement in statements:
                 cur = conn.cursor()
-                await cur.execute(queries.query(name), params, prepare=_prepare(conn))
+                await cur.execute(statement.text, statement.params, prepare=_prepare(conn))
                 cursors.append(cur)
         for cur in cursors:
             # pgresult.status, not cur.description: the latter builds Column

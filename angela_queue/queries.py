@@ -4,13 +4,20 @@ Each query lives in a ``.sql`` file under a header line ``-- name: tasks_claim``
 followed by comment lines saying what it does. Python never builds SQL from
 strings: callers look queries up by name, and an unknown or duplicate name
 fails loudly at import, not at the first unlucky call.
+
+A statement to run is a :class:`Query`: a name and its parameters, checked
+when it is built. The hot path's are built in one place
+(``statements.py``), so their names and parameters are spelled once.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 # Files that hold DDL rather than named queries.
 SCHEMA_FILES = ("schema.sql", "views.sql", "roles.sql")
@@ -71,3 +78,23 @@ def query(name: str) -> str:
         return all_queries()[name]
     except KeyError:
         raise UnknownQuery(f"no SQL query named {name!r} under sql/") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One named query with its parameters, ready for ``db`` to run.
+
+    The name is checked when the value is built: a typo fails where the
+    statement is made, not in the middle of a pipeline.
+    """
+
+    name: str
+    params: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in all_queries():
+            raise UnknownQuery(f"no SQL query named {self.name!r} under sql/")
+
+    @property
+    def text(self) -> str:
+        return all_queries()[self.name]

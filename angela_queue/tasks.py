@@ -22,6 +22,8 @@ from psycopg.types.json import Jsonb
 
 from .config import CHANNEL_SPACE, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, ENQUEUE_FULL_WAIT_S
 from .errors import DedupKeyHeld, QueueFull, TaskNotFound
+# A flow yields Query to run a named query; its driver sends back the rows.
+from .queries import Query
 from .registry import TaskDefinition, lookup
 
 log = logging.getLogger("angela_queue.client")
@@ -219,14 +221,6 @@ def _finite(value: int | float) -> bool:
 
 
 # --- Operations the flows yield to their driver --------------------------------
-
-@dataclass(frozen=True)
-class Query:
-    """Run a named query; the driver sends back its rows."""
-
-    name: str
-    params: Mapping[str, Any]
-
 
 @dataclass(frozen=True)
 class WaitForSpace:

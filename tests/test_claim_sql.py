@@ -9,6 +9,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from angela_queue import db
+from angela_queue import statements as st
 from fix_db import backdate
 from fix_plans import assert_claim_walks_its_index
 
@@ -17,8 +18,7 @@ W2 = uuid.uuid4()
 
 
 def claim(conn, limit=1, worker=W1, queues=("default",)):
-    return db.fetch_all(conn, "tasks_claim",
-                        {"queues": list(queues), "limit": limit, "worker_id": worker, "min_effective": None, "batch_below": 0})
+    return db.fetch_all(conn, st.claim(worker_id=worker, queues=list(queues), limit=limit))
 
 
 def insert(conn, kind="k", priority=5, minutes_ago=0, queue="default", payload=None):
@@ -71,8 +71,8 @@ def test_concurrent_claims_never_take_the_same_row(dsn, conn):
     with psycopg.connect(dsn, row_factory=dict_row) as a, psycopg.connect(dsn, row_factory=dict_row) as b:
         # Two open transactions claim at once: SKIP LOCKED makes the second
         # pass over the rows the first holds instead of waiting or doubling.
-        ra = db.fetch_all(a, "tasks_claim", {"queues": ["default"], "limit": 10, "worker_id": W1, "min_effective": None, "batch_below": 0})
-        rb = db.fetch_all(b, "tasks_claim", {"queues": ["default"], "limit": 10, "worker_id": W2, "min_effective": None, "batch_below": 0})
+        ra = db.fetch_all(a, st.claim(worker_id=W1, queues=["default"], limit=10))
+        rb = db.fetch_all(b, st.claim(worker_id=W2, queues=["default"], limit=10))
         a.commit()
         b.commit()
     ids_a, ids_b = {r["id"] for r in ra}, {r["id"] for r in rb}
@@ -86,8 +86,8 @@ def test_completion_is_guarded_against_a_reclaim(conn):
     # The leader reclaims the task (its worker looked dead) and another worker takes it.
     conn.execute("UPDATE angela_queue.tasks SET status = 'queued', worker_id = NULL WHERE id = %s", (tid,))
     claim(conn, worker=W2)
-    stored = db.fetch_all(conn, "tasks_complete_many", {
-        "worker_id": W1, "outcomes": json.dumps([{"id": tid, "result": "stale", "finished_at": 0.0}])})
+    stale = json.dumps([{"id": tid, "result": "stale", "finished_at": 0.0}])
+    stored = db.fetch_all(conn, st.complete_many(worker_id=W1, outcomes_json=stale))
     assert stored == []
     row = conn.execute("SELECT status, worker_id, result FROM angela_queue.tasks WHERE id = %s", (tid,)).fetchone()
     assert row["status"] == "running" and row["worker_id"] == W2 and row["result"] is None
@@ -106,8 +106,8 @@ def test_fail_retries_with_backoff_then_fails_for_good(conn):
     assert task["last_error"] == "boom" and task["worker_id"] is None
     # Its deadline (medium tier: 5 minutes) follows the new run_at.
     assert (task["deadline"] - task["run_at"]).total_seconds() == 300
-    assert db.fetch_one(conn, "tasks_promote_due", {"now": None, "limit": 10, "queues": None})["promoted"] == 0
-    promoted = db.fetch_one(conn, "tasks_promote_due", {"now": task["run_at"], "limit": 10, "queues": None})
+    assert db.fetch_one(conn, st.promote_due(queues=None, limit=10))["promoted"] == 0
+    promoted = db.fetch_one(conn, st.promote_due(queues=None, limit=10, now=task["run_at"]))
     assert promoted["promoted"] == 1
     # Travel to its run_at rather than sleeping through the backoff.
     conn.execute("UPDATE angela_queue.tasks SET run_at = now() WHERE id = %s", (tid,))
@@ -119,7 +119,7 @@ def test_fail_retries_with_backoff_then_fails_for_good(conn):
 def test_release_gives_the_task_back_without_counting_the_attempt(conn):
     tid = insert(conn)
     claim(conn)
-    released = db.fetch_all(conn, "tasks_release_many", {"ids": [tid], "worker_id": W1})
+    released = db.fetch_all(conn, st.release_many(worker_id=W1, ids=[tid]))
     assert [r["id"] for r in released] == [tid]
     row = conn.execute("SELECT status, attempts, worker_id FROM angela_queue.tasks WHERE id = %s", (tid,)).fetchone()
     assert row == {"status": "queued", "attempts": 0, "worker_id": None}
@@ -129,21 +129,20 @@ def test_tasks_bound_for_a_batch_are_claimed_unstarted_and_count_their_attempt_a
     """A worker that dies holding a collecting batch has not cost its tasks an
     attempt: only tasks_start_many, when the batch runs, counts it."""
     low, high = insert(conn, priority=2), insert(conn, priority=7)
-    rows = db.fetch_all(conn, "tasks_claim", {"queues": ["default"], "limit": 5, "worker_id": W1,
-                                              "min_effective": None, "batch_below": 5})
+    rows = db.fetch_all(conn, st.claim(worker_id=W1, queues=["default"], limit=5, batch_below=5))
     state = {r["id"]: r for r in conn.execute("SELECT id, attempts, started_at FROM angela_queue.tasks")}
     assert {r["id"]: r["attempts"] for r in rows} == {low: 0, high: 1}
     assert state[low]["started_at"] is None and state[high]["started_at"] is not None
     fill = insert(conn, priority=3)
-    assert [r["id"] for r in db.fetch_all(conn, "tasks_claim_kind", {"queue": "default", "kind": "k", "limit": 5,
-                                                                     "worker_id": W1})] == [fill]
+    filled = db.fetch_all(conn, st.claim_kind(worker_id=W1, queue="default", kind="k", limit=5))
+    assert [r["id"] for r in filled] == [fill]
     # Released unstarted (a graceful stop, or a reclaim): nothing to give back.
-    assert db.fetch_all(conn, "tasks_release_many", {"ids": [fill], "worker_id": W1})
+    assert db.fetch_all(conn, st.release_many(worker_id=W1, ids=[fill]))
     assert conn.execute("SELECT attempts FROM angela_queue.tasks WHERE id = %s", (fill,)).fetchone()["attempts"] == 0
     # The batch starts: counted once, stamped, and only for rows still ours.
-    started = db.fetch_all(conn, "tasks_start_many", {"ids": [low, high, fill], "worker_id": W1})
+    started = db.fetch_all(conn, st.start_many(worker_id=W1, ids=[low, high, fill]))
     assert [(r["id"], r["attempts"]) for r in started] == [(low, 1)] and started[0]["started_at"] is not None
-    assert db.fetch_all(conn, "tasks_start_many", {"ids": [low], "worker_id": W1}) == []   # never twice
+    assert db.fetch_all(conn, st.start_many(worker_id=W1, ids=[low])) == []   # never twice
     assert conn.execute("SELECT started_at FROM angela_queue.tasks WHERE id = %s", (low,)).fetchone()["started_at"]
 
 
@@ -151,7 +150,7 @@ def test_claim_kind_only_takes_low_priority_of_that_kind(conn):
     insert(conn, kind="a", priority=2)
     insert(conn, kind="a", priority=7)
     insert(conn, kind="b", priority=2)
-    rows = db.fetch_all(conn, "tasks_claim_kind", {"queue": "default", "kind": "a", "limit": 5, "worker_id": W1})
+    rows = db.fetch_all(conn, st.claim_kind(worker_id=W1, queue="default", kind="a", limit=5))
     assert [(r["kind"], r["priority"]) for r in rows] == [("a", 2)]
 
 

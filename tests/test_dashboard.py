@@ -21,6 +21,7 @@ from angela_queue import db
 from fix_db import backdate
 from angela_queue.maintenance import lease as leader
 from angela_queue.inspect.dashboard import Throughput
+from angela_queue import statements as st
 from fix_dashboard import start_dashboard  # noqa: F401 - a fixture
 from fix_procs import wait_until
 
@@ -55,7 +56,7 @@ def seed(conn) -> dict:
         INSERT INTO angela_queue.tasks (kind, queue, priority)
         VALUES ('k', 'sla', 9), ('k', 'sla', 9) RETURNING id""").fetchall()]
     backdate(conn, late[1], 2)
-    claimed = db.fetch_all(conn, "tasks_claim", {"queues": ["sla"], "limit": 2, "worker_id": busy, "min_effective": None, "batch_below": 0})
+    claimed = db.fetch_all(conn, st.claim(worker_id=busy, queues=["sla"], limit=2))
     assert len(claimed) == 2
     db.fetch_all(conn, "workers_heartbeat", {
         "id": busy, "status": "active", "current_tasks": sorted(c["id"] for c in claimed), "tasks_completed": 41,

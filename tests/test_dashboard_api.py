@@ -13,6 +13,7 @@ import pytest
 
 from angela_queue import db
 from angela_queue.inspect.dashboard._history import shape
+from angela_queue import statements as st
 from fix_dashboard import start_dashboard  # noqa: F401 - a fixture
 from fix_procs import wait_until
 
@@ -28,16 +29,15 @@ def enqueue(conn, kind: str, n: int = 1, queue: str = "default", max_attempts: i
 
 def fail(conn, ids: list[int], error: str, queue: str = "default") -> None:
     """Claim the tasks and fail them for good, as a worker records it."""
-    claimed = db.fetch_all(conn, "tasks_claim", {"queues": [queue], "limit": len(ids) + 100, "worker_id": W,
-                                                 "min_effective": None, "batch_below": 0})
+    claimed = db.fetch_all(conn, st.claim(worker_id=W, queues=[queue], limit=len(ids) + 100))
     mine = [c["id"] for c in claimed if c["id"] in ids]
     assert sorted(mine) == sorted(ids), (mine, ids)
     now = dt.datetime.now(dt.timezone.utc)
-    db.fetch_all(conn, "tasks_fail_many", {"worker_id": W, "ids": mine, "errors": [error] * len(mine),
-                                           "retry_in_s": [None] * len(mine), "failed_ats": [now] * len(mine)})
+    db.fetch_all(conn, st.fail_many(worker_id=W, ids=mine, errors=[error] * len(mine),
+                                    retry_in_s=[None] * len(mine), failed_ats=[now] * len(mine)))
     others = [c["id"] for c in claimed if c["id"] not in ids]
     if others:   # back as they were
-        db.fetch_all(conn, "tasks_release_many", {"worker_id": W, "ids": others})
+        db.fetch_all(conn, st.release_many(worker_id=W, ids=others))
 
 
 def wait_for_stats(board, predicate) -> dict:
@@ -199,14 +199,13 @@ def test_failures_tasks_and_a_task_page_match_the_database(dsn, conn, start_dash
 
 def test_the_history_is_the_rollup_in_the_database(dsn, conn, start_dashboard):
     done = enqueue(conn, "mail", 4)
-    claimed = db.fetch_all(conn, "tasks_claim", {"queues": ["default"], "limit": 4, "worker_id": W,
-                                                 "min_effective": None, "batch_below": 0})
+    claimed = db.fetch_all(conn, st.claim(worker_id=W, queues=["default"], limit=4))
     now = dt.datetime.now(dt.timezone.utc).timestamp()
     outcomes = ",".join(f'{{"id":{c["id"]},"result":null,"finished_at":{now}}}' for c in claimed[:3])
-    db.fetch_all(conn, "tasks_complete_many", {"worker_id": W, "outcomes": f"[{outcomes}]"})
+    db.fetch_all(conn, st.complete_many(worker_id=W, outcomes_json=f"[{outcomes}]"))
     fail_ids = [claimed[3]["id"]]
-    db.fetch_all(conn, "tasks_fail_many", {"worker_id": W, "ids": fail_ids, "errors": ["x"], "retry_in_s": [None],
-                                           "failed_ats": [dt.datetime.now(dt.timezone.utc)]})
+    db.fetch_all(conn, st.fail_many(worker_id=W, ids=fail_ids, errors=["x"], retry_in_s=[None],
+                                    failed_ats=[dt.datetime.now(dt.timezone.utc)]))
     assert sorted(c["id"] for c in claimed) == sorted(done)
     # What the leader does each minute (maintenance.history), for this minute.
     minute = conn.execute("SELECT date_trunc('minute', now()) AS m").fetchone()["m"]

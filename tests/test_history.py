@@ -8,6 +8,7 @@ import uuid
 
 from angela_queue import db
 from angela_queue.maintenance import history
+from angela_queue import statements as st
 
 W = uuid.UUID("00000000-0000-0000-0000-000000000001")
 
@@ -23,8 +24,7 @@ def roll_this_minute(conn) -> list[dict]:
 
 
 def claim(conn, limit=10):
-    return db.fetch_all(conn, "tasks_claim", {"queues": ["default"], "limit": limit, "worker_id": W,
-                                              "min_effective": None, "batch_below": 0})
+    return db.fetch_all(conn, st.claim(worker_id=W, queues=["default"], limit=limit))
 
 
 def test_a_minute_of_work_is_rolled_up_per_tier_and_kind(conn):
@@ -34,11 +34,10 @@ def test_a_minute_of_work_is_rolled_up_per_tier_and_kind(conn):
     by_kind = {r["kind"]: r["id"] for r in rows}
     mails = [r["id"] for r in rows if r["kind"] == "mail"]
     outcomes = ",".join(f'{{"id":{i},"result":null,"finished_at":{dt.datetime.now().timestamp()}}}' for i in mails)
-    db.fetch_all(conn, "tasks_complete_many", {"worker_id": W, "outcomes": f"[{outcomes}]"})
+    db.fetch_all(conn, st.complete_many(worker_id=W, outcomes_json=f"[{outcomes}]"))
     now = dt.datetime.now(dt.timezone.utc)
-    db.fetch_all(conn, "tasks_fail_many", {"worker_id": W, "ids": [by_kind["flaky"], by_kind["report"]],
-                                           "errors": ["boom", "bad"], "retry_in_s": [60.0, None],
-                                           "failed_ats": [now, now]})
+    db.fetch_all(conn, st.fail_many(worker_id=W, ids=[by_kind["flaky"], by_kind["report"]], errors=["boom", "bad"],
+                                    retry_in_s=[60.0, None], failed_ats=[now, now]))
     stats = {(r["tier"], r["kind"]): r for r in roll_this_minute(conn)}
     mail = stats[("critical", "mail")]
     assert (mail["enqueued"], mail["started"], mail["succeeded"], mail["failed"]) == (2, 2, 2, 0)

@@ -18,6 +18,7 @@ from angela_queue.backoff import Backoff
 from angela_queue.errors import ConfigError
 from angela_queue.worker import Worker
 from angela_queue.worker.execution import backoff_seconds, clean_text, describe_exception
+from angela_queue import statements as st
 from fix_procs import APP_PRELUDE, RUNS_TABLE_SQL, query, scalar, wait_until
 
 FAST = ["--poll-interval", "0.2", "--heartbeat-interval", "0.5", "--backoff-base", "0.05", "--backoff-max", "0.1"]
@@ -220,10 +221,9 @@ def test_a_workers_clock_cannot_date_an_outcome_into_the_future(conn):
     from angela_queue import db
     tid = conn.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('k') RETURNING id").fetchone()["id"]
     worker = uuid.uuid4()
-    db.fetch_all(conn, "tasks_claim", {"queues": ["default"], "limit": 1, "worker_id": worker,
-                                       "min_effective": None, "batch_below": 0})
-    db.fetch_all(conn, "tasks_complete_many", {"worker_id": worker,
-                                               "outcomes": f'[{{"id": {tid}, "result": 1, "finished_at": 4e9}}]'})
+    db.fetch_all(conn, st.claim(worker_id=worker, queues=["default"], limit=1))
+    db.fetch_all(conn, st.complete_many(worker_id=worker,
+                                        outcomes_json=f'[{{"id": {tid}, "result": 1, "finished_at": 4e9}}]'))
     row = conn.execute("SELECT finished_at <= now() AS past, finished_at >= started_at AS after_start "
                        "FROM angela_queue.tasks WHERE id = %s", (tid,)).fetchone()
     assert row == {"past": True, "after_start": True}

@@ -15,6 +15,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from angela_queue import db, maintenance, queries
+from angela_queue import statements as st
 
 DAY = 86400.0
 
@@ -39,8 +40,7 @@ def enqueue(conn, n: int = 1, *, max_attempts: int = 5, kind: str = "k") -> list
 
 
 def claim(conn, worker_id: uuid.UUID, limit: int = 1) -> list[int]:
-    rows = db.fetch_all(conn, "tasks_claim", {"queues": ["default"], "limit": limit, "worker_id": worker_id,
-                                              "min_effective": None, "batch_below": 0})
+    rows = db.fetch_all(conn, st.claim(worker_id=worker_id, queues=["default"], limit=limit))
     return [r["id"] for r in rows]
 
 
@@ -74,8 +74,8 @@ def test_stale_worker_is_marked_dead_and_its_task_requeued_with_the_attempt_coun
     assert str(w) in row["last_error"]
     assert worker(conn, w)["status"] == "dead"
     # The worker's late outcome no longer lands: the guard sees the task is not its own.
-    done = db.fetch_all(conn, "tasks_complete_many", {
-        "worker_id": w, "outcomes": json.dumps([{"id": tid, "result": 1, "finished_at": 0.0}])})
+    done = db.fetch_all(conn, st.complete_many(
+        worker_id=w, outcomes_json=json.dumps([{"id": tid, "result": 1, "finished_at": 0.0}])))
     assert done == [] and task(conn, tid)["status"] == "queued"
 
 

@@ -16,6 +16,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from angela_queue import Client, db
+from angela_queue import statements as st
 
 INSERT = "angela_queue_insert"
 SPACE = "angela_queue_space"
@@ -126,10 +127,10 @@ def test_claim_from_a_bounded_queue_notifies_space(listener, other):
     other.execute("INSERT INTO angela_queue.queues (name, max_size) VALUES ('bounded', 10)")
     other.execute("INSERT INTO angela_queue.tasks (kind, queue) VALUES ('k', 'bounded'), ('k', 'default')")
     received_until_marker(listener, other)
-    claimed = db.fetch_all(other, "tasks_claim", {"queues": ["bounded"], "limit": 1, "worker_id": uuid.uuid4(), "min_effective": None, "batch_below": 0})
+    claimed = db.fetch_all(other, st.claim(worker_id=uuid.uuid4(), queues=["bounded"], limit=1))
     assert len(claimed) == 1
     assert received_until_marker(listener, other, SPACE) == [(SPACE, "bounded")]
     # An unbounded queue has nobody waiting for space: its claim stays silent.
-    claimed = db.fetch_all(other, "tasks_claim", {"queues": ["default"], "limit": 1, "worker_id": uuid.uuid4(), "min_effective": None, "batch_below": 0})
+    claimed = db.fetch_all(other, st.claim(worker_id=uuid.uuid4(), queues=["default"], limit=1))
     assert len(claimed) == 1
     assert received_until_marker(listener, other, SPACE) == []

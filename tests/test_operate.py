@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from angela_queue import AsyncClient, Client, TaskNotFound, TaskRecord
+from angela_queue import statements as st
 from fix_procs import APP_PRELUDE, RUNS_TABLE_SQL, query, scalar, wait_until
 
 FAST = ["--poll-interval", "0.2", "--heartbeat-interval", "0.5", "--backoff-base", "0.05", "--backoff-max", "0.1"]
@@ -180,9 +181,8 @@ def test_the_operator_views_answer_from_real_rows(conn):
     conn.execute("INSERT INTO angela_queue.tasks (kind, priority) SELECT 'a', 9 FROM generate_series(1, 3)")
     conn.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('b'), ('b')")
     from angela_queue import db
-    claimed = db.fetch_all(conn, "tasks_claim", {"queues": ["default"], "limit": 4, "worker_id":
-                                                 "00000000-0000-0000-0000-000000000002", "min_effective": None,
-                                                 "batch_below": 0})
+    claimed = db.fetch_all(conn, st.claim(worker_id="00000000-0000-0000-0000-000000000002",
+                                          queues=["default"], limit=4))
     done = [c["id"] for c in claimed if c["kind"] == "a"]
     conn.execute("UPDATE angela_queue.tasks SET status = 'succeeded', finished_at = started_at + "
                  "interval '250 ms' WHERE id = ANY(%s)", (done,))

@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 
 import fix_procs
 from angela_queue import AsyncClient, Client, QueueFull, db
+from angela_queue import statements as st
 
 
 def wait_until(predicate, timeout: float = 10.0, message: str = "condition"):
@@ -180,7 +181,7 @@ def _space_freers():
         assert db.fetch_all(conn, "tasks_cancel", {"id": ids[0]})[0]["status"] == "cancelled"
 
     def claim(conn, ids):
-        claimed = db.fetch_all(conn, "tasks_claim", {"queues": ["mail"], "limit": 1, "worker_id": uuid.uuid4(), "min_effective": None, "batch_below": 0})
+        claimed = db.fetch_all(conn, st.claim(worker_id=uuid.uuid4(), queues=["mail"], limit=1))
         assert len(claimed) == 1
 
     return [pytest.param(cancel, id="cancel"), pytest.param(claim, id="claim")]

@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 
 from angela_queue import Client, DedupKeyHeld, TaskNotFound, db
 from angela_queue.roles import ROLES
+from angela_queue import statements as st
 from fix_plans import assert_claim_walks_its_index
 from fix_procs import APP_PRELUDE, RUNS_TABLE_SQL, SupervisorProcess, query, scalar, wait_until
 
@@ -165,8 +166,7 @@ def test_a_worker_login_claims_limited_kinds_and_fires_periodic_tasks(conn, logi
     conn.execute("INSERT INTO angela_queue.tasks (kind) SELECT 'capped' FROM generate_series(1, 5)")
     conn.execute("INSERT INTO angela_queue.periodic (name, kind, every_s) VALUES ('tick', 'tock', 60)")
     with connect(login("angela_queue_worker")) as worker:
-        claimed = db.fetch_all(worker, "tasks_claim", {"queues": ["default"], "limit": 10, "worker_id": uuid.uuid4(),
-                                                       "min_effective": None, "batch_below": 0})
+        claimed = db.fetch_all(worker, st.claim(worker_id=uuid.uuid4(), queues=["default"], limit=10))
         assert len(claimed) == 2
         now = dt.datetime(2026, 12, 2, 10, 0, 30, tzinfo=dt.timezone.utc)
         leader = Periodic()

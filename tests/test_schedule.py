@@ -18,6 +18,7 @@ import pytest
 from angela_queue import db, kinds, registry, task
 from angela_queue.maintenance.periodic import Periodic
 from angela_queue.periodic import Schedule, ScheduleError, slot_key
+from angela_queue import statements as st
 from fix_plans import assert_claim_walks_its_index
 from fix_procs import APP_PRELUDE, RUNS_TABLE_SQL, query, scalar, wait_until
 
@@ -28,8 +29,7 @@ UTC = dt.timezone.utc
 
 
 def claim(conn, limit: int = 10, queues=("default",)) -> list[dict]:
-    return db.fetch_all(conn, "tasks_claim", {"queues": list(queues), "limit": limit, "worker_id": uuid.uuid4(),
-                                              "min_effective": None, "batch_below": 0})
+    return db.fetch_all(conn, st.claim(worker_id=uuid.uuid4(), queues=list(queues), limit=limit))
 
 
 def enqueue(conn, kind: str, n: int, priority: int = 5) -> list[int]:
@@ -207,8 +207,7 @@ def test_a_rate_limited_low_priority_task_starts_at_its_claim_not_in_a_batch(con
                  "('lowrate', 5, 60, NULL), ('lowcap', NULL, NULL, 5)")
     enqueue(conn, "lowrate", 2, priority=2)
     enqueue(conn, "lowcap", 2, priority=2)
-    rows = db.fetch_all(conn, "tasks_claim", {"queues": ["default"], "limit": 10, "worker_id": uuid.uuid4(),
-                                              "min_effective": None, "batch_below": 5})
+    rows = db.fetch_all(conn, st.claim(worker_id=uuid.uuid4(), queues=["default"], limit=10, batch_below=5))
     started = {r["kind"]: (r["started_at"] is not None, r["attempts"]) for r in rows}
     assert started == {"lowrate": (True, 1), "lowcap": (False, 0)}    # a capped kind may still batch
 
@@ -272,8 +271,7 @@ def test_the_claim_walks_its_index_with_a_capped_backlog(conn):
 def test_a_limited_batch_kind_is_not_filled_past_its_limit(conn):
     conn.execute("INSERT INTO angela_queue.kinds (kind, concurrency, batch) VALUES ('bulk', 2, true)")
     enqueue(conn, "bulk", 10, priority=2)
-    filled = db.fetch_all(conn, "tasks_claim_kind", {"queue": "default", "kind": "bulk", "limit": 10,
-                                                     "worker_id": uuid.uuid4()})
+    filled = db.fetch_all(conn, st.claim_kind(worker_id=uuid.uuid4(), queue="default", kind="bulk", limit=10))
     assert filled == []
     assert len(claim(conn, limit=10)) == 2
 

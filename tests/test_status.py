@@ -11,6 +11,7 @@ from angela_queue import db
 from angela_queue.maintenance import lease as leader
 from angela_queue.cli import main
 from angela_queue.inspect.status import age
+from angela_queue import statements as st
 
 
 def status(dsn: str, *args: str) -> str:
@@ -33,7 +34,7 @@ def seed(conn) -> dict:
                                                "avg_processing_time_ms": 5})
     conn.execute("INSERT INTO angela_queue.tasks (kind, priority) "
                  "SELECT 'k', p FROM unnest(ARRAY[10, 8, 8, 5, 5, 5, 2]) AS p")
-    [claimed] = db.fetch_all(conn, "tasks_claim", {"queues": ["default"], "limit": 1, "worker_id": busy, "min_effective": None, "batch_below": 0})
+    [claimed] = db.fetch_all(conn, st.claim(worker_id=busy, queues=["default"], limit=1))
     db.fetch_all(conn, "workers_heartbeat", {
         "id": busy, "status": "active", "current_tasks": [claimed["id"]], "tasks_completed": 41,
         "tasks_failed": 2, "avg_processing_time_ms": 12.5, "last_active": None})

@@ -26,6 +26,7 @@ import pytest
 from angela_queue import db
 from angela_queue.supervisor import run as supervisor_mod
 from angela_queue.config import Settings
+from angela_queue import statements as st
 from fix_procs import SupervisorProcess, alive, wait_until
 
 APP = '''
@@ -350,8 +351,7 @@ def test_own_workers_are_not_judged_stuck_across_a_database_outage(dsn, conn):
         tasks = {}
         for wid in (silent, beating):
             enqueue(conn, "nap", [{"n": 1}])
-            [row] = db.fetch_all(conn, "tasks_claim", {"queues": ["default"], "limit": 1, "worker_id": wid,
-                                                       "min_effective": None, "batch_below": 0})
+            [row] = db.fetch_all(conn, st.claim(worker_id=wid, queues=["default"], limit=1))
             tasks[wid] = row["id"]
         # A 100 s outage: no heartbeat and no progress could be written; every row looks dead and stuck.
         conn.execute("UPDATE angela_queue.workers SET last_heartbeat = now() - interval '100 seconds', "

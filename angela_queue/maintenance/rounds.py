@@ -10,6 +10,7 @@ import time
 import psycopg
 
 from .. import db
+from .. import statements
 from .history import History
 from .periodic import Periodic
 from .prune import PRUNE_EVERY_S, prune
@@ -24,7 +25,7 @@ PROMOTE_LIMIT = 1000
 def promote_due(conn: psycopg.Connection, *, now: dt.datetime | None = None,
                 limit: int = PROMOTE_LIMIT) -> int:
     """Scheduled tasks whose run_at has come become queued (workers do this too while they poll)."""
-    row = db.fetch_one(conn, "tasks_promote_due", {"now": now, "limit": limit, "queues": None})
+    row = db.fetch_one(conn, statements.promote_due(queues=None, limit=limit, now=now))
     return row["promoted"] if row else 0
 
 

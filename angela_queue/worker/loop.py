@@ -10,8 +10,8 @@ backstop: LISTEN only speeds things up).
 Hazards this module is built around:
 - Completion is guarded (status = 'running' AND worker_id = me). A task that
   was reclaimed while it ran here is never overwritten; we log and move on.
-- A lost connection loses nothing: outcomes stay buffered until a flush
-  succeeds, and after reconnecting the worker releases any task the database
+- A lost connection loses nothing: outcomes stay buffered in the completer
+  (completer.py) until a flush succeeds, and after reconnecting the worker releases any task the database
   says it holds but it never received (a claim that committed while the
   connection died).
 - Sync handlers cannot be interrupted. One that outlives its timeout fails
@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import ctypes
-import datetime as dt
 import logging
 import os
 import signal
@@ -44,11 +43,14 @@ from typing import Any
 import psycopg
 
 from .. import db, kinds, schema
+from ..queries import Query
 from ..backoff import Backoff
 from ..config import CHANNEL_CANCEL, CHANNEL_CRITICAL, CHANNEL_INSERT, Settings
 from ..errors import ConfigError, SchemaMismatch
 from ..logs import tier_of
 from ..registry import lookup, registered_kinds
+from .. import statements as st
+from .completer import Completer, utc
 from .execution import ClaimedTask, ExecutionPolicy, Outcome, clean_text, execute_batch, execute_one
 from .handler_threads import HandlerThreads
 from .heartbeat import Heartbeat
@@ -112,21 +114,6 @@ def poll_interval(depth: int, settings: Settings) -> float:
     return settings.poll_slow_s
 
 
-# SQLSTATE classes of errors that are the outcome's own fault (a value the
-# database cannot store): data exceptions, integrity violations, program
-# limits such as a row too big. Anything else (read-only, permission denied,
-# a timeout) is the environment's, and the outcome waits for it to pass.
-OUTCOME_FAULT_CLASSES = ("22", "23", "54")
-
-
-def is_outcome_fault(exc: BaseException) -> bool:
-    """Whether a failed store is the outcome's own fault: a data error from the
-    server, or parameters that could not even be sent (an encoding error)."""
-    if not isinstance(exc, psycopg.Error):
-        return isinstance(exc, (ValueError, TypeError))  # UnicodeEncodeError is a ValueError
-    return (exc.sqlstate or "")[:2] in OUTCOME_FAULT_CLASSES
-
-
 def _contain_base_exceptions(loop: asyncio.AbstractEventLoop, coro, **kwargs) -> asyncio.Task:
     """The event loop's task factory: every task runs its coroutine inside a
     wrapper that turns SystemExit and KeyboardInterrupt into an ordinary
@@ -184,8 +171,6 @@ class Worker:
         self.supervisor_pid = supervisor_pid
         self.in_process = in_process
         self.stop_when_idle = stop_when_idle
-        # With stop_when_idle: the ids whose outcome this worker stored, in order.
-        self.finished_ids: list[int] = []
         self.queues = list(dict.fromkeys(settings.queues))  # unique, in the order given
         self.stats = Stats()
 
@@ -198,8 +183,8 @@ class Worker:
         self.critical_wanted = True
         self.collecting: dict[tuple[str, str], Batch] = {}
         self.ready: collections.deque[Batch] = collections.deque()
-        self.outcomes: list[Outcome] = []
-        self.flushing: list[Outcome] = []
+        # The outcome buffer and its flushes (completer.py).
+        self.completer = Completer(self.id, settled=self._settled, keep_stored_ids=stop_when_idle)
         # Claimed tasks to give back at the next turn: a collected batch whose
         # queue was paused before it could start.
         self.to_release: list[int] = []
@@ -425,11 +410,11 @@ class Worker:
     async def _idle(self) -> bool:
         """Nothing in hand, and nothing due in our queues (a due delayed task
         or retry is promoted first, so it counts)."""
-        if self.executing or self.held or self.collecting or self.ready or self.outcomes or self.flushing:
+        if self.executing or self.held or self.collecting or self.ready or self.completer:
             return False
         assert self.conn is not None
         await self._housekeeping()
-        rows = await db.afetch_all(self.conn, "tasks_due_count", {"queues": self.queues})
+        rows = await db.afetch_all(self.conn, st.due_count(queues=self.queues))
         return rows[0]["due"] == 0
 
     async def _after_failed_turn(self, exc: Exception) -> None:
@@ -442,7 +427,8 @@ class Worker:
         if not db.is_connection_lost(exc, self.conn):
             await self._pause(self.turn_backoff.failed(db.first_line(exc)))
             try:
-                await self._flush_one_by_one()
+                assert self.conn is not None
+                await self.completer.store_one_by_one(self.conn)
                 await self._settle_unknown_claims(f"the worker could not take it after claiming it "
                                                   f"({db.first_line(exc)})")
                 return
@@ -466,14 +452,12 @@ class Worker:
         # Clear at the start of the turn, not before waiting: anything that
         # happens from here on (a slot frees, a NOTIFY) must wake the next wait.
         self._wake.clear()
-        statements: list[tuple[str, dict[str, Any]]] = []
-        flush = self._take_outcomes()
-        if flush:
-            statements.extend(self._outcome_statements(flush))
+        flush = self.completer.take()
+        statements = self.completer.statements(flush)
         n_flush = len(statements)
         releasing = self.to_release
         if releasing:
-            statements.append(("tasks_release_many", {"ids": releasing, "worker_id": self.id}))
+            statements.append(st.release_many(worker_id=self.id, ids=releasing))
 
         now = time.monotonic()
         # Promotion of due scheduled tasks runs on its own clock, busy or not:
@@ -491,8 +475,7 @@ class Worker:
         while self.ready and len(starting) < self.free_slots() and not self.stopping:
             starting.append(self.ready.popleft())
         if starting:
-            statements.append(("tasks_start_many", {
-                "ids": [t.id for b in starting for t in b.tasks], "worker_id": self.id}))
+            statements.append(st.start_many(worker_id=self.id, ids=[t.id for b in starting for t in b.tasks]))
         n_before_fills = len(statements)
 
         fills: list[Batch] = []
@@ -501,18 +484,17 @@ class Worker:
                 if batch.next_fill_at <= now and len(batch.tasks) < self.settings.batch_size:
                     batch.next_fill_at = now + BATCH_FILL_EVERY_S
                     fills.append(batch)
-                    statements.append(("tasks_claim_kind", {
-                        "queue": batch.queue, "kind": batch.kind, "worker_id": self.id,
-                        "limit": self.settings.batch_size - len(batch.tasks)}))
+                    statements.append(st.claim_kind(worker_id=self.id, queue=batch.queue, kind=batch.kind,
+                                                    limit=self.settings.batch_size - len(batch.tasks)))
         claim = self._claim_size(starting=len(starting))
         asked = claim.limit
         if asked:
             if claim.critical:
                 self.critical_wanted = False
             # A critical slot's task starts at its claim (batch_below 0) and runs alone.
-            statements.append(("tasks_claim", {"queues": self.queues, "limit": asked, "worker_id": self.id,
-                                               "min_effective": claim.min_effective,
-                                               "batch_below": 0 if claim.critical else self._batch_below}))
+            statements.append(st.claim(worker_id=self.id, queues=self.queues, limit=asked,
+                                       min_effective=claim.min_effective,
+                                       batch_below=0 if claim.critical else self._batch_below))
         if not statements:
             return 0, 0
 
@@ -522,7 +504,7 @@ class Worker:
             # Nothing of the trip happened: the batches wait for the next one.
             self.ready.extendleft(reversed(starting))
             raise
-        self._outcomes_stored(flush, results[:n_flush])
+        self.completer.stored(flush, results[:n_flush])
         if releasing:
             self.to_release = [i for i in self.to_release if i not in set(releasing)]
         if starting:
@@ -621,15 +603,13 @@ class Worker:
             self.housekeeping_due = time.monotonic() + max(delay, poll_interval(self.depth, self.settings))
             self.next_scheduled_at = None
 
-    def _housekeeping_statements(self) -> list[tuple[str, dict[str, Any]]]:
+    def _housekeeping_statements(self) -> list[Query]:
         return [
-            ("tasks_promote_due", {"now": None, "limit": 1000, "queues": self.queues}),
-            ("tasks_next_scheduled_at", {"queues": self.queues}),
-            ("tasks_queued_depth", {"queues": self.queues, "cap": DEPTH_FAST + 1}),
-            # The backstop for a lost cancel NOTIFY.
-            ("tasks_cancel_requested_for_worker", {"worker_id": self.id}),
-            # synchronous_commit off for this session while every queue served is 'fast'.
-            ("workers_commit_mode", {"queues": self.queues}),
+            st.promote_due(queues=self.queues),
+            st.next_scheduled_at(queues=self.queues),
+            st.queued_depth(queues=self.queues, cap=DEPTH_FAST + 1),
+            st.cancel_requested_for_worker(worker_id=self.id),  # the backstop for a lost cancel NOTIFY
+            st.commit_mode(queues=self.queues),
         ]
 
     def _housekeeping_done(self, results: list[list[dict[str, Any]]]) -> None:
@@ -742,7 +722,7 @@ class Worker:
             log.exception("internal error in task execution")
             # Whatever escaped, each task still gets an outcome: held with none,
             # it would sit 'running' and be released, its attempt never counted.
-            reported = {o.task_id for o in self.outcomes + self.flushing}
+            reported = self.completer.reported()
             for task in tasks:
                 if task.id in self.held and task.id not in reported:
                     self._record(task, Outcome(task.id, ok=False, finished_at=time.time(),
@@ -768,8 +748,8 @@ class Worker:
                 if waiting.id == task_id:
                     batch.tasks.remove(waiting)
                     log.info("task %d cancelled before it started", task_id)
-                    self.outcomes.append(Outcome(task_id, ok=False, cancelled=True, finished_at=time.time(),
-                                                 error="cancelled before its batch started"))
+                    self.completer.add(Outcome(task_id, ok=False, cancelled=True, finished_at=time.time(),
+                                               error="cancelled before its batch started"))
                     self.wake()
         self.collecting = {k: b for k, b in self.collecting.items() if b.tasks}
         self.ready = collections.deque(b for b in self.ready if b.tasks)
@@ -820,7 +800,7 @@ class Worker:
             await self._run_one(task)
 
     def _record(self, task: ClaimedTask, outcome: Outcome) -> None:
-        self.outcomes.append(outcome)
+        self.completer.add(outcome)
         event = {"extra": {"event": self._task_event(task, outcome)}}
         if outcome.snoozed:
             # Neither a success nor a failure: the attempt does not count.
@@ -860,55 +840,15 @@ class Worker:
 
     # --- outcomes -------------------------------------------------------------
 
-    def _take_outcomes(self) -> list[Outcome]:
-        flush = self.flushing + self.outcomes
-        self.flushing, self.outcomes = flush, []
-        return flush
+    def _settled(self, task_id: int) -> None:
+        """The completer is done with this task's outcome: stored, or never to be."""
+        self.held.pop(task_id, None)
+        self.cancel_requested.discard(task_id)
 
-    def _outcome_statements(self, flush: list[Outcome]) -> list[tuple[str, dict[str, Any]]]:
-        statements: list[tuple[str, dict[str, Any]]] = []
-        ok = [o for o in flush if o.ok]
-        bad = [o for o in flush if not o.ok and not o.cancelled and not o.snoozed]
-        cancelled = [o for o in flush if o.cancelled]
-        snoozed = [o for o in flush if o.snoozed and not o.cancelled]
-        if ok:
-            # One JSON document for the batch: each result was encoded once
-            # already, and Postgres parses the document in C, where per-element
-            # jsonb[] parameters cost the worker ~20% of its CPU.
-            outcomes = ",".join(f'{{"id":{o.task_id},"result":{o.result_json},"finished_at":{o.finished_at!r}}}'
-                                for o in ok)
-            statements.append(("tasks_complete_many", {"worker_id": self.id, "outcomes": f"[{outcomes}]"}))
-        if bad:
-            statements.append(("tasks_fail_many", {
-                "worker_id": self.id, "ids": [o.task_id for o in bad],
-                "errors": [o.error for o in bad],
-                "retry_in_s": [o.retry_in_s for o in bad],
-                "failed_ats": [_utc(o.finished_at) for o in bad]}))
-        if cancelled:
-            statements.append(("tasks_cancelled_many", {
-                "worker_id": self.id, "ids": [o.task_id for o in cancelled],
-                "errors": [o.error for o in cancelled],
-                "finished_ats": [_utc(o.finished_at) for o in cancelled]}))
-        if snoozed:
-            statements.append(("tasks_snooze_many", {
-                "worker_id": self.id, "ids": [o.task_id for o in snoozed],
-                "delays_s": [o.snooze_s for o in snoozed]}))
-        return statements
-
-    def _outcomes_stored(self, flush: list[Outcome], results: list[list[dict[str, Any]]]) -> None:
-        """The flush committed: forget those tasks; report any that were no longer ours."""
-        if not flush:
-            return
-        stored = {row["id"] for rows in results for row in rows}
-        if self.stop_when_idle:
-            self.finished_ids.extend(o.task_id for o in flush if o.task_id in stored)
-        for outcome in flush:
-            if outcome.task_id not in stored:
-                log.warning("task %d was reclaimed while it ran here; its outcome was not recorded",
-                            outcome.task_id)
-            self.held.pop(outcome.task_id, None)
-            self.cancel_requested.discard(outcome.task_id)
-        self.flushing = []
+    @property
+    def finished_ids(self) -> list[int]:
+        """With stop_when_idle: the ids whose outcome this worker stored, in order."""
+        return self.completer.stored_ids or []
 
     # --- connection recovery ----------------------------------------------------
 
@@ -957,8 +897,7 @@ class Worker:
                     return
                 orphans = await self._unknown_claims()
                 if orphans:
-                    released = await db.afetch_all(self.conn, "tasks_release_many",
-                                                   {"ids": orphans, "worker_id": self.id})
+                    released = await db.afetch_all(self.conn, st.release_many(worker_id=self.id, ids=orphans))
                     log.warning("released %d task(s) claimed during the connection loss", len(released))
                 backoff.succeeded()
                 log.info("reconnected to the database")
@@ -971,7 +910,7 @@ class Worker:
     async def _unknown_claims(self) -> list[int]:
         """Tasks the database says this worker runs, that the worker never received."""
         assert self.conn is not None
-        rows = await db.afetch_all(self.conn, "tasks_running_for_worker", {"worker_id": self.id})
+        rows = await db.afetch_all(self.conn, st.running_for_worker(worker_id=self.id))
         return [r["id"] for r in rows if r["id"] not in self.held]
 
     async def _settle_unknown_claims(self, reason: str) -> None:
@@ -983,13 +922,13 @@ class Worker:
         if not orphans:
             return
         assert self.conn is not None
-        now = _utc(time.time())
+        now = utc(time.time())
         # Claimed unstarted ones have no attempt counted yet: count it, or a
         # row that cannot be read would be claimed again forever.
-        await db.afetch_all(self.conn, "tasks_start_many", {"ids": orphans, "worker_id": self.id})
-        await db.afetch_all(self.conn, "tasks_fail_many", {
-            "worker_id": self.id, "ids": orphans, "errors": [clean_text(reason)] * len(orphans),
-            "retry_in_s": [1.0] * len(orphans), "failed_ats": [now] * len(orphans)})
+        await db.afetch_all(self.conn, st.start_many(worker_id=self.id, ids=orphans))
+        await db.afetch_all(self.conn, st.fail_many(worker_id=self.id, ids=orphans,
+                                                    errors=[clean_text(reason)] * len(orphans),
+                                                    retry_in_s=[1.0] * len(orphans), failed_ats=[now] * len(orphans)))
         log.error("failed the attempts of %d claimed task(s) the worker could not read: %s", len(orphans), reason)
 
     # --- shutdown -------------------------------------------------------------
@@ -1012,7 +951,7 @@ class Worker:
             job.cancel()
         if pending:
             await asyncio.wait(pending, timeout=1.0)
-        reported = {o.task_id for o in self.flushing + self.outcomes}
+        reported = self.completer.reported()
         started = set() if self.crashed else {tid for tid in self.held if tid not in reported}
         await self._final_flush(sorted(set(unstarted) | started))
 
@@ -1025,10 +964,10 @@ class Worker:
             try:
                 if self.conn is None or self.conn.closed:
                     self.conn = await db.aconnect(self.dsn, hot_path=True)
-                flush = self._take_outcomes()
-                statements = self._outcome_statements(flush)
+                flush = self.completer.take()
+                statements = self.completer.statements(flush)
                 if release_ids:
-                    statements.append(("tasks_release_many", {"ids": release_ids, "worker_id": self.id}))
+                    statements.append(st.release_many(worker_id=self.id, ids=release_ids))
                 if statements:
                     try:
                         results = await db.apipeline(self.conn, statements)
@@ -1037,9 +976,9 @@ class Worker:
                             raise
                         log.error("the database refused the last outcomes (%s); storing them one by one",
                                   db.first_line(exc))
-                        await self._flush_one_by_one()
+                        await self.completer.store_one_by_one(self.conn)
                         continue
-                    self._outcomes_stored(flush, results[:len(statements) - (1 if release_ids else 0)])
+                    self.completer.stored(flush, results[:len(statements) - (1 if release_ids else 0)])
                     if release_ids:
                         log.info("released %d unfinished task(s) back to the queue", len(results[-1]))
                 return
@@ -1049,46 +988,6 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 3.0)
         log.error("could not record the last outcomes; those tasks will be reclaimed and run again")
-
-    async def _flush_one_by_one(self) -> None:
-        """Store each pending outcome in its own transaction. One the server
-        refuses for its own sake (a data error) becomes a final failure that
-        says why; if even that cannot be stored, the task is left to the
-        reclaim (and logged). Any other refusal (read-only, permission) or a
-        lost connection puts the unstored rest back for a later turn, and is
-        raised."""
-        assert self.conn is not None
-        remaining = self._take_outcomes()
-        self.flushing = []
-        while remaining:
-            try:
-                await self._store_one(remaining[0])
-            except (psycopg.Error, ValueError, TypeError):
-                self.outcomes = remaining + self.outcomes
-                raise
-            remaining.pop(0)
-
-    async def _store_one(self, outcome: Outcome) -> None:
-        assert self.conn is not None
-        try:
-            self._outcomes_stored([outcome], await db.apipeline(self.conn, self._outcome_statements([outcome])))
-            return
-        except (psycopg.Error, ValueError, TypeError) as exc:
-            if not is_outcome_fault(exc):
-                raise
-            reason = db.first_line(exc)
-        log.error("task %d: the database refused its outcome: %s", outcome.task_id, reason)
-        failure = Outcome(outcome.task_id, ok=False, retry_in_s=None, duration_ms=outcome.duration_ms,
-                          finished_at=outcome.finished_at,
-                          error=clean_text(f"the outcome could not be stored: {reason}"))
-        try:
-            self._outcomes_stored([failure], await db.apipeline(self.conn, self._outcome_statements([failure])))
-        except (psycopg.Error, ValueError, TypeError) as exc:
-            if not is_outcome_fault(exc):
-                raise
-            log.error("task %d: not even its failure could be stored (%s); it will be reclaimed",
-                      outcome.task_id, db.first_line(exc))
-            self.held.pop(outcome.task_id, None)
 
     async def _mark_stopped(self) -> None:
         try:
@@ -1114,6 +1013,3 @@ class Worker:
         snap["current_tasks"] = current
         return snap
 
-
-def _utc(ts: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc)
