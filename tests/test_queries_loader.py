@@ -74,13 +74,56 @@ def test_schema_files_hold_no_named_queries_and_query_files_are_loaded():
         if path.name in queries.SCHEMA_FILES:
             continue
         for name, body in queries.parse_named_queries(path.read_text(), path.name).items():
-            assert loaded[name] == body
+            assert loaded[name] == f"/* {name} */ " + queries.compact_sql(body)
+
+
+def _file_bodies() -> dict[str, str]:
+    bodies: dict[str, str] = {}
+    for path in sorted((ROOT / "sql").glob("*.sql")):
+        if path.name not in queries.SCHEMA_FILES:
+            bodies.update(queries.parse_named_queries(path.read_text(), path.name))
+    return bodies
 
 
 def test_each_query_says_what_it_does():
-    # House style: a comment line under each header.
-    missing = [name for name, body in queries.all_queries().items() if not body.startswith("--")]
+    # House style: a comment line under each header (in the file: the server
+    # gets the query compacted).
+    missing = [name for name, body in _file_bodies().items() if not body.startswith("--")]
     assert missing == []
+
+
+def test_compacting_keeps_literals_identifiers_and_bodies_as_written():
+    text = ("-- what it does\nSELECT 'a -- not a comment',  \"col  -- x\",\n"
+            "       $$ body -- kept\n  $$, $f$ x $f$, E'it\\'s -- kept', 'it''s',  -- gone\n"
+            "       %(param)s::text /* gone /* nested */ too */ FROM  t")
+    assert queries.compact_sql(text) == (
+        "SELECT 'a -- not a comment', \"col  -- x\",\n$$ body -- kept\n  $$, $f$ x $f$, "
+        "E'it\\'s -- kept', 'it''s',\n%(param)s::text FROM t")
+    with pytest.raises(ValueError, match="unterminated"):
+        queries.compact_sql("SELECT $$ never closed")
+    with pytest.raises(ValueError, match="unterminated"):
+        queries.compact_sql("SELECT 1 /* never /* closed */")
+
+
+def test_compacting_changes_no_token_of_any_shipped_query():
+    """What the server gets differs from the file only in comments and
+    whitespace: the same tokens, in the same order."""
+    def tokens(sql: str) -> list[str]:
+        sql = re.sub(r"--[^\n]*", " ", sql)
+        sql = re.sub(r"/\*.*?\*/", " ", sql, flags=re.S)
+        return sql.split()
+    loaded = queries.all_queries()
+    for name, body in _file_bodies().items():
+        assert tokens(loaded[name]) == tokens(body), name
+
+
+def test_the_hot_statements_are_sent_compacted():
+    """psycopg caches the parsing of queries up to PSYCOPG_CACHED_LENGTH: every
+    hot statement but the claim fits, and the claim is half its file's size."""
+    from angela_queue import statements
+    sizes = {name: len(queries.query(name)) for name in statements.HOT_STATEMENTS}
+    assert all(size <= queries.PSYCOPG_CACHED_LENGTH for name, size in sizes.items() if name != "tasks_claim"), sizes
+    assert sizes["tasks_claim"] < len(_file_bodies()["tasks_claim"]) * 0.6
 
 
 def test_every_query_name_the_package_uses_exists():
