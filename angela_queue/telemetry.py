@@ -12,6 +12,7 @@ no SDK configured, spans are non-recording and nothing is stored.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -24,7 +25,11 @@ except ImportError:  # the extra is not installed
 TRACER_NAME = "angela_queue"
 
 
+@functools.cache
 def _tracer() -> Any:
+    # One tracer for the process: get_tracer builds a new one per call, a
+    # cost on every enqueue. Safe before an SDK is configured too: a tracer
+    # from the API's proxy provider delegates to the real one once it is set.
     from . import __version__
     return trace.get_tracer(TRACER_NAME, __version__)
 
