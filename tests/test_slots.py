@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from angela_queue.worker.slots import BATCH_BELOW_PRIORITY, CRITICAL_AT, NOTHING, Claim, claim_size
+from angela_queue.worker.slots import BATCH_BELOW_PRIORITY, CRITICAL_AT, NOTHING, Claim, claim_size, critical_goes_first
 
 
 def size(**kw):
@@ -58,3 +58,34 @@ def test_the_critical_tier_is_nine_and_up():
 def test_a_stopping_worker_claims_nothing(kw):
     assert size(**kw) is NOTHING
 
+
+
+def first(**kw):
+    base = {"critical_slots": 3, "critical_running": 3, "critical_wanted": True, "ready": [3.0]}
+    return critical_goes_first(**{**base, **kw})
+
+
+def test_critical_work_goes_before_a_ready_batch_only_when_every_critical_slot_is_busy():
+    assert first()
+    assert not first(critical_running=2)        # a critical slot is free: it takes it there
+    assert not first(critical_wanted=False)     # nothing critical may be waiting
+    assert not first(ready=[])                  # no batch to hold back: the claim orders itself
+    assert first(critical_slots=0, critical_running=0)
+
+
+def test_a_ready_task_aged_into_the_critical_tier_is_not_held_back():
+    assert not first(ready=[3.0, CRITICAL_AT + 13])
+    assert first(ready=[3.0, CRITICAL_AT - 0.5])
+
+
+def test_critical_first_takes_every_free_ordinary_slot_for_critical_work_only():
+    claim = size(running=2, batches=1, critical_first=True, critical_slots=3, critical_running=3)
+    assert claim == Claim(2, CRITICAL_AT) and claim.critical_only and not claim.critical
+    assert size(running=4, critical_first=True) is NOTHING
+    assert size(stopping=True, critical_first=True) is NOTHING
+
+
+def test_only_a_claim_at_the_critical_line_is_critical_only():
+    assert Claim(1, CRITICAL_AT, critical=True).critical_only
+    assert not Claim(1, float(BATCH_BELOW_PRIORITY)).critical_only
+    assert not Claim(3).critical_only

@@ -227,6 +227,27 @@ def test_without_critical_slots_a_critical_task_waits_for_a_slot(dsn, client, wr
     assert done["started_at"] >= task_row(dsn, busy.id)["finished_at"]
 
 
+def test_a_low_batch_of_a_plain_kind_gives_its_slot_back_between_its_tasks(dsn, client, write_app, start_worker):
+    """A batch of a kind without a batch handler runs one task at a time, each
+    in a slot taken at its start and given back at its end: a critical task
+    that comes while the batch's first task runs starts in the slot that task
+    gives back, before the batch's other tasks (no critical slots here: the
+    one ordinary slot is all there is). Back to back in one slot, the batch
+    held it until its last task was done."""
+    setup_runs(dsn)
+    app = write_app(BASIC_APP)
+    client.enqueue_many([{"kind": "sleep", "payload": {"seconds": 0.8, "n": n}, "priority": 2} for n in (1, 2, 3)])
+    start_worker(app, "--concurrency", "1", "--critical-slots", "0", "--batch-size", "3", "--batch-wait", "30",
+                 *FAST)
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM public.runs") == 1, message="the batch's first task ran")
+    # All three were collected before the batch started (it starts full).
+    assert scalar(dsn, "SELECT count(*) FROM angela_queue.tasks WHERE kind = 'sleep' AND status = 'running'") == 3
+    critical = client.enqueue("record", {"n": 9}, priority=9)
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM public.runs") == 4, timeout=30, message="all four ran")
+    assert [r["n"] for r in query(dsn, "SELECT n FROM public.runs ORDER BY at")] == [1, 9, 2, 3]
+    assert task_row(dsn, critical.id)["status"] == "succeeded"
+
+
 def test_notify_wakes_an_idle_worker_without_polling(dsn, client, write_app, start_worker):
     app = write_app(BASIC_APP)
     worker = start_worker(app, "--poll-interval", "120", "--heartbeat-interval", "0.5")

@@ -54,7 +54,7 @@ from .completer import Completer, utc
 from .execution import ClaimedTask, ExecutionPolicy, Outcome, clean_text, execute_batch, execute_one
 from .handler_threads import HandlerThreads
 from .heartbeat import Heartbeat
-from .slots import BATCH_BELOW_PRIORITY, Claim, claim_size
+from .slots import BATCH_BELOW_PRIORITY, Claim, claim_size, critical_goes_first
 
 log = logging.getLogger("angela_queue.worker")
 
@@ -76,6 +76,9 @@ class Batch:
     tasks: list[ClaimedTask] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
     next_fill_at: float = 0.0
+    # A ready batch of a kind without a batch handler runs one task at a
+    # time, each in a slot of its own (Worker._take_ready): True while one runs.
+    part_running: bool = False
 
 
 @dataclass
@@ -398,7 +401,7 @@ class Worker:
             if self.stop_when_idle and not claimed and await self._idle():
                 self.request_stop()
                 break
-            if (asked and claimed >= asked) or (self.ready and self.free_slots() > 0 and not self.stopping):
+            if (asked and claimed >= asked) or (self._startable() and self.free_slots() > 0 and not self.stopping):
                 # A full claim: more is probably waiting; or a batch is ready
                 # to start (its start is recorded in the next turn). Let
                 # finished handlers report first, so the next turn flushes
@@ -469,13 +472,18 @@ class Worker:
             await self._housekeeping()
         # Batches whose collection is over start in the free slots: their
         # tasks were claimed unstarted, so the start (the attempt) is recorded
-        # first, in this trip, and only the tasks still ours then run.
-        starting: list[Batch] = []
+        # first, in this trip, and only the tasks still ours then run. Not
+        # while critical work may be waiting for those slots (slots.py).
         self._collect_due_batches()
-        while self.ready and len(starting) < self.free_slots() and not self.stopping:
-            starting.append(self.ready.popleft())
+        first = critical_goes_first(critical_slots=self.settings.critical_slots,
+                                    critical_running=len(self.critical_jobs),
+                                    critical_wanted=self.critical_wanted,
+                                    ready=[b.tasks[0].effective_priority for b in self.ready
+                                           if b.tasks and not b.part_running])
+        starting = [] if first else self._take_ready()
         if starting:
-            statements.append(st.start_many(worker_id=self.id, ids=[t.id for b in starting for t in b.tasks]))
+            statements.append(st.start_many(worker_id=self.id,
+                                            ids=[t.id for _, part in starting for t in part.tasks]))
         n_before_fills = len(statements)
 
         fills: list[Batch] = []
@@ -486,10 +494,11 @@ class Worker:
                     fills.append(batch)
                     statements.append(st.claim_kind(worker_id=self.id, queue=batch.queue, kind=batch.kind,
                                                     limit=self.settings.batch_size - len(batch.tasks)))
-        claim = self._claim_size(starting=len(starting))
+        claim = self._claim_size(starting=len(starting), critical_first=first)
         asked = claim.limit
         if asked:
-            if claim.critical:
+            if claim.critical_only:
+                # Set again by a NOTIFY during the trip, or below if it fills.
                 self.critical_wanted = False
             # A critical slot's task starts at its claim (batch_below 0) and runs alone.
             statements.append(st.claim(worker_id=self.id, queues=self.queues, limit=asked,
@@ -502,7 +511,7 @@ class Worker:
             results = await db.apipeline(self.conn, statements)
         except BaseException:
             # Nothing of the trip happened: the batches wait for the next one.
-            self.ready.extendleft(reversed(starting))
+            self._give_back_ready(starting)
             raise
         self.completer.stored(flush, results[:n_flush])
         if releasing:
@@ -515,8 +524,8 @@ class Worker:
                 batch.tasks.append(self.held[row["id"]])
             self._batch_maybe_ready(batch)
         claimed_rows = results[-1] if asked else []
-        if claim.critical and len(claimed_rows) >= asked:
-            self.critical_wanted = True   # every critical slot filled: there may be more
+        if claim.critical_only and len(claimed_rows) >= asked:
+            self.critical_wanted = True   # every slot asked for filled: there may be more
         for row in claimed_rows:
             self._dispatch(ClaimedTask.from_row(row), critical_slot=claim.critical)
         return len(claimed_rows), asked
@@ -533,9 +542,10 @@ class Worker:
         """Tasks below this priority are collected into batches (0: none are)."""
         return BATCH_BELOW_PRIORITY if self.settings.batch_size > 1 else 0
 
-    def _start_batches(self, batches: list[Batch], started_rows: list[dict[str, Any]]) -> None:
+    def _start_batches(self, taken: list[tuple[Batch, Batch]], started_rows: list[dict[str, Any]]) -> None:
+        """Run what _take_ready took, now that its start is recorded."""
         started = {r["id"]: r for r in started_rows}
-        for batch in batches:
+        for origin, batch in taken:
             kept = []
             for task in batch.tasks:
                 if task.id in started:
@@ -549,17 +559,75 @@ class Worker:
                              "giving it back", task.id)
                     self.held.pop(task.id, None)
                     self.to_release.append(task.id)
-            if kept:
+            if not kept:
+                origin.part_running = False
+            elif batch is origin:
                 batch.tasks = kept
                 self._start(self._run_batch(batch), list(kept))
+            else:
+                self._start(self._run_part(origin, batch), list(kept))
 
-    def _claim_size(self, starting: int = 0) -> Claim:
+    async def _run_part(self, origin: Batch, part: Batch) -> None:
+        """One task of a ready batch (see _take_ready); its slot frees at its end."""
+        try:
+            await self._run_batch(part)
+        finally:
+            origin.part_running = False
+
+    def _claim_size(self, starting: int = 0, critical_first: bool = False) -> Claim:
         """How many tasks to claim now, and the least effective priority to take (slots.py)."""
         return claim_size(concurrency=self.settings.concurrency, critical_slots=self.settings.critical_slots,
                           running=self._ordinary_running(),
                           critical_running=len(self.critical_jobs), starting=starting,
-                          batches=len(self.collecting) + len(self.ready), critical_wanted=self.critical_wanted,
-                          stopping=self.stopping or self.retiring)
+                          batches=self._reserved_by_batches(), critical_wanted=self.critical_wanted,
+                          critical_first=critical_first, stopping=self.stopping or self.retiring)
+
+    def _take_ready(self) -> list[tuple[Batch, Batch]]:
+        """What of the ready batches starts this turn, one free slot each, in
+        order: (the ready batch, the part of it that starts).
+
+        A batch handler's batch starts whole: one call takes the list. Any
+        other kind's batch runs one task at a time, as before, but each in a
+        slot of its own, taken at a turn and given back when it ends: run
+        back to back in one slot, a batch of five 20 ms tasks held it for
+        100 ms, and critical work that came meanwhile could not have it
+        (slots.critical_goes_first decides at each turn). Its waiting tasks
+        hold no slot and cost no attempt.
+        """
+        taken: list[tuple[Batch, Batch]] = []
+        free = self.free_slots()
+        for batch in list(self.ready):
+            if len(taken) >= free or self.stopping:
+                break
+            if batch.part_running:
+                continue
+            definition = lookup(batch.kind)
+            if (definition is not None and definition.batch) or len(batch.tasks) == 1:
+                self.ready.remove(batch)
+                taken.append((batch, batch))
+                continue
+            part = Batch(batch.queue, batch.kind, [batch.tasks.pop(0)], started_at=batch.started_at)
+            batch.part_running = True
+            taken.append((batch, part))
+        return taken
+
+    def _give_back_ready(self, taken: list[tuple[Batch, Batch]]) -> None:
+        """Undo _take_ready after a trip that did not happen."""
+        for batch, part in reversed(taken):
+            if part is not batch:
+                batch.tasks[:0] = part.tasks
+                batch.part_running = False
+            if batch not in self.ready:
+                self.ready.appendleft(batch)
+
+    def _startable(self) -> int:
+        """Ready batches that could start in a free slot now."""
+        return sum(1 for b in self.ready if not b.part_running)
+
+    def _reserved_by_batches(self) -> int:
+        """Slots the batches reserve: each collecting one, and each ready one
+        but those with a task running (that task holds its slot)."""
+        return len(self.collecting) + self._startable()
 
     async def _wait(self) -> None:
         """Sleep until a slot frees, a NOTIFY arrives, a batch is due, or the poll timer fires."""

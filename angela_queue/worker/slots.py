@@ -40,13 +40,38 @@ class Claim:
     min_effective: float | None = None
     critical: bool = False
 
+    @property
+    def critical_only(self) -> bool:
+        """Takes nothing but critical work: into the critical slots, or into
+        ordinary ones ahead of ready batches (:func:`critical_goes_first`)."""
+        return self.min_effective is not None and self.min_effective >= CRITICAL_AT
+
 
 NOTHING = Claim(0)
 
 
+def critical_goes_first(*, critical_slots: int, critical_running: int, critical_wanted: bool,
+                        ready: list[float]) -> bool:
+    """Whether this turn's free ordinary slots go to critical work before the
+    ready low-priority batches start in them.
+
+    A ready batch starts in the next free slot; with every critical slot busy
+    (a critical job is 20 ms, and they come in bursts) a critical task that
+    may be waiting (``critical_wanted``) would then wait a whole job more for
+    the slot after. So the turn claims critical work first, and the batches
+    start at the next turn, one round trip later (the plan: batching never
+    delays a higher-priority task). ``ready``: the effective priority of each
+    startable ready batch's next task; one that aged into the critical tier
+    goes first itself. Nothing ready: the turn's own claim takes the best
+    work first anyway.
+    """
+    return (critical_wanted and critical_running >= critical_slots and bool(ready)
+            and max(ready) < CRITICAL_AT)
+
+
 def claim_size(*, concurrency: int, critical_slots: int, running: int, critical_running: int = 0,
                starting: int = 0, batches: int = 0, critical_wanted: bool = False,
-               stopping: bool = False) -> Claim:
+               critical_first: bool = False, stopping: bool = False) -> Claim:
     """What to claim now.
 
     ``running``: jobs in ordinary slots; ``critical_running``: in critical
@@ -60,11 +85,14 @@ def claim_size(*, concurrency: int, critical_slots: int, running: int, critical_
     work that outranks it.
 
     Every ordinary slot busy: the free critical slots, if critical work may
-    be waiting (``critical_wanted``).
+    be waiting (``critical_wanted``). ``critical_first`` (see
+    :func:`critical_goes_first`): the free ordinary slots, for critical work only.
     """
     if stopping:
         return NOTHING
     free = concurrency - running - starting
+    if critical_first and free > 0:
+        return Claim(free, CRITICAL_AT)
     if free > batches:
         return Claim(free - batches)
     if free > 0:

@@ -217,8 +217,8 @@ class AngelaQueue(System):
     priorities = {"critical": 10, "high": 8, "medium": 6, "low": 3}
     settings = {
         "worker": "python -m angela_queue --log-level WARNING worker --app benchmarks.peers.aq_app "
-                  "--concurrency C (defaults otherwise: low-priority batches of 5, 2 s batch wait, and 1 critical "
-                  "slot beside the C ordinary ones, which only priority >= 9 takes)",
+                  "--concurrency C (defaults otherwise: low-priority batches of 5, 2 s batch wait, and 3 critical "
+                  "slots beside the C ordinary ones, which only priority >= 9 takes)",
         "enqueue": "AsyncClient(dsn, pool_size=4).enqueue / .enqueue_many",
     }
     job_tables = ()  # clear() is BenchDB.reset(): the tasks, workers, supervisors and leader rows
