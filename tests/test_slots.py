@@ -89,3 +89,7 @@ def test_only_a_claim_at_the_critical_line_is_critical_only():
     assert Claim(1, CRITICAL_AT, critical=True).critical_only
     assert not Claim(1, float(BATCH_BELOW_PRIORITY)).critical_only
     assert not Claim(3).critical_only
+
+
+def test_a_ready_batch_passed_over_long_enough_starts_whatever_waits():
+    assert not first(overdue=True)

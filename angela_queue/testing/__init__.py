@@ -78,7 +78,8 @@ def drain(app: str | ModuleType | None = None, *, dsn: str | None = None, queues
             queues = [r["name"] for r in db.fetch_all(conn, "queues_names")]
     settings = load_settings({"dsn": target, "queues": tuple(queues) or ("default",), "concurrency": concurrency,
                               "poll_slow_s": 0.05, "poll_medium_s": 0.05, "poll_fast_s": 0.05,
-                              "batch_wait_s": 0.0}, environ={})
+                              # One task at a time means one: no critical slots beside it.
+                              "batch_wait_s": 0.0, "critical_slots": 0}, environ={})
     worker = Worker(settings, in_process=True, stop_when_idle=True)
     outcome: dict[str, Any] = {}
 

@@ -63,11 +63,16 @@ EXIT_RETIRE = 75
 
 # How often a collecting batch tries to claim more of its kind.
 BATCH_FILL_EVERY_S = 0.1
+# How long critical work may keep a ready batch out of the free slots
+# (slots.critical_goes_first). The batch's tasks are held by this worker,
+# where their aging does not count: past this, the batch takes its slot
+# even under a sustained critical overload.
+READY_PASSED_OVER_MAX_S = 2.0
 # Depth thresholds of the plan's adaptive polling.
 DEPTH_FAST, DEPTH_MEDIUM = 20, 5
 
 
-@dataclass
+@dataclass(eq=False)   # compared by identity: two batches are never "equal"
 class Batch:
     """Low-priority tasks of one queue and kind, collected to run together."""
 
@@ -79,6 +84,7 @@ class Batch:
     # A ready batch of a kind without a batch handler runs one task at a
     # time, each in a slot of its own (Worker._take_ready): True while one runs.
     part_running: bool = False
+    ready_at: float | None = None   # when collection ended (time.monotonic())
 
 
 @dataclass
@@ -475,11 +481,13 @@ class Worker:
         # first, in this trip, and only the tasks still ours then run. Not
         # while critical work may be waiting for those slots (slots.py).
         self._collect_due_batches()
+        startable = [b for b in self.ready if b.tasks and not b.part_running]
         first = critical_goes_first(critical_slots=self.settings.critical_slots,
                                     critical_running=len(self.critical_jobs),
                                     critical_wanted=self.critical_wanted,
-                                    ready=[b.tasks[0].effective_priority for b in self.ready
-                                           if b.tasks and not b.part_running])
+                                    ready=[b.tasks[0].effective_priority for b in startable],
+                                    overdue=any(now - (b.ready_at or now) >= READY_PASSED_OVER_MAX_S
+                                                for b in startable))
         starting = [] if first else self._take_ready()
         if starting:
             statements.append(st.start_many(worker_id=self.id,
@@ -500,18 +508,23 @@ class Worker:
             if claim.critical_only:
                 # Set again by a NOTIFY during the trip, or below if it fills.
                 self.critical_wanted = False
-            # A critical slot's task starts at its claim (batch_below 0) and runs alone.
+            # Critical work starts at its claim (batch_below 0) and runs alone,
+            # in a critical slot or in the ordinary one it was claimed for: a
+            # low task aged into the critical tier is never collected then.
             statements.append(st.claim(worker_id=self.id, queues=self.queues, limit=asked,
                                        min_effective=claim.min_effective,
-                                       batch_below=0 if claim.critical else self._batch_below))
+                                       batch_below=0 if claim.critical_only else self._batch_below))
         if not statements:
             return 0, 0
 
         try:
             results = await db.apipeline(self.conn, statements)
         except BaseException:
-            # Nothing of the trip happened: the batches wait for the next one.
+            # Nothing of the trip happened: the batches wait for the next one,
+            # and critical work may still be waiting.
             self._give_back_ready(starting)
+            if claim.critical_only:
+                self.critical_wanted = True
             raise
         self.completer.stored(flush, results[:n_flush])
         if releasing:
@@ -546,6 +559,8 @@ class Worker:
         """Run what _take_ready took, now that its start is recorded."""
         started = {r["id"]: r for r in started_rows}
         for origin, batch in taken:
+            if batch is origin and origin in self.ready:
+                self.ready.remove(origin)    # started whole (a cancel may have emptied it already)
             kept = []
             for task in batch.tasks:
                 if task.id in started:
@@ -561,6 +576,13 @@ class Worker:
                     self.to_release.append(task.id)
             if not kept:
                 origin.part_running = False
+                if batch is not origin and origin in self.ready:
+                    # Most likely its queue was paused: the rest of the batch
+                    # goes back now too, not one task per trip.
+                    self.ready.remove(origin)
+                    for task in origin.tasks:
+                        self.held.pop(task.id, None)
+                        self.to_release.append(task.id)
             elif batch is origin:
                 batch.tasks = kept
                 self._start(self._run_batch(batch), list(kept))
@@ -596,29 +618,30 @@ class Worker:
         """
         taken: list[tuple[Batch, Batch]] = []
         free = self.free_slots()
-        for batch in list(self.ready):
+        # Best next task first (a low one aged past fresh work outranks it);
+        # sorted() is stable, so equals keep the order they became ready in.
+        startable = sorted((b for b in self.ready if b.tasks and not b.part_running),
+                           key=lambda b: -b.tasks[0].effective_priority)
+        for batch in startable:
             if len(taken) >= free or self.stopping:
                 break
-            if batch.part_running:
-                continue
+            # Marked, not removed, while its start is in flight: a failed trip
+            # then leaves the order as it was.
+            batch.part_running = True
             definition = lookup(batch.kind)
             if (definition is not None and definition.batch) or len(batch.tasks) == 1:
-                self.ready.remove(batch)
                 taken.append((batch, batch))
                 continue
             part = Batch(batch.queue, batch.kind, [batch.tasks.pop(0)], started_at=batch.started_at)
-            batch.part_running = True
             taken.append((batch, part))
         return taken
 
     def _give_back_ready(self, taken: list[tuple[Batch, Batch]]) -> None:
         """Undo _take_ready after a trip that did not happen."""
-        for batch, part in reversed(taken):
+        for batch, part in taken:
             if part is not batch:
                 batch.tasks[:0] = part.tasks
-                batch.part_running = False
-            if batch not in self.ready:
-                self.ready.appendleft(batch)
+            batch.part_running = False
 
     def _startable(self) -> int:
         """Ready batches that could start in a free slot now."""
@@ -764,6 +787,7 @@ class Worker:
         due = time.monotonic() >= batch.started_at + self.settings.batch_wait_s
         if len(batch.tasks) >= self.settings.batch_size or (due and batch.tasks):
             del self.collecting[key]
+            batch.ready_at = time.monotonic()
             self.ready.append(batch)
 
     def _collect_due_batches(self) -> None:

@@ -51,7 +51,7 @@ NOTHING = Claim(0)
 
 
 def critical_goes_first(*, critical_slots: int, critical_running: int, critical_wanted: bool,
-                        ready: list[float]) -> bool:
+                        ready: list[float], overdue: bool = False) -> bool:
     """Whether this turn's free ordinary slots go to critical work before the
     ready low-priority batches start in them.
 
@@ -63,9 +63,12 @@ def critical_goes_first(*, critical_slots: int, critical_running: int, critical_
     delays a higher-priority task). ``ready``: the effective priority of each
     startable ready batch's next task; one that aged into the critical tier
     goes first itself. Nothing ready: the turn's own claim takes the best
-    work first anyway.
+    work first anyway. ``overdue``: a ready batch was passed over long
+    enough (its held tasks do not age): it starts now, critical work or not.
+    With no critical slots (0), every critical task needs an ordinary slot,
+    so this holds all the more.
     """
-    return (critical_wanted and critical_running >= critical_slots and bool(ready)
+    return (critical_wanted and not overdue and critical_running >= critical_slots and bool(ready)
             and max(ready) < CRITICAL_AT)
 
 
