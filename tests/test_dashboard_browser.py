@@ -17,7 +17,6 @@ up from the real tasks by the real rollup statement.
 from __future__ import annotations
 
 import datetime as dt
-import math
 import os
 import shutil
 from pathlib import Path

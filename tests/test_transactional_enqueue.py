@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
 import angela_queue
-from angela_queue import AsyncClient, Client, QueueFull
+from angela_queue import AsyncClient, QueueFull
 from angela_queue.transactional import TransactionAborted
 from fix_procs import APP_PRELUDE, RUNS_TABLE_SQL, query, scalar, wait_until
 
