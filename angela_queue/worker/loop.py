@@ -481,7 +481,7 @@ class Worker:
         # first, in this trip, and only the tasks still ours then run. Not
         # while critical work may be waiting for those slots (slots.py).
         self._collect_due_batches()
-        startable = [b for b in self.ready if b.tasks and not b.part_running]
+        startable = self._startable()
         first = critical_goes_first(critical_slots=self.settings.critical_slots,
                                     critical_running=len(self.critical_jobs),
                                     critical_wanted=self.critical_wanted,
@@ -620,8 +620,7 @@ class Worker:
         free = self.free_slots()
         # Best next task first (a low one aged past fresh work outranks it);
         # sorted() is stable, so equals keep the order they became ready in.
-        startable = sorted((b for b in self.ready if b.tasks and not b.part_running),
-                           key=lambda b: -b.tasks[0].effective_priority)
+        startable = sorted(self._startable(), key=lambda b: -b.tasks[0].effective_priority)
         for batch in startable:
             if len(taken) >= free or self.stopping:
                 break
@@ -643,14 +642,14 @@ class Worker:
                 batch.tasks[:0] = part.tasks
             batch.part_running = False
 
-    def _startable(self) -> int:
-        """Ready batches that could start in a free slot now."""
-        return sum(1 for b in self.ready if not b.part_running)
+    def _startable(self) -> list[Batch]:
+        """Ready batches that could start in a free slot now, in the order they became ready."""
+        return [b for b in self.ready if b.tasks and not b.part_running]
 
     def _reserved_by_batches(self) -> int:
         """Slots the batches reserve: each collecting one, and each ready one
         but those with a task running (that task holds its slot)."""
-        return len(self.collecting) + self._startable()
+        return len(self.collecting) + len(self._startable())
 
     async def _wait(self) -> None:
         """Sleep until a slot frees, a NOTIFY arrives, a batch is due, or the poll timer fires."""
