@@ -42,6 +42,23 @@ PURGE_CHUNK = 10_000
 # allow_nan=False: Python writes NaN/Infinity, which jsonb rejects.
 _JSON = json.JSONEncoder(allow_nan=False)
 
+
+def _json_encoder() -> Callable[[Any], str]:
+    """_JSON.encode without its per-call set-up: JSONEncoder builds a new C
+    encoder for every document, which cost a bulk enqueue of thousands of
+    small payloads nearly half of its encoding time. Same output. No
+    circular-reference bookkeeping: a cycle raises RecursionError, which
+    TaskSpec reports like any payload it cannot encode."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # a Python without the C accelerator
+        return _JSON.encode
+    encode = make(None, _JSON.default, json.encoder.encode_basestring_ascii, None, ": ", ", ",
+                  False, False, False)
+    return lambda value: "".join(encode(value, 0))
+
+
+_encode_json = _json_encoder()
+
 STATUSES = ("scheduled", "queued", "running", "succeeded", "failed", "cancelled", "dropped")
 WAITING_STATUSES = ("scheduled", "queued")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled", "dropped")
@@ -66,13 +83,37 @@ class EnqueuedTask:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any], duplicate: bool = False) -> "EnqueuedTask":
-        return cls(id=row["id"], queue=row["queue"], kind=row["kind"], status=row["status"],
-                   priority=row["priority"], boost=row["boost"], tier=row["tier"], run_at=row["run_at"],
-                   dedup_key=row["dedup_key"], last_error=row["last_error"], duplicate=duplicate)
+        # Positional: a bulk enqueue builds thousands of these per call.
+        return cls(row["id"], row["queue"], row["kind"], row["status"], row["priority"], row["boost"],
+                   row["tier"], row["run_at"], row["dedup_key"], row["last_error"], duplicate)
+
+    @classmethod
+    def from_rows(cls, rows: list[Mapping[str, Any]]) -> list["EnqueuedTask"]:
+        """Many new tasks at once (a bulk enqueue's rows, none a duplicate).
+
+        Built without the dataclass __init__, whose frozen fields cost one
+        object.__setattr__ each: most of a bulk enqueue's decoding. Only
+        when the rows carry exactly the fields (the enqueue statements'
+        RETURNING); anything else goes through from_row.
+        """
+        if not rows or rows[0].keys() != _ENQUEUED_COLUMNS:
+            return [cls.from_row(r) for r in rows]
+        new = object.__new__
+        out = []
+        for row in rows:
+            task = new(cls)
+            fields = task.__dict__
+            fields.update(row)
+            fields["duplicate"] = False
+            out.append(task)
+        return out
 
     @property
     def dropped(self) -> bool:
         return self.status == "dropped"
+
+
+_ENQUEUED_COLUMNS = frozenset(f.name for f in dataclasses.fields(EnqueuedTask)) - {"duplicate"}
 
 
 @dataclass(frozen=True)
@@ -92,25 +133,29 @@ class TaskSpec:
     dedup_key: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.kind, str) or not self.kind.strip():
+        _check_text("kind", self.kind, 255)
+        if not self.kind.strip():
             raise ValueError(f"a task needs a kind: a non-empty string (got {self.kind!r})")
-        for name, value, limit in (("kind", self.kind, 255), ("queue", self.queue, 255),
-                                   ("dedup_key", self.dedup_key, 2000)):
-            if isinstance(value, str):
-                if "\x00" in value:
-                    raise ValueError(f"{name} must not contain a NUL character (Postgres text cannot hold one)")
-                if len(value.encode("utf-8", "surrogatepass")) > limit:
-                    raise ValueError(f"{name} must be at most {limit} bytes")
         if not isinstance(self.payload, Mapping):
             raise ValueError(f"payload must be a JSON object (a dict), got {type(self.payload).__name__}")
         try:
-            text = _JSON.encode(self.payload)
+            text = _encode_json(self.payload)
         except (TypeError, ValueError, RecursionError) as exc:
             raise ValueError(f"payload is not JSON-serialisable: {exc}") from None
         if "\\u0000" in text:
             raise ValueError("payload must not contain a NUL character (\\u0000): Postgres jsonb cannot store it")
-        # Kept: a bulk enqueue sends it as is (many_params), not encoded twice.
+        # Kept: the enqueue statements send it as is, not encoded twice.
         object.__setattr__(self, "_payload_json", text)
+        # Most tasks set no option: their checks are skipped in one test (a
+        # bulk enqueue validates thousands of specs per call).
+        if (self.priority is not None or self.queue is not None or self.run_at is not None
+                or self.delay_s is not None or self.max_attempts is not None or self.timeout_s is not None
+                or self.dedup_key is not None):
+            self._check_options()
+
+    def _check_options(self) -> None:
+        _check_text("queue", self.queue, 255)
+        _check_text("dedup_key", self.dedup_key, 2000)
         if self.priority is not None and (isinstance(self.priority, bool) or not isinstance(self.priority, int)
                                           or not 1 <= self.priority <= 10):
             raise ValueError(f"priority must be an integer between 1 and 10 (got {self.priority!r})")
@@ -168,24 +213,23 @@ class TaskSpec:
             delay = delay.total_seconds()
         if payload is None:
             payload = {}
-        if definition is not None and definition.model is not None:
-            from .models import payload_for_storage
-            payload = payload_for_storage(definition.model, payload)
-
-        def unset_or(value: Any, default: Any) -> Any:
-            return value if value is not None else default
-
-        return cls(
-            kind=kind_name, payload=payload,
-            priority=unset_or(priority, definition.priority if definition else None),
-            queue=unset_or(queue, definition.queue if definition else None),
-            run_at=run_at, delay_s=delay,
-            max_attempts=unset_or(max_attempts, definition.max_attempts if definition else None),
-            timeout_s=unset_or(timeout, definition.timeout if definition else None),
-            dedup_key=dedup_key)
+        if definition is not None:
+            if definition.model is not None:
+                from .models import payload_for_storage
+                payload = payload_for_storage(definition.model, payload)
+            # Unset options take the handler's.
+            if priority is None:
+                priority = definition.priority
+            if queue is None:
+                queue = definition.queue
+            if max_attempts is None:
+                max_attempts = definition.max_attempts
+            if timeout is None:
+                timeout = definition.timeout
+        return cls(kind_name, payload, priority, queue, run_at, delay, max_attempts, timeout, dedup_key)
 
     def params(self, trace_context: Mapping[str, str] | None = None) -> dict[str, Any]:
-        return {"queue": self.queue, "kind": self.kind, "payload": Jsonb(dict(self.payload)),
+        return {"queue": self.queue, "kind": self.kind, "payload": self._payload_json,
                 "priority": self.priority, "run_at": self.run_at, "delay_s": self.delay_s,
                 "max_attempts": self.max_attempts, "timeout_s": self.timeout_s, "dedup_key": self.dedup_key,
                 "trace_context": Jsonb(dict(trace_context)) if trace_context else None, "relax": False}
@@ -201,15 +245,32 @@ def many_params(specs: list[TaskSpec], trace_context: Mapping[str, str] | None =
     all NULL (keys left out here are NULL in jsonb_to_recordset).
     """
     parts = []
+    kinds: dict[str, str] = {}   # each kind encoded once
     for s in specs:
+        kind = kinds.get(s.kind)
+        if kind is None:
+            kind = kinds[s.kind] = _encode_json(s.kind)
         options = (("queue", s.queue), ("priority", s.priority),
                    ("run_at", None if s.run_at is None else s.run_at.isoformat()), ("delay_s", s.delay_s),
                    ("max_attempts", s.max_attempts), ("timeout_s", s.timeout_s), ("dedup_key", s.dedup_key))
-        fields = [f'"kind":{_JSON.encode(s.kind)}', f'"payload":{s._payload_json}',
-                  *(f'"{key}":{_JSON.encode(value)}' for key, value in options if value is not None)]
-        parts.append("{" + ",".join(fields) + "}")
+        set_ = "".join(f',"{key}":{_encode_json(value)}' for key, value in options if value is not None)
+        parts.append(f'{{"kind":{kind},"payload":{s._payload_json}{set_}}}')
     return {"trace_context": Jsonb(dict(trace_context)) if trace_context else None,
             "tasks": "[" + ",".join(parts) + "]", "relax": False}
+
+
+def _check_text(name: str, value: Any, limit: int) -> None:
+    """A text field Postgres can store: no NUL, at most ``limit`` bytes (a
+    non-str is left to the field's own check)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{name} must not contain a NUL character (Postgres text cannot hold one)")
+        # Bytes, not characters: one character takes up to four. Only a
+        # string that could be too long is encoded.
+        if len(value) * 4 > limit and len(value.encode("utf-8", "surrogatepass")) > limit:
+            raise ValueError(f"{name} must be at most {limit} bytes")
+    elif name == "kind":
+        raise ValueError(f"a task needs a kind: a non-empty string (got {value!r})")
 
 
 def _finite(value: int | float) -> bool:
@@ -365,6 +426,8 @@ def canonical_order(specs: list[TaskSpec]) -> list[int]:
     other's uncommitted row in the unique index; inserted in different orders
     they deadlock. Every insert taking keys in one global order cannot.
     """
+    if all(s.dedup_key is None for s in specs):
+        return list(range(len(specs)))   # no keys: the order given
     return sorted(range(len(specs)), key=lambda i: (specs[i].dedup_key is None, specs[i].queue or "",
                                                     specs[i].dedup_key or "", i))
 
@@ -423,6 +486,8 @@ def _match_bulk_rows(specs: list[TaskSpec], rows: list[Mapping[str, Any]]) -> Fl
     insert order, so keyless rows pair up positionally; rows skipped on a
     dedup conflict are looked up by their key.
     """
+    if len(rows) == len(specs) and all(s.dedup_key is None for s in specs):
+        return EnqueuedTask.from_rows(rows)   # no keys: one row each, in order
     inserted = {(r["queue"], r["dedup_key"]): r for r in rows if r["dedup_key"] is not None}
     keyless = iter([r for r in rows if r["dedup_key"] is None])
     taken: set[tuple[str, str]] = set()

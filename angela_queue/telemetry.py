@@ -34,6 +34,12 @@ def _tracer() -> Any:
     return trace.get_tracer(TRACER_NAME, __version__)
 
 
+def _no_sdk() -> bool:
+    """No tracer provider set (the API's proxy) or the no-op one: spans are
+    non-recording. Asked on each call: an SDK may be configured at any time."""
+    return isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
 @contextlib.contextmanager
 def enqueue_span(kind: str, queue: str | None, count: int = 1) -> Iterator[dict[str, str] | None]:
     """Around one enqueue call: yields the trace context to store on its task(s),
@@ -41,11 +47,19 @@ def enqueue_span(kind: str, queue: str | None, count: int = 1) -> Iterator[dict[
     if trace is None:
         yield None
         return
+    if _no_sdk():
+        # The API's spans would record nothing and carry the current span's
+        # context (NoOpTracer): inject that context directly, without the
+        # span's cost (a fifth of an enqueue's client CPU).
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        yield carrier or None
+        return
     with _tracer().start_as_current_span(f"enqueue {kind}", kind=SpanKind.PRODUCER, attributes={
             "messaging.system": "angela_queue", "messaging.operation": "publish",
             "messaging.destination.name": queue or "", "angela_queue.task.kind": kind,
             "messaging.batch.message_count": count}) as span:
-        carrier: dict[str, str] = {}
+        carrier = {}
         propagate.inject(carrier)
         try:
             yield carrier or None

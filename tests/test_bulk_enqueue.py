@@ -6,6 +6,7 @@ one transaction (one now()), against the same tasks inserted row by row."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import random
@@ -224,3 +225,20 @@ def test_concurrent_bulks_creating_the_same_queues_neither_deadlock_nor_lose_a_t
         assert conn.execute("SELECT count(*) FROM angela_queue.queues WHERE name LIKE 'fresh_%'").fetchone()[0] == 18
         conn.execute("SELECT pg_stat_clear_snapshot()")
         assert conn.execute(deadlocks).fetchone()[0] == before
+
+
+def test_enqueued_tasks_built_in_bulk_equal_those_built_one_by_one():
+    import datetime as dt
+    from angela_queue.tasks import EnqueuedTask
+    rows = [{"id": i, "queue": "q", "kind": "k", "status": "queued", "priority": 5, "boost": 0, "tier": "medium",
+             "run_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), "dedup_key": None, "last_error": None}
+            for i in range(3)]
+    built = EnqueuedTask.from_rows(rows)
+    assert built == [EnqueuedTask.from_row(r) for r in rows]
+    assert all(not t.duplicate for t in built) and built[2].id == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built[0].id = 7                                   # still frozen
+    # Rows that are not exactly the fields (one more column) take from_row.
+    wider = [{**r, "extra": 1} for r in rows]
+    assert EnqueuedTask.from_rows(wider) == built
+    assert EnqueuedTask.from_rows([]) == []

@@ -49,6 +49,11 @@ def test_the_enqueue_statement_relaxes_its_own_transaction_for_a_fast_queue(dsn,
                          {**many_params([TaskSpec(kind="k", queue="fastq")] * 2), "relax": True}).fetchall()
         assert len(rows) == 2 and setting(c) == "off"
         c.rollback()
+        # One durable queue among them: the whole bulk stays durable.
+        mixed = [TaskSpec(kind="k", queue="fastq"), TaskSpec(kind="k", queue="default"), TaskSpec(kind="k", queue="fastq")]
+        rows = c.execute(queries.query("tasks_enqueue_many"), {**many_params(mixed), "relax": True}).fetchall()
+        assert len(rows) == 3 and setting(c) == "on"
+        c.rollback()
 
 
 def test_only_the_clients_own_transactions_are_relaxed(dsn, conn, fast):

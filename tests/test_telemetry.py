@@ -85,3 +85,30 @@ def test_without_a_current_span_the_task_starts_its_own_trace(dsn, client, conn,
     assert len(contexts) == 1
     drain(dsn=dsn)
     assert len(spans("process traced")) == 2
+
+
+NO_SDK_SCRIPT = """
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from angela_queue import telemetry
+
+assert type(trace.get_tracer_provider()).__name__ == "ProxyTracerProvider"
+with telemetry.enqueue_span("k", None) as carried:
+    assert carried is None, carried
+parent = SpanContext(trace_id=0x1234, span_id=0x99, is_remote=True, trace_flags=TraceFlags(1))
+with trace.use_span(NonRecordingSpan(parent)):
+    with telemetry.enqueue_span("k", None) as carried:
+        print(carried["traceparent"])
+"""
+
+
+def test_without_an_sdk_the_callers_trace_context_still_travels():
+    # No SDK: no span is made for the enqueue (it would record nothing), but a
+    # context propagated into this process (a request's traceparent) is still
+    # stored on the task, as the API's non-recording span would have carried
+    # it. A fresh process: the global provider is set once per process.
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", NO_SDK_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"00-{0x1234:032x}-{0x99:016x}-01"
