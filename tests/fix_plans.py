@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 
 import psycopg
+import psycopg.rows
+import psycopg.sql
 
 from angela_queue import queries
 
@@ -25,6 +27,32 @@ def has_limit_above_scan(node: dict) -> bool:
     return all(has_limit_above_scan(child) for child in node.get("Plans", []))
 
 
+def explain_generic(conn: psycopg.Connection, text: str, params: dict) -> dict:
+    """The generic plan of a statement: what the worker's hot connection runs
+    (db.HOT_PATH_SETTINGS: plan_cache_mode = force_generic_plan), prepared as
+    psycopg prepares it. Plain EXPLAIN with parameters plans them as known
+    values (a custom plan), which is not the plan that runs there."""
+    from psycopg._queries import PostgresQuery
+    from psycopg.adapt import Transformer
+    name = f"aq_plan_{uuid.uuid4().hex[:8]}".encode()
+    query = PostgresQuery(Transformer(conn))
+    query.convert(text, params)
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+    try:
+        prepared = conn.pgconn.prepare(name, query.query, query.types)
+        assert prepared.status == psycopg.pq.ExecStatus.COMMAND_OK, prepared.error_message
+        # EXECUTE takes no protocol parameters: its arguments as literals,
+        # in the $n order psycopg gave them.
+        args = psycopg.sql.SQL(", ").join(psycopg.sql.Literal(params[key]) for key in query._order or [])
+        explain = psycopg.sql.SQL("EXPLAIN (FORMAT JSON) EXECUTE {}({})").format(
+            psycopg.sql.Identifier(name.decode()), args)
+        with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
+            return cur.execute(explain).fetchone()[0][0]["Plan"]
+    finally:
+        conn.execute(f"DEALLOCATE {name.decode()}")
+        conn.execute("RESET plan_cache_mode")
+
+
 def assert_claim_walks_its_index(conn: psycopg.Connection) -> None:
     """EXPLAIN the claim on ``conn`` (whatever role it is) and check how it reads the queue.
 
@@ -34,11 +62,18 @@ def assert_claim_walks_its_index(conn: psycopg.Connection) -> None:
     tasks there must walk tasks_claim_idx in order and stop at a LIMIT. The
     merge (CTE "picked") sorts only those few rows, never the queue itself.
     """
+    params = {"queues": ["default"], "limit": 10, "worker_id": uuid.uuid4(), "min_effective": None,
+              "batch_below": 0}
     with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
-        cur.execute("EXPLAIN (FORMAT JSON) " + queries.query("tasks_claim"),
-                    {"queues": ["default"], "limit": 10, "worker_id": uuid.uuid4(), "min_effective": None,
-                     "batch_below": 0})
-        plan = cur.fetchone()[0][0]["Plan"]
+        cur.execute("EXPLAIN (FORMAT JSON) " + queries.query("tasks_claim"), params)
+        custom = cur.fetchone()[0][0]["Plan"]
+    # Both: the generic plan is what the worker runs; the custom one what a
+    # connection left to plan_cache_mode = auto may run.
+    for plan in (explain_generic(conn, queries.query("tasks_claim"), params), custom):
+        _assert_claim_plan_walks_its_index(plan)
+
+
+def _assert_claim_plan_walks_its_index(plan: dict) -> None:
     ctes = {n.get("Subplan Name"): n for n in plan_nodes(plan) if n.get("Subplan Name", "").startswith("CTE ")}
     assert {"CTE limited", "CTE room", "CTE candidates", "CTE picked"} <= set(ctes), list(ctes)
     # CTE room reads tasks only for the running count of a capped kind,

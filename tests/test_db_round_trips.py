@@ -65,3 +65,18 @@ def test_a_full_queue_is_queue_full_alone_or_in_company(dsn, conn, size):
         asyncio.run(pipeline(dsn, trip))
     assert full.value.queue == "trip_full"
     assert count(conn, "trip_over") == 0 and count(conn, "trip_other") == 0
+
+
+def test_the_workers_hot_connection_runs_generic_plans_without_jit(dsn):
+    """Only the hot connection: once tables are ANALYZEd, Postgres may plan the
+    claim afresh at every execution (custom plans), which cost more than the
+    claim itself; its generic plan is checked in test_hot_plans. Other
+    connections keep the server's defaults (an inspection query with optional
+    filters wants its custom plan)."""
+    async def settings(hot_path: bool) -> tuple[str, str]:
+        async with await db.aconnect(dsn, hot_path=hot_path) as aconn:
+            mode = (await (await aconn.execute("SHOW plan_cache_mode")).fetchone())["plan_cache_mode"]
+            jit = (await (await aconn.execute("SHOW jit")).fetchone())["jit"]
+            return mode, jit
+    assert asyncio.run(settings(True)) == ("force_generic_plan", "off")
+    assert asyncio.run(settings(False))[0] == "auto"

@@ -18,7 +18,7 @@ import pytest
 
 from angela_queue import statements as st
 from angela_queue.queries import Query
-from fix_plans import assert_claim_walks_its_index, plan_nodes
+from fix_plans import assert_claim_walks_its_index, explain_generic, plan_nodes
 
 WORKER = uuid.uuid4()
 # A worker's outcomes find their rows by id, or among the rows it runs.
@@ -80,10 +80,14 @@ def busy_dsn(module_dsn):
 THROUGH_FUNCTION = {"tasks_enqueue_many"}
 
 
-def explain(dsn: str, statement: Query) -> dict:
-    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
-        cur.execute("EXPLAIN (FORMAT JSON) " + statement.text, statement.params)
-        return cur.fetchone()[0][0]["Plan"]
+def explain(dsn: str, statement: Query) -> list[dict]:
+    """Its custom plan and its generic plan (the one the worker's connection
+    runs: db.HOT_PATH_SETTINGS)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with conn.cursor() as cur:
+            cur.execute("EXPLAIN (FORMAT JSON) " + statement.text, statement.params)
+            custom = cur.fetchone()[0][0]["Plan"]
+        return [custom, explain_generic(conn, statement.text, statement.params)]
 
 
 def explain_nested(dsn: str, statement: Query) -> list[dict]:
@@ -110,7 +114,7 @@ def explain_nested(dsn: str, statement: Query) -> list[dict]:
 def test_the_hot_statement_reads_tasks_only_through_its_index(busy_dsn, name):
     statement, allowed = HOT[name]
     assert statement.name == name
-    plans = explain_nested(busy_dsn, statement) if name in THROUGH_FUNCTION else [explain(busy_dsn, statement)]
+    plans = explain_nested(busy_dsn, statement) if name in THROUGH_FUNCTION else explain(busy_dsn, statement)
     assert plans
     nodes = [n for plan in plans for n in plan_nodes(plan)]
     reads = [n for n in nodes if n.get("Relation Name") == "tasks" and n["Node Type"] != "ModifyTable"]
