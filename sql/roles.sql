@@ -83,5 +83,5 @@ REVOKE EXECUTE ON FUNCTION angela_queue.claim_room(text, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION angela_queue.claim_room(text, integer) TO angela_queue_worker;
 
 -- Durability (revision 0010): a producer's client reads whether its queue is
--- fast (angela_queue.commit_fast), and nothing else of queues.
+-- fast (tasks_enqueue tests it inline), and nothing else of queues.
 GRANT SELECT (name, durability) ON angela_queue.queues TO angela_queue_producer;

@@ -53,7 +53,7 @@ CREATE TABLE angela_queue.queues (
     -- 'durable' (the default): every enqueue and outcome is on disk when it
     -- is acknowledged. 'fast': the Python client's own enqueues into the
     -- queue, and the workers that serve only fast queues, commit with
-    -- synchronous_commit = off (angela_queue.commit_fast): after a crash of
+    -- synchronous_commit = off (sql/tasks.sql, tasks_enqueue): after a crash of
     -- the database server the last few hundred milliseconds of acknowledged
     -- writes may be lost (an enqueue, or an outcome: that task runs again),
     -- never corrupted or half-applied.
@@ -615,10 +615,14 @@ $$;
 -- call with the trigger's own error.
 -- SECURITY DEFINER like the trigger: a producer that may not read queues or
 -- boost rules still gets its defaults, queues, boosts and bound.
+-- Generic plans only (revision 0013): the custom plans of its statements
+-- looked cheaper than the generic ones, so each call planned them again,
+-- which cost a bulk of ten tasks a third of its time.
 CREATE FUNCTION angela_queue.enqueue_many(p_tasks jsonb, p_trace_context jsonb DEFAULT NULL)
 RETURNS TABLE (id bigint, queue text, kind text, status text, priority integer, boost integer,
                tier text, run_at timestamptz, dedup_key text, last_error text)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 BEGIN
     IF p_tasks IS NULL OR jsonb_typeof(p_tasks) <> 'array' THEN
@@ -671,9 +675,18 @@ BEGIN
     -- The room left in each bounded queue this call fills
     -- (angela_queue.queue_room: the trigger's counts, stopping at max_size),
     -- once per queue instead of once per row; NULL for an unbounded one.
-    room AS (
+    room AS MATERIALIZED (
         SELECT d.queue AS name, angela_queue.queue_room(d.queue) AS left_over
         FROM (SELECT DISTINCT g.queue FROM given g) AS d
+    ),
+    -- Each task's place in its bounded queue's line, in the order given;
+    -- only bounded queues' tasks are ranked (no sort for the others).
+    ranked AS MATERIALIZED (
+        SELECT g.n, r.left_over,
+               row_number() OVER (PARTITION BY g.queue ORDER BY g.n) AS nth
+        FROM given g
+        JOIN room r ON r.name = g.queue
+        WHERE r.left_over IS NOT NULL
     ),
     resolved AS (
         SELECT g.n, g.kind, g.payload, g.dedup_key, g.queue, g.limited_kind, g.run_at,
@@ -683,11 +696,10 @@ BEGIN
                q.aging_rate, q.max_size,
                -- Past the room, a task meets a full queue, as the trigger
                -- would find it row by row: admitted tasks fill it in order.
-               r.left_over IS NOT NULL
-                   AND row_number() OVER (PARTITION BY g.queue ORDER BY g.n) > r.left_over AS over_bound
+               coalesce(w.nth > w.left_over, false) AS over_bound
         FROM given g
         JOIN angela_queue.queues q ON q.name = g.queue
-        LEFT JOIN room r ON r.name = g.queue
+        LEFT JOIN ranked w ON w.n = g.n
     ),
     -- The trigger's checks, in its order, on the values that result.
     checked AS (
@@ -721,6 +733,11 @@ BEGIN
                END AS ok
         FROM resolved v
     ),
+    -- The enabled rules, read once for the call (a tuplestore each task's
+    -- test rescans, not the table's heap page).
+    rules AS MATERIALIZED (
+        SELECT r.name, r.condition, r.boost FROM angela_queue.boost_rules r WHERE r.enabled
+    ),
     boosted AS (
         SELECT c.*, coalesce(b.boost, 0) AS boost, coalesce(b.rules, '{}') AS boost_rules,
                greatest(c.run_at, c.created_at) AS start_at
@@ -728,8 +745,8 @@ BEGIN
         -- silent => true: a rule that errors on a payload is a non-match.
         LEFT JOIN LATERAL (
             SELECT sum(r.boost)::integer AS boost, array_agg(r.name ORDER BY r.name) AS rules
-            FROM angela_queue.boost_rules r
-            WHERE r.enabled AND jsonb_path_exists(c.payload, r.condition, '{}', true)) AS b ON true
+            FROM rules r
+            WHERE jsonb_path_exists(c.payload, r.condition, '{}', true)) AS b ON true
         WHERE c.ok
     )
     INSERT INTO angela_queue.tasks AS t
@@ -753,6 +770,7 @@ BEGIN
     RETURNING t.id, t.queue, t.kind, t.status, t.priority, t.boost, t.tier, t.run_at, t.dedup_key, t.last_error;
 END
 $$;
+
 
 -- Called by producers and workers, through their grants (roles.sql).
 REVOKE EXECUTE ON FUNCTION angela_queue.enqueue_many(jsonb, jsonb), angela_queue.reject_task(text, text, text, text)
@@ -1304,26 +1322,6 @@ CREATE TABLE angela_queue.stats_progress (
     only_row      boolean PRIMARY KEY DEFAULT true CONSTRAINT stats_progress_one_row CHECK (only_row),
     rolled_until  timestamptz NOT NULL
 );
-
--- Commit the caller's current transaction with synchronous_commit = off
--- (SET LOCAL: this transaction only) when every queue named is 'fast';
--- returns whether it did. Called by the client for the enqueues whose
--- transaction it owns, never inside an application's transaction.
--- PL/pgSQL, so its plan is kept for the session: a SQL function with a
--- subquery is never inlined and was planned again on every call, which cost
--- an enqueue more than its insert (revision 0012).
-CREATE FUNCTION angela_queue.commit_fast(p_queues text[]) RETURNS boolean
-LANGUAGE plpgsql VOLATILE AS $$
-BEGIN
-    IF cardinality(p_queues) > 0 AND NOT EXISTS (
-           SELECT 1 FROM unnest(p_queues) AS u(name)
-           LEFT JOIN angela_queue.queues q ON q.name = u.name
-           WHERE q.durability IS DISTINCT FROM 'fast') THEN
-        RETURN pg_catalog.set_config('synchronous_commit', 'off', true) = 'off';
-    END IF;
-    RETURN false;
-END
-$$;
 
 -- ---------------------------------------------------------------------------
 -- Global limits per kind (kinds.concurrency, kinds.rate_limit), enforced in

@@ -29,22 +29,14 @@ def test_durability_is_durable_unless_set_and_checked(conn):
         conn.execute("UPDATE angela_queue.queues SET durability = 'sometimes' WHERE name = 'default'")
 
 
-def test_commit_fast_relaxes_only_a_transaction_of_fast_queues(dsn, fast):
-    with psycopg.connect(dsn, row_factory=dict_row) as c:          # an explicit transaction
-        for queues, relaxed in ((["fastq"], True), (["fastq", "default"], False), (["nope"], False), ([], False)):
-            assert c.execute("SELECT angela_queue.commit_fast(%s::text[]) AS r", (queues,)).fetchone()["r"] is relaxed
-            assert setting(c) == ("off" if relaxed else "on")
-            c.rollback()
-            assert setting(c) == "on"                                   # local: that transaction only
-
-
 def test_the_enqueue_statement_relaxes_its_own_transaction_for_a_fast_queue(dsn, fast):
     with psycopg.connect(dsn, row_factory=dict_row) as c:
         for queue, relax, expected in (("fastq", True, "off"), ("default", True, "on"), ("fastq", False, "on")):
             params = {**TaskSpec(kind="k", queue=queue).params(), "relax": relax}
             [row] = c.execute(queries.query("tasks_enqueue"), params).fetchall()
             assert row["queue"] == queue and setting(c) == expected
-            c.commit()
+            c.rollback()
+            assert setting(c) == "on"                                   # local: that transaction only
         rows = c.execute(queries.query("tasks_enqueue_many"),
                          {**many_params([TaskSpec(kind="k", queue="fastq")] * 2), "relax": True}).fetchall()
         assert len(rows) == 2 and setting(c) == "off"

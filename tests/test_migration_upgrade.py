@@ -279,3 +279,36 @@ def test_upgrade_from_0011_keeps_rows_and_bulk_enqueue_builds_what_the_trigger_b
         bulk = conn.execute("SELECT boost, boost_rules, enqueued_by FROM angela_queue.tasks WHERE id = %s",
                             (bulk_id,)).fetchone()
     assert plain == bulk and plain[0] == 4 and plain[2] is not None
+
+
+def test_upgrade_from_0012_keeps_rows_and_bulk_enqueue_gives_the_same_tasks(empty_dsn):
+    """0013 (enqueue plans): rows are kept; enqueue_many runs with generic
+    plans and still gives a task what the trigger gives it (boosts, defaults),
+    still fills a bounded queue in order and drops the low tasks past it;
+    commit_fast is gone (the client tests durability inline)."""
+    migrations.upgrade(empty_dsn, "0012")
+    query(empty_dsn, "INSERT INTO angela_queue.tasks (kind, priority, payload, run_at) VALUES "
+                     "('k', 3, '{}', now() - interval '3 days'), ('k', 10, '{\"text\": \"urgent\"}', now()), "
+                     "('k', 6, '{}', now() + interval '1 hour')")
+    query(empty_dsn, "INSERT INTO angela_queue.queues (name, max_size) VALUES ('small', 3)")
+    query(empty_dsn, "INSERT INTO angela_queue.tasks (kind, queue, payload) VALUES ('k', 'small', '{}')")
+    before = all_tasks(empty_dsn)
+    migrations.upgrade(empty_dsn, "0013")
+    assert all_tasks(empty_dsn) == before
+    assert "plan_cache_mode=force_generic_plan" in scalar(
+        empty_dsn, "SELECT proconfig FROM pg_proc WHERE proname = 'enqueue_many'")
+    assert scalar(empty_dsn, "SELECT count(*) FROM pg_proc WHERE proname = 'commit_fast'") == 0
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        plain = conn.execute("INSERT INTO angela_queue.tasks (kind, payload) VALUES ('k', '{\"text\": \"urgent?\"}') "
+                             "RETURNING boost, boost_rules, priority, status").fetchone()
+        bulk = conn.execute("SELECT boost, priority, status FROM angela_queue.enqueue_many("
+                            "'[{\"kind\": \"k\", \"payload\": {\"text\": \"urgent?\"}}]')").fetchone()
+        assert (plain[0], plain[2], plain[3]) == bulk and plain[0] == 4 and plain[1] == ["question", "urgent"]
+        # Two places left in 'small': the first two fit, the low one past them
+        # is dropped, in the order given.
+        filled = conn.execute("SELECT status, priority FROM angela_queue.enqueue_many("
+                              "'[{\"kind\": \"k\", \"queue\": \"small\", \"payload\": {}}, "
+                              "{\"kind\": \"k\", \"queue\": \"small\", \"payload\": {}}, "
+                              "{\"kind\": \"k\", \"queue\": \"small\", \"payload\": {}, \"priority\": 2}, "
+                              "{\"kind\": \"k\", \"payload\": {}}]')").fetchall()
+    assert filled == [("queued", 5), ("queued", 5), ("dropped", 2), ("queued", 5)]

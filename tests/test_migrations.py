@@ -308,6 +308,9 @@ FROZEN_REVISIONS = {
     "0012_bulk_enqueue.py": "7588beb26c5eb4319cb8e6bcf4449363f52a76294b92906e2bc66ee3cdec8ef8",
     "0012_bulk_enqueue.sql": "61f57b62917e4c93c933c5655307ecb3214b84527479562763c110ca0f5336d3",
     "0012_roles.sql": "b750f34aa4855c781009bcc3fe299026826591c67f7732c96bdffdec26c13f37",
+    "0013_enqueue_plans.down.sql": "e5e0c5fdf1afb6db2708794ddd27010005c355898b2cae469ab4ad6fe63f946c",
+    "0013_enqueue_plans.py": "3d48580b3784d054a7db0f221af4e98bc0e80c0461d9ebcdd01872ae6f6a1045",
+    "0013_enqueue_plans.sql": "781c3845826090357af9c6967520ad70ef4135258c4df6507da8e0e710da4edd",
 }
 
 
