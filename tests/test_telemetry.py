@@ -99,10 +99,17 @@ parent = SpanContext(trace_id=0x1234, span_id=0x99, is_remote=True, trace_flags=
 with trace.use_span(NonRecordingSpan(parent)):
     with telemetry.enqueue_span("k", None) as carried:
         print(carried["traceparent"])
+# The worker's side: the producer's context is current while the handler runs.
+with telemetry.task_span("k", "q", 1, 1, carried) as span:
+    assert span is None
+    assert trace.get_current_span().get_span_context().trace_id == 0x1234
+assert not trace.get_current_span().get_span_context().is_valid
+with telemetry.task_span("k", "q", 1, 1, None) as span:
+    assert span is None and not trace.get_current_span().get_span_context().is_valid
 """
 
 
-def test_without_an_sdk_the_callers_trace_context_still_travels():
+def test_without_an_sdk_the_trace_context_still_travels_to_the_handler():
     # No SDK: no span is made for the enqueue (it would record nothing), but a
     # context propagated into this process (a request's traceparent) is still
     # stored on the task, as the API's non-recording span would have carried
