@@ -72,7 +72,9 @@ def enqueue_span(kind: str, queue: str | None, count: int = 1) -> Iterator[dict[
 
 def record_enqueued(task_ids: list[int]) -> None:
     """Name the stored task(s) on the current enqueue span."""
-    if trace is None:
+    if trace is None or _no_sdk():
+        # No span of ours is current then (enqueue_span made none): the
+        # current span is the caller's, not ours to write on.
         return
     span = trace.get_current_span()
     if span.is_recording():
@@ -95,7 +97,11 @@ def task_span(kind: str, queue: str, task_id: int, attempt: int,
         if not trace_context:
             yield None
             return
-        token = otel_context.attach(propagate.extract(dict(trace_context)))
+        # Only the producer's span, on top of the worker's own context (what
+        # the no-op span did): not the producer's baggage, which extract
+        # also brings.
+        parent = trace.get_current_span(propagate.extract(dict(trace_context)))
+        token = otel_context.attach(trace.set_span_in_context(parent))
         try:
             yield None
         finally:

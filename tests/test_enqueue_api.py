@@ -308,6 +308,8 @@ BAD_OPTIONS = [
     ({"timeout": 0}, "timeout must be positive"),
     ({"queue": ""}, "queue must be a non-empty string"),
 ]
+_CIRCULAR: dict = {"n": 1}
+_CIRCULAR["self"] = [_CIRCULAR]
 BAD_PAYLOADS = [
     ([1, 2], "payload must be a JSON object"),
     ("text", "payload must be a JSON object"),
@@ -317,6 +319,7 @@ BAD_PAYLOADS = [
     ({"s": {1, 2}}, "payload is not JSON-serialisable"),
     ({"x": math.nan}, "payload is not JSON-serialisable"),  # Postgres jsonb has no NaN
     ({"x": [math.inf]}, "payload is not JSON-serialisable"),
+    (_CIRCULAR, "Circular reference detected"),   # a clean error, not a recursion in C
 ]
 BAD_KINDS = ["", "   ", None, 5]
 

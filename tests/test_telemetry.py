@@ -106,6 +106,28 @@ with telemetry.task_span("k", "q", 1, 1, carried) as span:
 assert not trace.get_current_span().get_span_context().is_valid
 with telemetry.task_span("k", "q", 1, 1, None) as span:
     assert span is None and not trace.get_current_span().get_span_context().is_valid
+# Only the producer's span comes along, on top of the worker's own context:
+# not the producer's baggage.
+from opentelemetry import baggage, context
+from opentelemetry.propagate import inject
+with trace.use_span(NonRecordingSpan(parent)):
+    token = context.attach(baggage.set_baggage("tenant", "producer"))
+    sent = {}
+    inject(sent)
+    context.detach(token)
+assert "baggage" in sent
+token = context.attach(baggage.set_baggage("worker", "w1"))
+with telemetry.task_span("k", "q", 1, 1, sent):
+    assert dict(baggage.get_all()) == {"worker": "w1"}
+    assert trace.get_current_span().get_span_context().trace_id == 0x1234
+context.detach(token)
+# A recording span of the application's own (a provider not set globally)
+# is not ours to write the task ids on.
+from opentelemetry.sdk.trace import TracerProvider
+with TracerProvider().get_tracer("app").start_as_current_span("request") as request:
+    with telemetry.enqueue_span("k", None):
+        telemetry.record_enqueued([1, 2])
+    assert "angela_queue.task.ids" not in (request.attributes or {})
 """
 
 
