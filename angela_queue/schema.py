@@ -20,7 +20,7 @@ from .errors import SchemaMismatch, SchemaMissing
 SCHEMA_RECHECK_S = 60.0
 
 # The Alembic revision (alembic/versions/) this code reads and writes.
-SCHEMA_REVISION = "0013"
+SCHEMA_REVISION = "0014"
 
 
 def describe(found: str | None, dsn_text: str) -> SchemaMismatch | None:

@@ -1363,8 +1363,12 @@ BEGIN
         RETURN 0;
     END IF;
     IF k.concurrency IS NOT NULL THEN
+        -- limited_kind <> '' (implied by the kind's own flag) lets a generic
+        -- plan prove tasks_limited_running_idx applies: the worker's
+        -- connection runs generic plans only (db.HOT_PATH_SETTINGS), and
+        -- without it the count read every running task of every kind.
         SELECT count(*) INTO v_count FROM angela_queue.tasks t
-        WHERE t.status = 'running' AND t.limited_kind = p_kind;
+        WHERE t.status = 'running' AND t.limited_kind <> '' AND t.limited_kind = p_kind;
         v_room := least(v_room, k.concurrency - v_count);
     END IF;
     IF k.rate_limit IS NOT NULL AND v_room > 0 THEN

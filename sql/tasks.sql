@@ -121,7 +121,8 @@ WITH RECURSIVE limited AS (
                 -- is taken by the next claim; claim_room alone grants room.
                 WHEN k.concurrency IS NOT NULL
                      AND (SELECT count(*) FROM angela_queue.tasks t
-                          WHERE t.status = 'running' AND t.limited_kind = d.kind) >= k.concurrency THEN 0
+                          WHERE t.status = 'running' AND t.limited_kind <> '' AND t.limited_kind = d.kind)
+                         >= k.concurrency THEN 0
                 ELSE angela_queue.claim_room(d.kind, %(limit)s) END AS room,
            k.kind IS NULL AS lifted,
            coalesce(k.rate_limit IS NOT NULL, false) AS rated

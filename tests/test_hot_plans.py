@@ -147,3 +147,36 @@ def test_the_worker_builds_its_hot_statements_only_through_statements_py():
         text = module.read_text()
         spelled = sorted(name for name in st.HOT_STATEMENTS if f'"{name}"' in text)
         assert not spelled, f"{module.name} spells {spelled}"
+
+
+def test_claim_room_counts_a_capped_kind_through_its_index_under_generic_plans(dsn):
+    """claim_room (called by the claim for each limited kind, holding the
+    kind's row lock) counts that kind's running tasks. The worker's
+    connection runs generic plans only; there, without limited_kind <> ''
+    spelled out, the count could not prove the partial index applies and
+    read every running task of every kind."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO angela_queue.tasks (kind) SELECT 'other' FROM generate_series(1, 3000)")
+        conn.execute("UPDATE angela_queue.tasks SET status = 'running', attempts = 1, started_at = now(), "
+                     "worker_id = %s", (WORKER,))
+        conn.execute("INSERT INTO angela_queue.kinds (kind, concurrency) VALUES ('capped', 2)")
+        conn.execute("VACUUM ANALYZE angela_queue.tasks")
+    plans: list[dict] = []
+    with psycopg.connect(dsn) as conn:
+        try:
+            conn.execute("LOAD 'auto_explain'")
+        except psycopg.Error as exc:
+            pytest.skip(f"auto_explain cannot be loaded on this server: {exc}")
+        for setting in ("plan_cache_mode = force_generic_plan", "auto_explain.log_min_duration = 0",
+                        "auto_explain.log_nested_statements = on", "auto_explain.log_format = json",
+                        "auto_explain.log_level = notice", "client_min_messages = notice"):
+            conn.execute(f"SET LOCAL {setting}")
+        conn.add_notice_handler(lambda d: plans.append(json.loads(d.message_primary.split("plan:", 1)[1])))
+        for _ in range(3):   # past the first executions, where a plan may still be custom
+            assert conn.execute("SELECT angela_queue.claim_room('capped', 10)").fetchone()[0] == 2
+        conn.rollback()
+    counts = [p["Plan"] for p in plans if "count(*)" in p.get("Query Text", "") and "tasks" in p["Query Text"]]
+    assert counts
+    reads = {(n["Node Type"], n.get("Index Name")) for plan in counts for n in plan_nodes(plan)
+             if n.get("Relation Name") == "tasks"}
+    assert reads <= {("Index Only Scan", "tasks_limited_running_idx"), ("Index Scan", "tasks_limited_running_idx")}, reads

@@ -312,3 +312,20 @@ def test_upgrade_from_0012_keeps_rows_and_bulk_enqueue_gives_the_same_tasks(empt
                               "{\"kind\": \"k\", \"queue\": \"small\", \"payload\": {}, \"priority\": 2}, "
                               "{\"kind\": \"k\", \"payload\": {}}]')").fetchall()
     assert filled == [("queued", 5), ("queued", 5), ("dropped", 2), ("queued", 5)]
+
+
+def test_upgrade_from_0013_keeps_rows_and_claim_room_counts_the_same(empty_dsn):
+    """0014 (claim_room under generic plans): rows are kept and a capped kind's
+    room is what it was: its cap less its running tasks, never below 0."""
+    migrations.upgrade(empty_dsn, "0013")
+    query(empty_dsn, "INSERT INTO angela_queue.kinds (kind, concurrency) VALUES ('capped', 3), ('full', 1)")
+    query(empty_dsn, "INSERT INTO angela_queue.tasks (kind) SELECT k FROM unnest(ARRAY['capped', 'capped', 'full', "
+                     "'full', 'other']) AS k")
+    query(empty_dsn, "UPDATE angela_queue.tasks SET status = 'running', attempts = 1, started_at = now(), "
+                     "worker_id = gen_random_uuid() WHERE kind IN ('capped', 'full') OR kind = 'other'")
+    before = all_tasks(empty_dsn)
+    room_before = [scalar(empty_dsn, f"SELECT angela_queue.claim_room('{k}', 10)") for k in ("capped", "full")]
+    migrations.upgrade(empty_dsn, "0014")
+    assert all_tasks(empty_dsn) == before
+    assert [scalar(empty_dsn, f"SELECT angela_queue.claim_room('{k}', 10)") for k in ("capped", "full")] == (
+        room_before) == [1, 0]

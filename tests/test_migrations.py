@@ -311,6 +311,9 @@ FROZEN_REVISIONS = {
     "0013_enqueue_plans.down.sql": "e5e0c5fdf1afb6db2708794ddd27010005c355898b2cae469ab4ad6fe63f946c",
     "0013_enqueue_plans.py": "3d48580b3784d054a7db0f221af4e98bc0e80c0461d9ebcdd01872ae6f6a1045",
     "0013_enqueue_plans.sql": "781c3845826090357af9c6967520ad70ef4135258c4df6507da8e0e710da4edd",
+    "0014_claim_room_generic.down.sql": "b712bfb873657e4491b951055f7e145dc1d39d714b3fa0f5fb92aa7fd4031813",
+    "0014_claim_room_generic.py": "102a6a0c8c17d1cad372d5b8b74bf6ff2d6c9542a90f1d8f102fbb17e34171db",
+    "0014_claim_room_generic.sql": "9d6dc0fc2d55cf7728fe5f63f7f10d7d7da572ac28443e0c463db2deaa528545",
 }
 
 
