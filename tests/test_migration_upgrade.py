@@ -4,6 +4,7 @@ worker drains what was waiting (and what a dead worker left running)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import psycopg
@@ -312,6 +313,20 @@ def test_upgrade_from_0012_keeps_rows_and_bulk_enqueue_gives_the_same_tasks(empt
                               "{\"kind\": \"k\", \"queue\": \"small\", \"payload\": {}, \"priority\": 2}, "
                               "{\"kind\": \"k\", \"payload\": {}}]')").fetchall()
     assert filled == [("queued", 5), ("queued", 5), ("dropped", 2), ("queued", 5)]
+    # Two bounded queues in one call, interleaved: each fills in the order
+    # given, on its own count; a task of priority >= 5 past a full queue
+    # fails the whole call (AQ001) and stores nothing.
+    query(empty_dsn, "INSERT INTO angela_queue.queues (name, max_size) VALUES ('a', 2), ('b', 1)")
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        rows = conn.execute("SELECT queue, status FROM angela_queue.enqueue_many(%s::jsonb)", (json.dumps(
+            [{"kind": "k", "queue": q, "payload": {}, "priority": 2} for q in "ababa"]),)).fetchall()
+        assert rows == [("a", "queued"), ("b", "queued"), ("a", "queued"), ("b", "dropped"), ("a", "dropped")]
+        count = conn.execute("SELECT count(*) FROM angela_queue.tasks").fetchone()[0]
+        with pytest.raises(psycopg.Error) as full:
+            conn.execute("SELECT * FROM angela_queue.enqueue_many(%s::jsonb)", (json.dumps(
+                [{"kind": "k", "queue": "small", "payload": {}}]),))
+        assert full.value.sqlstate == "AQ001"
+        assert conn.execute("SELECT count(*) FROM angela_queue.tasks").fetchone()[0] == count
 
 
 def test_upgrade_from_0013_keeps_rows_and_claim_room_counts_the_same(empty_dsn):
