@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from angela_queue import queries
+from angela_queue import db, queries
 
 from .harness import BenchDB, median
 
@@ -32,7 +32,7 @@ def time_claims(dsn: str, rounds: int) -> list[float]:
     complete = queries.query("tasks_complete_many")
     times = []
     with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
-        conn.execute("SET jit = off")                     # as a worker's connection runs
+        conn.execute(db.HOT_PATH_SETTINGS, prepare=False)  # as a worker's connection runs: generic plans, no JIT
         for _ in range(rounds):
             start = time.perf_counter()
             rows = conn.execute(claim, {"queues": ["default"], "limit": 10, "worker_id": worker,
