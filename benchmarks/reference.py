@@ -50,8 +50,6 @@ WHERE id = ANY(%s) AND status = 'running' AND worker_id = %s
 """
 
 APPLICATION_NAME = "aq-bench-reference"
-# Spelled out rather than imported: the floor does not depend on the code it measures.
-LEAN_SETTINGS = "SET jit = off; SET plan_cache_mode = force_generic_plan"
 
 
 def noop(**_payload: object) -> None:
@@ -98,11 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     worker_id = uuid.uuid4()
     with psycopg.connect(args.dsn, autocommit=True, prepare_threshold=0,
                          application_name=APPLICATION_NAME) as conn:
-        # As angela-queue's worker runs (db.HOT_PATH_SETTINGS): left to the
-        # server, once the suite has ANALYZEd the table Postgres plans this
-        # claim afresh at every execution (its custom plans look cheaper),
-        # and the floor would not be the floor.
-        conn.execute(LEAN_SETTINGS, prepare=False)
         run = run_simple if args.mode == "simple" else run_pipeline
         ran = run(conn, args.batch, worker_id)
     print(json.dumps({"ran": ran}), flush=True)
