@@ -90,23 +90,36 @@ def explain(dsn: str, statement: Query) -> list[dict]:
         return [custom, explain_generic(conn, statement.text, statement.params)]
 
 
-def explain_nested(dsn: str, statement: Query) -> list[dict]:
-    """The plans of the statements the named query runs inside functions it
-    calls, logged by auto_explain as they execute (then rolled back), and
-    kept where they touch angela_queue.tasks."""
+def nested_plans(dsn: str, text: str, params: dict | None = None, *, generic: bool = False,
+                 runs: int = 1) -> list[dict]:
+    """What auto_explain logs for every statement ``text`` runs, nested ones
+    inside the functions it calls included, as they execute (``runs``
+    times, then rolled back): each {"Query Text", "Plan"}. ``generic``: as
+    on the worker's connection (plan_cache_mode = force_generic_plan)."""
     plans: list[dict] = []
     with psycopg.connect(dsn) as conn:
         try:
             conn.execute("LOAD 'auto_explain'")
         except psycopg.Error as exc:
             pytest.skip(f"auto_explain cannot be loaded on this server: {exc}")
-        for setting in ("auto_explain.log_min_duration = 0", "auto_explain.log_nested_statements = on",
-                        "auto_explain.log_format = json", "auto_explain.log_level = notice",
-                        "client_min_messages = notice"):
+        settings = ["auto_explain.log_min_duration = 0", "auto_explain.log_nested_statements = on",
+                    "auto_explain.log_format = json", "auto_explain.log_level = notice",
+                    "client_min_messages = notice"]
+        if generic:
+            settings.append("plan_cache_mode = force_generic_plan")
+        for setting in settings:
             conn.execute(f"SET LOCAL {setting}")
         conn.add_notice_handler(lambda d: plans.append(json.loads(d.message_primary.split("plan:", 1)[1])))
-        conn.execute(statement.text, statement.params)
+        for _ in range(runs):
+            conn.execute(text, params)
         conn.rollback()
+    return plans
+
+
+def explain_nested(dsn: str, statement: Query) -> list[dict]:
+    """The plans of the statements the named query runs inside functions it
+    calls, kept where they touch angela_queue.tasks."""
+    plans = nested_plans(dsn, statement.text, statement.params)
     return [p["Plan"] for p in plans if any(n.get("Relation Name") == "tasks" for n in plan_nodes(p["Plan"]))]
 
 
@@ -161,20 +174,13 @@ def test_claim_room_counts_a_capped_kind_through_its_index_under_generic_plans(d
                      "worker_id = %s", (WORKER,))
         conn.execute("INSERT INTO angela_queue.kinds (kind, concurrency) VALUES ('capped', 2)")
         conn.execute("VACUUM ANALYZE angela_queue.tasks")
-    plans: list[dict] = []
     with psycopg.connect(dsn) as conn:
-        try:
-            conn.execute("LOAD 'auto_explain'")
-        except psycopg.Error as exc:
-            pytest.skip(f"auto_explain cannot be loaded on this server: {exc}")
-        for setting in ("plan_cache_mode = force_generic_plan", "auto_explain.log_min_duration = 0",
-                        "auto_explain.log_nested_statements = on", "auto_explain.log_format = json",
-                        "auto_explain.log_level = notice", "client_min_messages = notice"):
-            conn.execute(f"SET LOCAL {setting}")
-        conn.add_notice_handler(lambda d: plans.append(json.loads(d.message_primary.split("plan:", 1)[1])))
-        for _ in range(3):   # past the first executions, where a plan may still be custom
-            assert conn.execute("SELECT angela_queue.claim_room('capped', 10)").fetchone()[0] == 2
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        assert [conn.execute("SELECT angela_queue.claim_room('capped', 10)").fetchone()[0]
+                for _ in range(3)] == [2, 2, 2]
         conn.rollback()
+    # Three runs: past the first executions, where a plan may still be custom.
+    plans = nested_plans(dsn, "SELECT angela_queue.claim_room('capped', 10)", generic=True, runs=3)
     counts = [p["Plan"] for p in plans if "count(*)" in p.get("Query Text", "") and "tasks" in p["Query Text"]]
     assert counts
     reads = {(n["Node Type"], n.get("Index Name")) for plan in counts for n in plan_nodes(plan)
