@@ -132,9 +132,9 @@ class TaskSpec:
     dedup_key: str | None = None
 
     def __post_init__(self) -> None:
-        _check_text("kind", self.kind, 255)
-        if not self.kind.strip():
+        if not isinstance(self.kind, str) or not self.kind.strip():
             raise ValueError(f"a task needs a kind: a non-empty string (got {self.kind!r})")
+        _check_text("kind", self.kind, 255)
         if not isinstance(self.payload, Mapping):
             raise ValueError(f"payload must be a JSON object (a dict), got {type(self.payload).__name__}")
         try:
@@ -268,8 +268,6 @@ def _check_text(name: str, value: Any, limit: int) -> None:
         # string that could be too long is encoded.
         if len(value) * 4 > limit and len(value.encode("utf-8", "surrogatepass")) > limit:
             raise ValueError(f"{name} must be at most {limit} bytes")
-    elif name == "kind":
-        raise ValueError(f"a task needs a kind: a non-empty string (got {value!r})")
 
 
 def _finite(value: int | float) -> bool:
