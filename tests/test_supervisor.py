@@ -166,13 +166,16 @@ def test_scales_up_to_max_under_a_backlog_and_back_down_to_min_after_the_drain(c
 
 # --- dead and stuck workers --------------------------------------------------------------------
 
-def test_a_sigkilled_worker_is_replaced_and_its_task_finished_by_another_with_attempt_2(conn, start):
+def test_a_sigkilled_worker_is_replaced_and_its_task_finished_by_another_with_attempt_2(conn, start, app_dir):
     [tid] = enqueue(conn, "slow_once", [{"n": 1}])
     sup = start("--min-workers", "2", "--base-workers", "2", "--max-workers", "2", "--scale-interval", "60")
     row = wait_for(lambda: conn.execute("SELECT t.worker_id, w.pid FROM angela_queue.tasks t JOIN angela_queue.workers w "
                                         "ON w.id = t.worker_id WHERE t.id = %s AND t.status = 'running'",
                                         (tid,)).fetchone(), 20, "the task to start", sup)
     wait_for(lambda: len(sup.workers()) == 2, 10, "both workers", sup)
+    # Killed only once its handler has left its marker: killed before, the
+    # second run would take itself for the first and hang.
+    wait_for(lambda: (app_dir / "slow_once-1.started").exists(), 10, "the first run's marker", sup)
     os.kill(row["pid"], signal.SIGKILL)
     killed_at = time.monotonic()
 
