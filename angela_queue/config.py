@@ -92,6 +92,7 @@ PROFILES: dict[str, Profile] = {
 }
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+CLAIM_COMMITS = ("fast", "durable")
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,12 @@ class Settings:
     shutdown_grace_s: float = 30.0
     backoff_base_s: float = 1.0
     backoff_max_s: float = 3600.0
+    # How a claim that is its transaction's only write commits. fast: without
+    # waiting for the WAL flush (a server crash may then lose the claim: the
+    # task is queued again and its attempt not counted; see sql/tasks.sql).
+    # durable: like every other write, for a server that must count each
+    # attempt even across its own crashes.
+    claim_commit: str = "fast"
 
     # Supervisor
     profile: str | None = None
@@ -249,6 +256,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("backoff_base_s", "--backoff-base", "First retry delay in seconds, doubling per attempt (default 1).",
            "worker"),
     Option("backoff_max_s", "--backoff-max", "Longest retry delay in seconds (default 3600).", "worker"),
+    Option("claim_commit", "--claim-commit",
+           "fast (default): an idle worker's claim commits without waiting for the disk; a database crash may "
+           "then lose the claim (the task runs again, its attempt not counted), never the task or an outcome. "
+           "durable: claims wait for the disk too.", "worker", choices=CLAIM_COMMITS),
     Option("retention_s", "--retention",
            "Seconds finished tasks are kept before the leader prunes them (default 7 days).", "maintenance"),
     Option("retention_failed_s", "--retention-failed",
@@ -329,6 +340,8 @@ def _problems(s: Settings) -> list[str]:
         bad("max_queue_size", "must not be negative")
     if s.profile is not None and s.profile not in PROFILES:
         problems.append(f"unknown --profile {s.profile!r}; choose one of {', '.join(PROFILES)}")
+    if s.claim_commit not in CLAIM_COMMITS:
+        bad("claim_commit", f"must be {' or '.join(CLAIM_COMMITS)}")
     if s.log_format not in ("text", "json"):
         problems.append(f"--log-format must be text or json (got {s.log_format!r})")
     if s.metrics_port is not None and not 0 <= s.metrics_port <= 65535:

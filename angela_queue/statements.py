@@ -23,13 +23,27 @@ from .queries import Query
 # --- claiming -------------------------------------------------------------------
 
 def claim(*, worker_id: uuid.UUID, queues: Sequence[str], limit: int, min_effective: float | None = None,
-          batch_below: int = 0) -> Query:
+          batch_below: int = 0, relax: bool = False) -> Query:
     """Claim up to ``limit`` tasks in effective-priority order. Tasks of base
     priority below ``batch_below`` are claimed unstarted (for a batch); the
     rest start at their claim. ``min_effective``: the least effective
-    priority to take (None: any)."""
+    priority to take (None: any). ``relax``: commit without waiting for the
+    disk, only when nothing but claims shares the transaction
+    (see claims_only and sql/tasks.sql)."""
     return Query("tasks_claim", {"queues": list(queues), "limit": limit, "worker_id": worker_id,
-                                 "min_effective": min_effective, "batch_below": batch_below})
+                                 "min_effective": min_effective, "batch_below": batch_below,
+                                 "relax": relax})
+
+
+# The statements a claim's transaction may hold and still commit without
+# the WAL flush: claims, whose loss in a server crash only queues their tasks
+# again. An outcome, a release or a batch's start must be durable.
+CLAIMS = frozenset({"tasks_claim", "tasks_claim_kind"})
+
+
+def claims_only(trip: Sequence[Query]) -> bool:
+    """Whether every statement of a round trip (one transaction) is a claim."""
+    return all(q.name in CLAIMS for q in trip)
 
 
 def claim_kind(*, worker_id: uuid.UUID, queue: str, kind: str, limit: int) -> Query:

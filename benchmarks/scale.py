@@ -36,7 +36,7 @@ def time_claims(dsn: str, rounds: int) -> list[float]:
         for _ in range(rounds):
             start = time.perf_counter()
             rows = conn.execute(claim, {"queues": ["default"], "limit": 10, "worker_id": worker,
-                                        "min_effective": None, "batch_below": 0}, prepare=True).fetchall()
+                                        "min_effective": None, "batch_below": 0, "relax": False}, prepare=True).fetchall()
             times.append((time.perf_counter() - start) * 1000)
             if rows:
                 conn.execute(complete, {"worker_id": worker, "outcomes": json.dumps(

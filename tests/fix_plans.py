@@ -63,7 +63,7 @@ def assert_claim_walks_its_index(conn: psycopg.Connection) -> None:
     merge (CTE "picked") sorts only those few rows, never the queue itself.
     """
     params = {"queues": ["default"], "limit": 10, "worker_id": uuid.uuid4(), "min_effective": None,
-              "batch_below": 0}
+              "batch_below": 0, "relax": False}
     with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
         cur.execute("EXPLAIN (FORMAT JSON) " + queries.query("tasks_claim"), params)
         custom = cur.fetchone()[0][0]["Plan"]

@@ -79,7 +79,7 @@ def test_query_values_check_their_name_when_built():
     with pytest.raises(UnknownQuery):
         Query("tasks_clam", {})
     assert st.claim(worker_id=WORKER, queues=("a", "b"), limit=3).params == {
-        "queues": ["a", "b"], "limit": 3, "worker_id": WORKER, "min_effective": None, "batch_below": 0}
+        "queues": ["a", "b"], "limit": 3, "worker_id": WORKER, "min_effective": None, "batch_below": 0, "relax": False}
 
 
 def test_db_refuses_parameters_beside_a_query_that_carries_its_own(conn):

@@ -140,7 +140,7 @@ def test_pause_stops_claims_and_resume_wakes(conn):
     assert conn.execute("SELECT angela_queue.pause_queue('default') AS c").fetchone()["c"] is True
     assert conn.execute("SELECT angela_queue.pause_queue('default') AS c").fetchone()["c"] is False
     claim = {"queues": ["default"], "limit": 5, "worker_id": "00000000-0000-0000-0000-000000000001",
-             "min_effective": None, "batch_below": 0}
+             "min_effective": None, "batch_below": 0, "relax": False}
     assert db.fetch_all(conn, "tasks_claim", claim) == []
     depth = conn.execute("SELECT paused, overdue FROM angela_queue.queue_depth WHERE tier = 'medium'").fetchone()
     assert depth == {"paused": True, "overdue": 0}
