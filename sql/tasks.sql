@@ -93,15 +93,17 @@ SELECT id, status, outcome FROM angela_queue.cancel_task(%(id)s);
 -- an attempt and with no started_at; tasks_start_many counts it when their
 -- batch starts. A worker that dies holding them has not cost them an
 -- attempt. 0 claims every task started.
--- %(relax)s: the claim is the only write of its transaction (no outcome
--- rides with it), so it commits without waiting for the WAL flush: an idle
--- worker's claim is then one round trip with no disk in it (a flush costs
--- 0.3-0.7 ms on the machines measured). A server crash in the next few
--- hundred milliseconds may lose the claim, never the task: it is queued
--- again, with the attempt not counted. Any later durable commit on the
--- server (this task's outcome, the next enqueue) flushes the WAL up to its
--- own record, the claim included, so a recorded outcome always has its
--- claim. Set only per transaction, and only by a claim that claimed rows.
+-- %(relax)s (the worker's --claim-commit fast, off by default): the claim
+-- is the only write of its transaction (no outcome rides with it), so it
+-- commits without waiting for the WAL flush: an idle worker's claim is then
+-- one round trip with no disk in it (a flush costs 0.3-0.7 ms on the
+-- machines measured). A server crash in the next few hundred milliseconds
+-- may lose the claim, never the task: it is queued again and runs again,
+-- with the attempt not counted, even where the worker that ran it survived
+-- to record its outcome. Any later durable commit on the server (this
+-- task's outcome, the next enqueue) flushes the WAL up to its own record,
+-- the claim included, so a recorded outcome always has its claim. Set only
+-- per transaction, and only by a claim that claimed rows.
 WITH RECURSIVE limited AS (
     -- The limited kinds with queued tasks in these queues, read from the
     -- tasks themselves: a skip scan of tasks_claim_idx, one probe per queue

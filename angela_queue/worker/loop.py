@@ -511,9 +511,10 @@ class Worker:
             # Critical work starts at its claim (batch_below 0) and runs alone,
             # in a critical slot or in the ordinary one it was claimed for: a
             # low task aged into the critical tier is never collected then.
-            # A trip that only claims (an idle worker woken by an enqueue) need
-            # not wait for the disk: losing it in a crash only queues its
-            # tasks again. One that also stores outcomes must (statements.py).
+            # With --claim-commit fast, a trip that only claims (an idle worker
+            # woken by an enqueue) does not wait for the disk: a crash may lose
+            # it, and its tasks run again. One that also stores outcomes
+            # always waits (statements.claims_only).
             relax = self.settings.claim_commit == "fast" and st.claims_only(statements)
             statements.append(st.claim(worker_id=self.id, queues=self.queues, limit=asked,
                                        min_effective=claim.min_effective,
