@@ -332,6 +332,30 @@ def test_worker_survives_losing_its_connection(dsn, client, write_app, start_wor
     assert scalar(dsn, "SELECT count(*) FROM public.runs") == 100
 
 
+def test_a_task_taken_from_the_worker_while_its_connection_was_down_is_reported_on_reconnect(
+        dsn, client, write_app, start_worker):
+    # What a claim lost in a database crash looks like to a surviving worker
+    # (--claim-commit fast): its task is queued again in the database while
+    # its handler still runs here. Here by hand: the one slot is busy, so the
+    # worker cannot claim the task again itself before its reconnect.
+    setup_runs(dsn)
+    app = write_app(BASIC_APP)
+    worker = start_worker(app, "--concurrency", "1", *FAST)
+    tid = client.enqueue("sleep", {"seconds": 2, "n": 1}).id
+    wait_status(dsn, tid, "running")
+    query(dsn, "UPDATE angela_queue.tasks SET status = 'queued', worker_id = NULL, started_at = NULL, "
+               "attempts = 0 WHERE id = %s", (tid,))
+    scalar(dsn, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name ~ '^angela-queue-worker' AND datname = current_database()")
+    wait_until(lambda: "no longer this worker's in the database" in worker.log(), details=worker.log,
+               message="the reconnect's report")
+    assert f"they run again: {tid}" in worker.log()
+    # The first run's outcome matches nothing; the task runs again, and once.
+    done = wait_status(dsn, tid, "succeeded")
+    assert done["attempts"] == 1
+    assert scalar(dsn, "SELECT count(*) FROM public.runs WHERE n = 1") == 2
+
+
 def test_several_worker_processes_drain_one_queue_exactly_once(dsn, client, write_app, start_worker):
     setup_runs(dsn)
     app = write_app(BASIC_APP)

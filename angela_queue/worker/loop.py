@@ -992,10 +992,23 @@ class Worker:
                     self.exit_code = 1
                     self.request_stop()
                     return
-                orphans = await self._unknown_claims()
+                ours = await self._running_here()
+                orphans = [i for i in ours if i not in self.held]
                 if orphans:
                     released = await db.afetch_all(self.conn, st.release_many(worker_id=self.id, ids=orphans))
                     log.warning("released %d task(s) claimed during the connection loss", len(released))
+                # The reverse: tasks still running here (no outcome yet: a
+                # flush whose commit we never heard of is the completer's to
+                # sort out) that the database no longer gives this worker.
+                # Reclaimed meanwhile, or claimed by a commit the database
+                # lost in a crash (--claim-commit fast): either way their
+                # outcomes will match nothing, and they run again.
+                reported = self.completer.reported()
+                lost = sorted(i for i in self.held if i not in ours and i not in reported)
+                if lost:
+                    log.warning("%d task(s) running here are no longer this worker's in the database (reclaimed, or "
+                                "their claim was lost in a database crash): their outcomes will not be recorded, and "
+                                "they run again: %s", len(lost), ", ".join(map(str, lost[:20])))
                 backoff.succeeded()
                 log.info("reconnected to the database")
                 return
@@ -1004,11 +1017,15 @@ class Worker:
                     return
                 await self._pause(backoff.failed(db.first_line(exc)))
 
-    async def _unknown_claims(self) -> list[int]:
-        """Tasks the database says this worker runs, that the worker never received."""
+    async def _running_here(self) -> set[int]:
+        """The tasks the database says this worker runs."""
         assert self.conn is not None
         rows = await db.afetch_all(self.conn, st.running_for_worker(worker_id=self.id))
-        return [r["id"] for r in rows if r["id"] not in self.held]
+        return {r["id"] for r in rows}
+
+    async def _unknown_claims(self) -> list[int]:
+        """Tasks the database says this worker runs, that the worker never received."""
+        return [i for i in await self._running_here() if i not in self.held]
 
     async def _settle_unknown_claims(self, reason: str) -> None:
         """After a refused turn: a claim that committed but whose rows could not be
