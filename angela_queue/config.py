@@ -133,8 +133,9 @@ class Settings:
     # an idle worker starts a task 0.2-0.4 ms sooner; a database crash may
     # then lose a claim made in its last moments, and its task runs a second
     # time with the attempt not counted, where a durable claim would have
-    # let the surviving worker record its outcome (the chaos run saw it:
-    # one task in 5,000 over 9 restarts). See sql/tasks.sql.
+    # let the surviving worker record its outcome, and the two runs may
+    # overlap past the kind's limits (the chaos run saw it: one task in
+    # 5,000 over 9 restarts). See sql/tasks.sql.
     claim_commit: str = "durable"
 
     # Supervisor

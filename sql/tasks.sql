@@ -93,9 +93,9 @@ SELECT id, status, outcome FROM angela_queue.cancel_task(%(id)s);
 -- an attempt and with no started_at; tasks_start_many counts it when their
 -- batch starts. A worker that dies holding them has not cost them an
 -- attempt. 0 claims every task started.
--- %(relax)s (the worker's --claim-commit fast, off by default): the claim
--- is the only write of its transaction (no outcome rides with it), so it
--- commits without waiting for the WAL flush: an idle worker's claim is then
+-- %(relax)s (the worker's --claim-commit fast, off by default): nothing but
+-- claims shares this transaction (no outcome, start or release rides with
+-- it), so it commits without waiting for the WAL flush: an idle worker's claim is then
 -- one round trip with no disk in it (a flush costs 0.3-0.7 ms on the
 -- machines measured). A server crash in the next few hundred milliseconds
 -- may lose the claim, never the task: it is queued again and runs again,

@@ -165,7 +165,8 @@ def quick(n):
     return n
 """)
     chosen = ["--claim-commit", claim_commit] if claim_commit else []
-    worker = start_worker(app, *chosen, "--poll-interval", "0.2")
+    # One slot: each backlog outcome then travels with a claim that claims.
+    worker = start_worker(app, *chosen, "--concurrency", "1", "--poll-interval", "0.2")
     def succeeded() -> int:
         return scalar(dsn, "SELECT count(*) FROM angela_queue.tasks WHERE status = 'succeeded'")
 
