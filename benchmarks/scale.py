@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from angela_queue import db, queries
+from angela_queue import db, queries, statements
 
 from .harness import BenchDB, median
 
@@ -28,15 +28,14 @@ ROUNDS = 200
 
 def time_claims(dsn: str, rounds: int) -> list[float]:
     worker = uuid.uuid4()
-    claim = queries.query("tasks_claim")
+    claim = statements.claim(worker_id=worker, queues=["default"], limit=10)
     complete = queries.query("tasks_complete_many")
     times = []
     with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
         conn.execute(db.HOT_PATH_SETTINGS, prepare=False)  # as a worker's connection runs: generic plans, no JIT
         for _ in range(rounds):
             start = time.perf_counter()
-            rows = conn.execute(claim, {"queues": ["default"], "limit": 10, "worker_id": worker,
-                                        "min_effective": None, "batch_below": 0, "relax": False}, prepare=True).fetchall()
+            rows = conn.execute(claim.text, claim.params, prepare=True).fetchall()
             times.append((time.perf_counter() - start) * 1000)
             if rows:
                 conn.execute(complete, {"worker_id": worker, "outcomes": json.dumps(

@@ -95,9 +95,9 @@ SELECT id, status, outcome FROM angela_queue.cancel_task(%(id)s);
 -- attempt. 0 claims every task started.
 -- %(relax)s (the worker's --claim-commit fast, off by default): nothing but
 -- claims shares this transaction (no outcome, start or release rides with
--- it), so it commits without waiting for the WAL flush: an idle worker's claim is then
--- one round trip with no disk in it (a flush costs 0.3-0.7 ms on the
--- machines measured). A server crash in the next few hundred milliseconds
+-- it), so it commits without waiting for the WAL flush: an idle worker's
+-- claim is then one round trip with no disk in it (a flush costs 0.3-0.7 ms
+-- on the machines measured). A server crash in the next few hundred milliseconds
 -- may lose the claim, never the task: it is queued again and runs again,
 -- with the attempt not counted, even where the worker that ran it survived
 -- to record its outcome. Any later durable commit on the server (this

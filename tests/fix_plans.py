@@ -8,7 +8,7 @@ import psycopg
 import psycopg.rows
 import psycopg.sql
 
-from angela_queue import queries
+from angela_queue import queries, statements
 
 
 def plan_nodes(plan: dict) -> list[dict]:
@@ -62,8 +62,7 @@ def assert_claim_walks_its_index(conn: psycopg.Connection) -> None:
     tasks there must walk tasks_claim_idx in order and stop at a LIMIT. The
     merge (CTE "picked") sorts only those few rows, never the queue itself.
     """
-    params = {"queues": ["default"], "limit": 10, "worker_id": uuid.uuid4(), "min_effective": None,
-              "batch_below": 0, "relax": False}
+    params = statements.claim(worker_id=uuid.uuid4(), queues=["default"], limit=10).params
     with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
         cur.execute("EXPLAIN (FORMAT JSON) " + queries.query("tasks_claim"), params)
         custom = cur.fetchone()[0][0]["Plan"]

@@ -10,7 +10,7 @@ import uuid
 import psycopg
 import pytest
 
-from angela_queue import migrations, queries
+from angela_queue import migrations, statements
 from fix_procs import APP_PRELUDE, RUNS_TABLE_SQL, WorkerProcess, query, scalar, wait_until
 
 APP = APP_PRELUDE + """
@@ -202,8 +202,8 @@ def test_upgrade_from_0007_keeps_rows_and_limits_apply_to_waiting_tasks(empty_ds
         kinds_before
     query(empty_dsn, "UPDATE angela_queue.kinds SET concurrency = 1 WHERE kind = 'mail'")
     assert scalar(empty_dsn, "SELECT count(*) FROM angela_queue.tasks WHERE limited_kind = 'mail'") == 4
-    claimed = query(empty_dsn, queries.query("tasks_claim"), {
-        "queues": ["default"], "limit": 10, "worker_id": uuid.uuid4(), "min_effective": None, "batch_below": 0, "relax": False})
+    claim = statements.claim(worker_id=uuid.uuid4(), queues=["default"], limit=10)
+    claimed = query(empty_dsn, claim.text, claim.params)
     assert [r["kind"] for r in claimed] == ["mail"]                       # the cap holds on upgraded rows
     assert scalar(empty_dsn, "SELECT count(*) FROM angela_queue.periodic") == 0
 
@@ -220,8 +220,8 @@ def test_upgrade_from_0008_keeps_rows_and_the_rate_window(empty_dsn):
     before = all_tasks(empty_dsn)
     migrations.upgrade(empty_dsn, "0009")
     assert all_tasks(empty_dsn) == before
-    claimed = query(empty_dsn, queries.query("tasks_claim"), {
-        "queues": ["default"], "limit": 10, "worker_id": uuid.uuid4(), "min_effective": None, "batch_below": 0, "relax": False})
+    claim = statements.claim(worker_id=uuid.uuid4(), queues=["default"], limit=10)
+    claimed = query(empty_dsn, claim.text, claim.params)
     assert len(claimed) == 1                       # one start was already in the hour's window of 2
 
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import psycopg
 import pytest
@@ -139,9 +140,8 @@ def test_pause_stops_claims_and_resume_wakes(conn):
     conn.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('k')")
     assert conn.execute("SELECT angela_queue.pause_queue('default') AS c").fetchone()["c"] is True
     assert conn.execute("SELECT angela_queue.pause_queue('default') AS c").fetchone()["c"] is False
-    claim = {"queues": ["default"], "limit": 5, "worker_id": "00000000-0000-0000-0000-000000000001",
-             "min_effective": None, "batch_below": 0, "relax": False}
-    assert db.fetch_all(conn, "tasks_claim", claim) == []
+    claim = st.claim(worker_id=uuid.UUID(int=1), queues=["default"], limit=5)
+    assert db.fetch_all(conn, claim) == []
     depth = conn.execute("SELECT paused, overdue FROM angela_queue.queue_depth WHERE tier = 'medium'").fetchone()
     assert depth == {"paused": True, "overdue": 0}
     # An insert into a paused queue is accepted.
@@ -150,7 +150,7 @@ def test_pause_stops_claims_and_resume_wakes(conn):
         listener.execute("LISTEN angela_queue_insert")
         assert conn.execute("SELECT angela_queue.resume_queue('default') AS c").fetchone()["c"] is True
         assert [n.payload for n in listener.notifies(timeout=2, stop_after=1)] == ["default"]
-    assert len(db.fetch_all(conn, "tasks_claim", claim)) == 2
+    assert len(db.fetch_all(conn, claim)) == 2
     with pytest.raises(psycopg.Error, match="no queue named"):
         conn.execute("SELECT angela_queue.resume_queue('nope')")
     # A mistyped name is refused: it must not pause a new, empty queue while the real one runs on.

@@ -222,8 +222,7 @@ def test_the_claim_stays_cheap_to_plan_with_big_limited_backlogs(conn):
     conn.execute("ANALYZE angela_queue.tasks")
     with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
         cur.execute("EXPLAIN (FORMAT JSON) " + __import__("angela_queue").queries.query("tasks_claim"),
-                    {"queues": ["default"], "limit": 1, "worker_id": uuid.uuid4(), "min_effective": None,
-                     "batch_below": 0, "relax": False})
+                    st.claim(worker_id=uuid.uuid4(), queues=["default"], limit=1).params)
         cost = cur.fetchone()[0][0]["Plan"]["Total Cost"]
     jit_above = float(scalar(conn.info.dsn, "SELECT setting FROM pg_settings WHERE name = 'jit_above_cost'"))
     assert cost < jit_above / 10, cost
