@@ -23,22 +23,30 @@ from .queries import Query
 # --- claiming -------------------------------------------------------------------
 
 def claim(*, worker_id: uuid.UUID, queues: Sequence[str], limit: int, min_effective: float | None = None,
-          batch_below: int = 0, relax: bool = False) -> Query:
+          batch_below: int = 0, relax: bool = False, unlimited: bool = False) -> Query:
     """Claim up to ``limit`` tasks in effective-priority order. Tasks of base
     priority below ``batch_below`` are claimed unstarted (for a batch); the
     rest start at their claim. ``min_effective``: the least effective
     priority to take (None: any). ``relax``: commit without waiting for the
     disk, only when nothing but claims shares the transaction
-    (see claims_only and sql/tasks.sql)."""
-    return Query("tasks_claim", {"queues": list(queues), "limit": limit, "worker_id": worker_id,
-                                 "min_effective": min_effective, "batch_below": batch_below,
-                                 "relax": relax})
+    (see claims_only and sql/tasks.sql). ``unlimited``: the lighter claim,
+    for a worker whose last poll found no limit in play (limits_in_play);
+    it passes over any task a limit would govern."""
+    return Query("tasks_claim_unlimited" if unlimited else "tasks_claim",
+                 {"queues": list(queues), "limit": limit, "worker_id": worker_id,
+                  "min_effective": min_effective, "batch_below": batch_below, "relax": relax})
+
+
+def limits_in_play(*, queues: Sequence[str]) -> Query:
+    """Whether claims from these queues must count limits (then the full
+    claim), or may take the unlimited one."""
+    return Query("tasks_limits_in_play", {"queues": list(queues)})
 
 
 # The statements a claim's transaction may hold and still commit without
 # the WAL flush: claims, whose loss in a server crash only queues their tasks
 # again. An outcome, a release or a batch's start must be durable.
-CLAIMS = frozenset({"tasks_claim", "tasks_claim_kind"})
+CLAIMS = frozenset({"tasks_claim", "tasks_claim_unlimited", "tasks_claim_kind"})
 
 
 def claims_only(trip: Sequence[Query]) -> bool:
@@ -127,7 +135,8 @@ def running_for_worker(*, worker_id: uuid.UUID) -> Query:
 # Every statement above, by its query name: tests/test_hot_plans.py gives each
 # a plan check, and fails on one that has none.
 HOT_STATEMENTS = {
-    "tasks_claim": claim, "tasks_claim_kind": claim_kind, "tasks_start_many": start_many,
+    "tasks_claim": claim, "tasks_claim_unlimited": claim, "tasks_claim_kind": claim_kind,
+    "tasks_limits_in_play": limits_in_play, "tasks_start_many": start_many,
     "tasks_release_many": release_many, "tasks_complete_many": complete_many, "tasks_fail_many": fail_many,
     "tasks_cancelled_many": cancelled_many, "tasks_snooze_many": snooze_many,
     "tasks_promote_due": promote_due, "tasks_next_scheduled_at": next_scheduled_at,

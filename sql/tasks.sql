@@ -241,6 +241,80 @@ WHERE CASE WHEN NOT %(relax)s::boolean THEN true
            ELSE pg_catalog.set_config('synchronous_commit', 'off', true) IS NOT NULL END
 ORDER BY c.effective_priority DESC, c.id;
 
+-- name: tasks_claim_unlimited
+-- tasks_claim for a worker that sees no limit in play: no kind has a
+-- concurrency or rate limit, and no queued task in its queues carries a
+-- limit's flag (tasks_limits_in_play, asked at every poll). Everything else
+-- is the same: the per-queue walk of tasks_claim_idx, the merge by live
+-- effective priority, paused queues, min_effective, batch_below, the space
+-- NOTIFY and %(relax)s. Without the limited kinds' skip scan, room and
+-- relabelling an idle worker's claim costs about 0.3 ms less (measured
+-- after 20 ms idle, as a woken worker sends it).
+-- A limit set since the last poll is never overrun: a task whose kind has
+-- one now is passed over here (and locked only until this statement's
+-- transaction ends), and a flagged task is never walked; both wait for the
+-- full claim, which the worker goes back to at its next poll.
+WITH candidates AS (
+    SELECT c.id, c.effective_priority
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (SELECT 1 WHERE NOT EXISTS (
+        SELECT 1 FROM angela_queue.queues p WHERE p.name = q.name AND p.paused_at IS NOT NULL)) AS running
+    CROSS JOIN LATERAL (
+        SELECT t.id, t.kind,
+               t.priority + t.boost + t.aging_rate
+                   * greatest(extract(epoch FROM now() - greatest(t.run_at, t.created_at))::double precision, 0) / 60.0
+                   AS effective_priority
+        FROM angela_queue.tasks t
+        WHERE t.status = 'queued' AND t.queue = q.name AND t.limited_kind = '' AND t.run_at <= now()
+          AND t.attempts < t.max_attempts
+        ORDER BY t.priority_key DESC, t.id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    WHERE NOT EXISTS (SELECT 1 FROM angela_queue.kinds k
+                      WHERE k.kind = c.kind AND (k.concurrency IS NOT NULL OR k.rate_limit IS NOT NULL))
+      AND (%(min_effective)s::double precision IS NULL
+           OR c.effective_priority >= %(min_effective)s::double precision)
+), picked AS MATERIALIZED (
+    SELECT c.id, c.effective_priority
+    FROM candidates c
+    ORDER BY c.effective_priority DESC, c.id
+    LIMIT %(limit)s
+), claimed AS (
+    UPDATE angela_queue.tasks t
+    SET status = 'running',
+        attempts = t.attempts + CASE WHEN t.priority < %(batch_below)s THEN 0 ELSE 1 END,
+        worker_id = %(worker_id)s,
+        started_at = CASE WHEN t.priority < %(batch_below)s THEN NULL ELSE now() END,
+        finished_at = NULL
+    FROM picked
+    WHERE t.id = picked.id AND t.status = 'queued'
+    RETURNING t.id, t.queue, t.kind, t.payload, t.priority, t.attempts, t.max_attempts, t.timeout_s,
+              t.deadline, t.created_at, t.run_at, t.started_at, t.trace_context, picked.effective_priority
+)
+SELECT c.id, c.queue, c.kind, c.payload::text AS payload, c.priority, c.attempts, c.max_attempts, c.timeout_s,
+       c.deadline, c.created_at, c.run_at, c.started_at, c.trace_context, c.effective_priority,
+       (SELECT count(pg_notify('angela_queue_space', q.name))
+        FROM angela_queue.queues q
+        WHERE q.max_size IS NOT NULL AND q.name IN (SELECT queue FROM claimed)) AS space_notified
+FROM claimed c
+WHERE CASE WHEN NOT %(relax)s::boolean THEN true
+           ELSE pg_catalog.set_config('synchronous_commit', 'off', true) IS NOT NULL END
+ORDER BY c.effective_priority DESC, c.id;
+
+-- name: tasks_limits_in_play
+-- Whether a worker serving these queues needs tasks_claim (true) or may use
+-- tasks_claim_unlimited (false): some kind has a concurrency or rate limit,
+-- or a queued task in these queues carries a limit's flag (a flag that
+-- outlived its kind's limit is cleared only by tasks_claim). Asked at every
+-- poll. The kinds are a handful of rows; the flags, one probe of
+-- tasks_claim_idx per queue.
+SELECT EXISTS (SELECT 1 FROM angela_queue.kinds k WHERE k.concurrency IS NOT NULL OR k.rate_limit IS NOT NULL)
+       OR EXISTS (SELECT 1 FROM unnest(%(queues)s::text[]) AS q(name)
+                  WHERE EXISTS (SELECT 1 FROM angela_queue.tasks t
+                                WHERE t.status = 'queued' AND t.queue = q.name AND t.limited_kind > ''))
+       AS limits_in_play;
+
 -- name: tasks_claim_kind
 -- Claim up to %(limit)s low-priority (< 5) tasks of one kind and queue, to
 -- fill a batch. Same fence as tasks_claim; walks tasks_batch_fill_idx.

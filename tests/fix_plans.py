@@ -53,7 +53,7 @@ def explain_generic(conn: psycopg.Connection, text: str, params: dict) -> dict:
         conn.execute("RESET plan_cache_mode")
 
 
-def assert_claim_walks_its_index(conn: psycopg.Connection) -> None:
+def assert_claim_walks_its_index(conn: psycopg.Connection, *, unlimited: bool = False) -> None:
     """EXPLAIN the claim on ``conn`` (whatever role it is) and check how it reads the queue.
 
     The queue is read in CTE "candidates" (the walk per queue for unlimited
@@ -61,15 +61,37 @@ def assert_claim_walks_its_index(conn: psycopg.Connection) -> None:
     "limited" (the skip scan for the limited kinds present): every read of
     tasks there must walk tasks_claim_idx in order and stop at a LIMIT. The
     merge (CTE "picked") sorts only those few rows, never the queue itself.
+    ``unlimited``: the same of tasks_claim_unlimited, which has no CTE
+    "limited" (nor "room").
     """
-    params = statements.claim(worker_id=uuid.uuid4(), queues=["default"], limit=10).params
+    statement = statements.claim(worker_id=uuid.uuid4(), queues=["default"], limit=10, unlimited=unlimited)
     with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
-        cur.execute("EXPLAIN (FORMAT JSON) " + queries.query("tasks_claim"), params)
+        cur.execute("EXPLAIN (FORMAT JSON) " + statement.text, statement.params)
         custom = cur.fetchone()[0][0]["Plan"]
     # Both: the generic plan is what the worker runs; the custom one what a
     # connection left to plan_cache_mode = auto may run.
-    for plan in (explain_generic(conn, queries.query("tasks_claim"), params), custom):
-        _assert_claim_plan_walks_its_index(plan)
+    for plan in (explain_generic(conn, statement.text, statement.params), custom):
+        (_assert_unlimited_claim_plan_walks_its_index if unlimited else _assert_claim_plan_walks_its_index)(plan)
+
+
+def _assert_walks_claim_index(name: str, node: dict) -> None:
+    nodes = plan_nodes(node)
+    scans = [n for n in nodes if n.get("Relation Name") == "tasks"]
+    assert scans, (name, [n["Node Type"] for n in nodes])
+    assert {(n["Node Type"], n.get("Index Name")) for n in scans} <= {
+        ("Index Scan", "tasks_claim_idx"), ("Index Only Scan", "tasks_claim_idx")}, (
+        name, [(n["Node Type"], n.get("Index Name")) for n in scans])
+    assert has_limit_above_scan(node), name
+    for sort in (n for n in nodes if n["Node Type"] == "Sort"):
+        assert has_limit_above_scan(sort), sort
+
+
+def _assert_unlimited_claim_plan_walks_its_index(plan: dict) -> None:
+    ctes = {n.get("Subplan Name"): n for n in plan_nodes(plan) if n.get("Subplan Name", "").startswith("CTE ")}
+    assert {"CTE candidates", "CTE picked"} <= set(ctes) and "CTE limited" not in ctes, list(ctes)
+    _assert_walks_claim_index("CTE candidates", ctes["CTE candidates"])
+    picked = plan_nodes(ctes["CTE picked"])
+    assert not [n for n in picked if n.get("Relation Name") == "tasks"], "the merge must not read the queue"
 
 
 def _assert_claim_plan_walks_its_index(plan: dict) -> None:
@@ -82,14 +104,6 @@ def _assert_claim_plan_walks_its_index(plan: dict) -> None:
             if n.get("Relation Name") == "tasks"} <= {
         (scan, "tasks_limited_running_idx") for scan in ("Index Scan", "Index Only Scan")}
     for name in ("CTE limited", "CTE candidates"):
-        nodes = plan_nodes(ctes[name])
-        scans = [n for n in nodes if n.get("Relation Name") == "tasks"]
-        assert scans, (name, [n["Node Type"] for n in nodes])
-        assert {(n["Node Type"], n.get("Index Name")) for n in scans} <= {
-            ("Index Scan", "tasks_claim_idx"), ("Index Only Scan", "tasks_claim_idx")}, (
-            name, [(n["Node Type"], n.get("Index Name")) for n in scans])
-        assert has_limit_above_scan(ctes[name]), name
-        for sort in (n for n in nodes if n["Node Type"] == "Sort"):
-            assert has_limit_above_scan(sort), sort
+        _assert_walks_claim_index(name, ctes[name])
     picked = plan_nodes(ctes["CTE picked"])
     assert not [n for n in picked if n.get("Relation Name") == "tasks"], "the merge must not read the queue"

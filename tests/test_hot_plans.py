@@ -54,6 +54,8 @@ HOT = {
     "tasks_due_count": (st.due_count(queues=["default"]), {"tasks_claim_idx", "tasks_scheduled_idx"}),
     # Reads angela_queue.queues only: no read of tasks at all.
     "workers_commit_mode": (st.commit_mode(queues=["default"]), set()),
+    # The flags: one probe of the claim index per queue.
+    "tasks_limits_in_play": (st.limits_in_play(queues=["default", "bounded"]), {"tasks_claim_idx"}),
 }
 
 
@@ -139,15 +141,16 @@ def test_the_hot_statement_reads_tasks_only_through_its_index(busy_dsn, name):
         assert inserts and inserts[0].get("Conflict Arbiter Indexes") == ["tasks_dedup_idx"], inserts
 
 
-def test_the_claim_walks_its_index_on_a_busy_table(busy_dsn):
+@pytest.mark.parametrize("unlimited", [False, True], ids=["tasks_claim", "tasks_claim_unlimited"])
+def test_the_claim_walks_its_index_on_a_busy_table(busy_dsn, unlimited):
     with psycopg.connect(busy_dsn, autocommit=True) as conn:
-        assert_claim_walks_its_index(conn)
+        assert_claim_walks_its_index(conn, unlimited=unlimited)
 
 
 def test_every_hot_statement_has_a_plan_check():
     """A new statement on the hot path (statements.py) gets a plan check here too;
-    the claim's is fix_plans' stricter one."""
-    unchecked = set(st.HOT_STATEMENTS) - set(HOT) - {"tasks_claim"}
+    the two claims' are fix_plans' stricter ones."""
+    unchecked = set(st.HOT_STATEMENTS) - set(HOT) - {"tasks_claim", "tasks_claim_unlimited"}
     assert not unchecked, f"no plan check for {sorted(unchecked)}"
 
 

@@ -349,6 +349,56 @@ def test_several_workers_never_run_more_than_the_cap_and_other_kinds_flow(dsn, c
     assert scalar(dsn, "SELECT count(DISTINCT pid) FROM public.spans") >= 2, "one worker did everything"
 
 
+UNLIMITED_APP = LIMITS_APP[:LIMITS_APP.index('@task("capped"')] + """
+@task("burst")
+def burst(n):
+    started = time.time()
+    time.sleep(0.1)
+    span("burst", n, started)
+
+@task("free")
+def free(n):
+    span("free", n, time.time())
+"""
+
+
+def most_at_once(dsn: str, kind: str) -> int:
+    spans = query(dsn, "SELECT started, ended FROM public.spans WHERE kind = %s", (kind,))
+    running = most = 0
+    for _, step in sorted([(s["started"], 1) for s in spans] + [(s["ended"], -1) for s in spans]):
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_a_limit_set_while_workers_claim_unlimited_is_never_overrun(dsn, conn, write_app, start_worker):
+    """With no limit in play, workers claim through tasks_claim_unlimited. A
+    limit set then (its tasks flagged, or inserted unflagged by a transaction
+    open across the change) is kept from the first claim on, and its tasks
+    run once the workers' next poll puts them back on the full claim."""
+    conn.execute(SPANS_SQL)
+    app = write_app(UNLIMITED_APP)
+    workers = [start_worker(app, "--concurrency", "4", *FAST, env={"ANGELA_QUEUE_LOG_LEVEL": "debug"}) for _ in range(2)]
+    wait_until(lambda: all("no limit in play" in w.log() for w in workers),
+               details=lambda: "\n".join(w.log() for w in workers))
+    with psycopg.connect(dsn) as producer:
+        for n in range(3):
+            producer.execute("INSERT INTO angela_queue.tasks (kind, payload) VALUES ('burst', %s)",
+                             (json.dumps({"n": n}),))
+        conn.execute("UPDATE angela_queue.kinds SET concurrency = 1 WHERE kind = 'burst'")
+        for n in range(3, 8):
+            conn.execute("INSERT INTO angela_queue.tasks (kind, payload) VALUES ('burst', %s)",
+                         (json.dumps({"n": n}),))
+        producer.commit()
+    enqueue(conn, "free", 10)
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM public.spans WHERE kind = 'burst'") == 8
+               and scalar(dsn, "SELECT count(*) FROM public.spans WHERE kind = 'free'") == 10, timeout=60,
+               details=lambda: "\n".join(w.log() for w in workers))
+    assert most_at_once(dsn, "burst") == 1
+    assert sorted(r["n"] for r in query(dsn, "SELECT n FROM public.spans WHERE kind = 'burst'")) == list(range(8))
+    assert all("a limit is in play" in w.log() for w in workers)
+
+
 def test_several_workers_never_start_more_than_the_rate_in_any_window(dsn, conn, write_app, start_worker):
     conn.execute(SPANS_SQL)
     app = write_app(LIMITS_APP)

@@ -203,6 +203,11 @@ class Worker:
         self.cancel_requested: set[int] = set()
         self.jobs: dict[int, asyncio.Task] = {}
         self.depth = 0
+        # Whether the last poll found a limit in play (tasks_limits_in_play):
+        # claims then count limits (tasks_claim); with none, the lighter
+        # tasks_claim_unlimited. True until a poll says otherwise, and again
+        # whenever a poll fails: the full claim is right in every case.
+        self.limits_in_play = True
         self.next_scheduled_at: float | None = None      # time.monotonic()
         self.housekeeping_due = 0.0                       # time.monotonic(); 0: at the first turn
 
@@ -519,7 +524,7 @@ class Worker:
             statements.append(st.claim(worker_id=self.id, queues=self.queues, limit=asked,
                                        min_effective=claim.min_effective,
                                        batch_below=0 if claim.critical_only else self._batch_below,
-                                       relax=relax))
+                                       relax=relax, unlimited=not self.limits_in_play))
         if not statements:
             return 0, 0
 
@@ -696,6 +701,7 @@ class Worker:
             if db.is_connection_lost(exc, self.conn):
                 raise
             delay = self.housekeeping_backoff.failed(db.first_line(exc))
+            self.limits_in_play = True
             self.housekeeping_due = time.monotonic() + max(delay, poll_interval(self.depth, self.settings))
             self.next_scheduled_at = None
 
@@ -706,6 +712,7 @@ class Worker:
             st.queued_depth(queues=self.queues, cap=DEPTH_FAST + 1),
             st.cancel_requested_for_worker(worker_id=self.id),  # the backstop for a lost cancel NOTIFY
             st.commit_mode(queues=self.queues),
+            st.limits_in_play(queues=self.queues),
         ]
 
     def _housekeeping_done(self, results: list[list[dict[str, Any]]]) -> None:
@@ -719,6 +726,13 @@ class Worker:
         else:
             self.next_scheduled_at = None
         self.depth = results[2][0]["depth"] if results[2] else 0
+        # A limit set since this poll is still never overrun (the unlimited
+        # claim passes over its tasks); its tasks wait for the next poll.
+        in_play = results[5][0]["limits_in_play"] if results[5] else True
+        if in_play != self.limits_in_play:
+            log.debug("worker %s: %s", self.short_id, "a limit is in play: claims count limits" if in_play
+                      else "no limit in play: claims take the unlimited path")
+        self.limits_in_play = in_play
         self.housekeeping_due = time.monotonic() + poll_interval(self.depth, self.settings)
         # The backstop for critical tasks that came due without an insert (a
         # delayed one, a retry, a reclaim): one look per poll.
