@@ -8,7 +8,7 @@ import psycopg
 import psycopg.rows
 import psycopg.sql
 
-from angela_queue import queries, statements
+from angela_queue import statements
 
 
 def plan_nodes(plan: dict) -> list[dict]:
