@@ -45,24 +45,21 @@ _JSON = json.JSONEncoder(allow_nan=False)
 
 def _json_encoder() -> Callable[[Any], str]:
     """_JSON.encode with less per-call set-up (a bulk enqueue encodes
-    thousands of small payloads): the C encoder JSONEncoder.iterencode
-    builds for every document, built once here, without the markers dict
-    of its circular-reference check. Same output, same errors: a payload
-    that contains itself recurses until RecursionError (raised cleanly by
-    the C encoder), and is then encoded again with a fresh markers dict, so
-    that it fails with "Circular reference detected", as json.dumps would."""
+    thousands of small payloads): the C encoder JSONEncoder.iterencode builds
+    for every document, built here directly. Same output, same errors. A
+    fresh markers dict each call keeps the circular-reference check: a
+    payload that contains itself fails cleanly instead of recursing in C.
+
+    Hazard: without markers the C encoder recurses until RecursionError,
+    which Python 3.11 raises only at the recursion limit; with a raised limit
+    or a thread's small stack the C stack runs out first and the process
+    dies (SIGSEGV, reproduced). One shared markers dict would report false
+    circles when two threads encode one object."""
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:  # a Python without the C accelerator
         return _JSON.encode
     default, escape = _JSON.default, json.encoder.encode_basestring_ascii
-    unmarked = make(None, default, escape, None, ": ", ", ", False, False, False)
-
-    def encode(value: Any) -> str:
-        try:
-            return "".join(unmarked(value, 0))
-        except RecursionError:
-            return "".join(make({}, default, escape, None, ": ", ", ", False, False, False)(value, 0))
-    return encode
+    return lambda value: "".join(make({}, default, escape, None, ": ", ", ", False, False, False)(value, 0))
 
 
 _encode_json = _json_encoder()

@@ -333,6 +333,35 @@ def expect_value_error(call, words: str, label: str) -> None:
         raise AssertionError(f"{label}: no ValueError")
 
 
+def test_a_payload_that_contains_itself_fails_cleanly_on_a_small_stack_and_a_raised_limit():
+    """Where a C stack runs out before Python's recursion limit (a thread's
+    small stack, a program that raised the limit), a circular payload must
+    still be a ValueError, not a crash: run in a child, whose death would show."""
+    import subprocess
+    import sys
+    child = """
+import sys, threading
+from angela_queue.tasks import TaskSpec
+sys.setrecursionlimit(100000)
+threading.stack_size(256 * 1024)
+loop = {"n": 1}
+loop["self"] = [loop]
+said = []
+def build():
+    try:
+        TaskSpec("k", loop)
+    except ValueError as exc:
+        said.append(str(exc))
+t = threading.Thread(target=build)
+t.start()
+t.join()
+print(said)
+"""
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert "Circular reference detected" in done.stdout, done.stdout
+
+
 # Validation runs before any database work, so every case shares one
 # database (a fresh one per case would only cost time).
 def test_bad_arguments_raise_clear_value_errors_and_store_nothing(client, conn):
