@@ -49,8 +49,10 @@ ORDER BY k.kind;
 
 -- name: kinds_set_limits
 -- Set or lift a kind's global limits by hand (`kinds limit`), recording the
--- kind if no worker has yet. NULL lifts that limit. The claim enforces the
--- new limits from its next turn.
+-- kind if no worker has yet. NULL lifts that limit. Claims enforce a new
+-- limit from their next turn; a worker claiming through
+-- tasks_claim_unlimited (no limit was in play at its last poll) passes over
+-- the kind's tasks until its next poll, which puts it back on tasks_claim.
 INSERT INTO angela_queue.kinds AS k (kind, concurrency, rate_limit, rate_period_s, updated_by)
 VALUES (%(kind)s, %(concurrency)s, %(rate_limit)s, %(rate_period_s)s, %(updated_by)s)
 ON CONFLICT (kind) DO UPDATE

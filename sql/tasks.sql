@@ -253,7 +253,10 @@ ORDER BY c.effective_priority DESC, c.id;
 -- A limit set since the last poll is never overrun: a task whose kind has
 -- one now is passed over here (and locked only until this statement's
 -- transaction ends), and a flagged task is never walked; both wait for the
--- full claim, which the worker goes back to at its next poll.
+-- full claim, which the worker goes back to at its next poll. Until then an
+-- unflagged task passed over still fills a place in its queue's LIMIT (it
+-- is not relabelled here): a queue whose head holds %(limit)s of them
+-- yields nothing for that poll interval.
 WITH candidates AS (
     SELECT c.id, c.effective_priority
     FROM unnest(%(queues)s::text[]) AS q(name)

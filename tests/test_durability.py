@@ -100,17 +100,20 @@ def test_a_producer_login_enqueues_into_a_fast_queue(dsn, fast, login):
 
 # --- the claim's commit ----------------------------------------------------------
 
-def test_a_claim_marked_relaxed_commits_without_the_flush_and_only_then(dsn, conn):
+@pytest.mark.parametrize("unlimited", [False, True], ids=["tasks_claim", "tasks_claim_unlimited"])
+def test_a_claim_marked_relaxed_commits_without_the_flush_and_only_then(dsn, conn, unlimited):
     conn.execute("INSERT INTO angela_queue.tasks (kind) VALUES ('k'), ('k')")
     worker = uuid.uuid4()
     with psycopg.connect(dsn, row_factory=dict_row) as c:
         for relax, expected in ((False, "on"), (True, "off")):
-            rows = db.fetch_all(c, statements.claim(worker_id=worker, queues=["default"], limit=1, relax=relax))
+            rows = db.fetch_all(c, statements.claim(worker_id=worker, queues=["default"], limit=1, relax=relax,
+                                                    unlimited=unlimited))
             assert len(rows) == 1 and setting(c) == expected
             c.rollback()
             assert setting(c) == "on"                                   # local: that transaction only
         # Nothing claimed (an empty queue served): nothing is relaxed.
-        assert db.fetch_all(c, statements.claim(worker_id=worker, queues=["empty"], limit=1, relax=True)) == []
+        assert db.fetch_all(c, statements.claim(worker_id=worker, queues=["empty"], limit=1, relax=True,
+                                                unlimited=unlimited)) == []
         assert setting(c) == "on"
         c.rollback()
 

@@ -123,14 +123,15 @@ def test_cancel_notifies_space_with_the_queue_name(listener, other):
     assert received_until_marker(listener, other, SPACE) == [(SPACE, "mail")]
 
 
-def test_claim_from_a_bounded_queue_notifies_space(listener, other):
+@pytest.mark.parametrize("unlimited", [False, True], ids=["tasks_claim", "tasks_claim_unlimited"])
+def test_claim_from_a_bounded_queue_notifies_space(listener, other, unlimited):
     other.execute("INSERT INTO angela_queue.queues (name, max_size) VALUES ('bounded', 10)")
     other.execute("INSERT INTO angela_queue.tasks (kind, queue) VALUES ('k', 'bounded'), ('k', 'default')")
     received_until_marker(listener, other)
-    claimed = db.fetch_all(other, st.claim(worker_id=uuid.uuid4(), queues=["bounded"], limit=1))
+    claimed = db.fetch_all(other, st.claim(worker_id=uuid.uuid4(), queues=["bounded"], limit=1, unlimited=unlimited))
     assert len(claimed) == 1
     assert received_until_marker(listener, other, SPACE) == [(SPACE, "bounded")]
     # An unbounded queue has nobody waiting for space: its claim stays silent.
-    claimed = db.fetch_all(other, st.claim(worker_id=uuid.uuid4(), queues=["default"], limit=1))
+    claimed = db.fetch_all(other, st.claim(worker_id=uuid.uuid4(), queues=["default"], limit=1, unlimited=unlimited))
     assert len(claimed) == 1
     assert received_until_marker(listener, other, SPACE) == []

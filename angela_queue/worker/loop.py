@@ -996,6 +996,9 @@ class Worker:
                 self.conn = await self._connect_with_retry()
                 if self.conn is None:
                     return
+                # Whatever changed while we were away (a limit set), the
+                # full claim until the next poll says otherwise.
+                self.limits_in_play = True
                 # A claim may have committed without its rows reaching us: give
                 # back whatever the database says we hold but we are not running.
                 # A migration may be why the connection went: check the schema.
