@@ -238,8 +238,8 @@ class TaskSpec:
               run_at: dt.datetime | None, delay_s: float | None, max_attempts: int | None,
               timeout_s: float | None, dedup_key: str | None) -> "TaskSpec":
         """The same spec as ``cls(...)``, checked the same way, without the
-        frozen dataclass's __init__: it sets each of the nine fields through
-        object.__setattr__, most of a bulk enqueue's client time per task."""
+        frozen dataclass's __init__, which sets each of the nine fields through
+        object.__setattr__ (about 0.3 of a spec's 2.5 us, 5,000 times a bulk)."""
         spec = object.__new__(cls)
         spec.__dict__.update(kind=kind, payload=payload, priority=priority, queue=queue, run_at=run_at,
                              delay_s=delay_s, max_attempts=max_attempts, timeout_s=timeout_s, dedup_key=dedup_key)

@@ -206,7 +206,8 @@ class Worker:
         # Whether the last poll found a limit in play (tasks_limits_in_play):
         # claims then count limits (tasks_claim); with none, the lighter
         # tasks_claim_unlimited. True until a poll says otherwise, and again
-        # whenever a poll fails: the full claim is right in every case.
+        # whenever a poll fails or the connection is recovered: the full
+        # claim is right in every case.
         self.limits_in_play = True
         self.next_scheduled_at: float | None = None      # time.monotonic()
         self.housekeeping_due = 0.0                       # time.monotonic(); 0: at the first turn
