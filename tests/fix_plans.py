@@ -71,7 +71,7 @@ def assert_claim_walks_its_index(conn: psycopg.Connection, *, unlimited: bool = 
     # Both: the generic plan is what the worker runs; the custom one what a
     # connection left to plan_cache_mode = auto may run.
     for plan in (explain_generic(conn, statement.text, statement.params), custom):
-        (_assert_unlimited_claim_plan_walks_its_index if unlimited else _assert_claim_plan_walks_its_index)(plan)
+        _assert_claim_plan_walks_its_index(plan, unlimited)
 
 
 def _assert_walks_claim_index(name: str, node: dict) -> None:
@@ -86,24 +86,21 @@ def _assert_walks_claim_index(name: str, node: dict) -> None:
         assert has_limit_above_scan(sort), sort
 
 
-def _assert_unlimited_claim_plan_walks_its_index(plan: dict) -> None:
+def _assert_claim_plan_walks_its_index(plan: dict, unlimited: bool) -> None:
     ctes = {n.get("Subplan Name"): n for n in plan_nodes(plan) if n.get("Subplan Name", "").startswith("CTE ")}
-    assert {"CTE candidates", "CTE picked"} <= set(ctes) and "CTE limited" not in ctes, list(ctes)
-    _assert_walks_claim_index("CTE candidates", ctes["CTE candidates"])
-    picked = plan_nodes(ctes["CTE picked"])
-    assert not [n for n in picked if n.get("Relation Name") == "tasks"], "the merge must not read the queue"
-
-
-def _assert_claim_plan_walks_its_index(plan: dict) -> None:
-    ctes = {n.get("Subplan Name"): n for n in plan_nodes(plan) if n.get("Subplan Name", "").startswith("CTE ")}
-    assert {"CTE limited", "CTE room", "CTE candidates", "CTE picked"} <= set(ctes), list(ctes)
-    # CTE room reads tasks only for the running count of a capped kind,
-    # through the index of limited running rows (a few, whatever the
-    # backlog; tasks_running_idx would read every running task).
-    assert {(n["Node Type"], n.get("Index Name")) for n in plan_nodes(ctes["CTE room"])
-            if n.get("Relation Name") == "tasks"} <= {
-        (scan, "tasks_limited_running_idx") for scan in ("Index Scan", "Index Only Scan")}
-    for name in ("CTE limited", "CTE candidates"):
+    if unlimited:
+        assert {"CTE candidates", "CTE picked"} <= set(ctes) and "CTE limited" not in ctes, list(ctes)
+        walks = ("CTE candidates",)
+    else:
+        assert {"CTE limited", "CTE room", "CTE candidates", "CTE picked"} <= set(ctes), list(ctes)
+        # CTE room reads tasks only for the running count of a capped kind,
+        # through the index of limited running rows (a few, whatever the
+        # backlog; tasks_running_idx would read every running task).
+        assert {(n["Node Type"], n.get("Index Name")) for n in plan_nodes(ctes["CTE room"])
+                if n.get("Relation Name") == "tasks"} <= {
+            (scan, "tasks_limited_running_idx") for scan in ("Index Scan", "Index Only Scan")}
+        walks = ("CTE limited", "CTE candidates")
+    for name in walks:
         _assert_walks_claim_index(name, ctes[name])
     picked = plan_nodes(ctes["CTE picked"])
     assert not [n for n in picked if n.get("Relation Name") == "tasks"], "the merge must not read the queue"
